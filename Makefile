@@ -1,0 +1,36 @@
+# vaelab: `make demo` trains, evaluates and draws a VAE on the embedded digits; `make test` runs
+# the test suite. Both create .venv and install the project on first use (offline-safe: the CPU
+# build of torch is installed first, so nothing pulls a multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)" \
+	  || $(BIN)/python -m pip install --quiet "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(BIN)/vaelab train --data digits --binarize threshold --epochs 300 --out runs/demo --quiet
+	$(BIN)/vaelab evaluate runs/demo --k 5000 --quiet
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_foundation.py --json benchmarks/results/foundation.json
+
+clean:
+	rm -rf $(VENV) runs/demo build *.egg-info

@@ -1,0 +1,156 @@
+"""The command line end to end on digits, and its error paths (one line, exit 2, nothing damaged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaelab
+from vaelab.cli import main
+from vaelab.evaluate import log_likelihood
+
+SMALL = ["--hidden", "32", "--latent-dim", "2", "--epochs", "2", "--limit", "300", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--data", "digits", "--binarize", "threshold", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_directory(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "checkpoint", "metrics.jsonl", "samples.png",
+            "reconstructions.png", "latent.png"} <= names
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["binarize"] == "threshold" and config["model"]["hidden"] == [32]
+    assert config["train"]["epochs"] == 2 and config["event_shape"] == [1, 8, 8]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--k", "500", "--limit", "50", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
+                        "active_units", "n_examples", "k"}
+    assert out["n_examples"] == 50 and out["k"] == 500
+    assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
+    # an independent importance-sampling estimate through the public API
+    model = vaelab.load(run_dir)
+    assert not model.training
+    x = vaelab.load_dataset("digits", split="test", binarize="threshold", limit=50)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        q = model.encode(x)
+        z = q.sample((500,))
+        lw = model.decode(z).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+        mine = (torch.logsumexp(lw, 0) - torch.log(torch.tensor(500.0))).mean().item()
+    assert abs(mine - out["log_likelihood"]) < 4 * out["log_likelihood_stderr"] * 2**0.5
+
+
+def test_evaluate_prints_a_readable_table(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--k", "10", "--limit", "5", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    for word in ("log-likelihood", "+-", "ELBO", "reconstruction", "KL", "active units"):
+        assert word in text
+
+
+def test_sample_and_reconstruct_write_images(run_dir, tmp_path, capsys):
+    assert main(["sample", str(run_dir), "-n", "9", "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", str(run_dir), "-n", "5", "-o", str(tmp_path / "r.pdf")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "r.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_config_file_is_overridden_by_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nhidden = [16, 8]\nlatent_dim = 3\n[train]\nepochs = 5\nlr = 0.01\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(toml), "--epochs", "1", "--limit", "100", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hidden"] == [16, 8] and config["model"]["latent_dim"] == 3
+    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == 0.01
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Runs the CLI in-process (fast) and returns what a subprocess would."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True, text=True)
+
+
+def test_real_process_exit_codes(tmp_path):
+    """The installed entry point turns errors into exit status 2 and one line, no traceback."""
+    assert_one_line_error(run_subprocess("train", "--likelihood", "poisson"), "bernoulli")
+    assert_one_line_error(run_subprocess("evaluate", str(tmp_path / "nope")), "does not exist")
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, run_dir):
+    # usage errors (argparse) and configuration errors alike
+    assert_one_line_error(run_cli("train", "--likelihood", "poisson", "--out", str(tmp_path / "a")),
+                          "bernoulli", "gaussian", "gaussian-learned")
+    assert_one_line_error(run_cli("train", "--binarize", "sometimes"), "dynamic", "threshold")
+    assert_one_line_error(run_cli("train", "--epochs", "0", "--out", str(tmp_path / "b")), "--epochs")
+    assert_one_line_error(run_cli("train", "--hidden", "20,x", "--out", str(tmp_path / "b")), "--hidden")
+    assert_one_line_error(run_cli("train", "--data", "cifar", "--out", str(tmp_path / "b")), "digits", "fashion-mnist")
+    assert_one_line_error(run_cli("train", "--binarize", "none", "--out", str(tmp_path / "b")),
+                          "binary", "--binarize")
+    assert_one_line_error(run_cli("evaluate", str(tmp_path / "nope")), "does not exist")
+    assert_one_line_error(run_cli("evaluate", str(run_dir), "--k", "0"), "--k")
+    assert_one_line_error(run_cli("sample", str(run_dir), "-o", str(tmp_path / "x.bmpx")), "image format")
+    assert_one_line_error(run_cli("train", "--resume", str(tmp_path / "nope")), "does not exist")
+    assert_one_line_error(run_cli("frobnicate"), "invalid choice")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bad_config_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    assert_one_line_error(run_cli("train", "--config", str(bad)), "epoch", "valid keys")
+    bad.write_text("[train\n")
+    assert_one_line_error(run_cli("train", "--config", str(bad)), "not valid TOML")
+    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "missing.toml")), "does not exist")
+
+
+def test_corrupt_files_are_reported_and_left_alone(run_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    before = {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()}
+    assert_one_line_error(run_cli("evaluate", str(broken), "--k", "5"), "model.safetensors", "corrupt")
+    (broken / "config.json").write_text("{ nope")
+    before[broken / "config.json"] = (broken / "config.json").read_bytes()
+    assert_one_line_error(run_cli("sample", str(broken)), "config.json", "corrupt")
+    assert {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()} == before
+    # an existing run directory is never overwritten by a new run
+    assert_one_line_error(run_cli("train", "--out", str(broken), "--epochs", "1"), "already exists", "--resume")
+    assert {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()} == before

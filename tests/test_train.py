@@ -1,0 +1,213 @@
+"""The trainer: learning, model selection, early stopping, divergence, checkpoint/resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab import config as cfg
+from vaelab.data import Split, load_split
+from vaelab.errors import RunError, TrainingDiverged
+from vaelab.files import load_tensors, read_metrics
+from vaelab.models import build_model
+from vaelab.objectives import get_objective
+from vaelab.train import Trainer, resume_run, start_run
+
+
+def small_vae(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("vae", (1, 8, 8), likelihood="bernoulli", net="mlp", hidden=(64,),
+                       activation="tanh", latent_dim=4, obs_precision=1.0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = load_split("digits", "train", binarize="threshold", limit=400)
+    valid = load_split("digits", "valid", binarize="threshold", limit=200)
+    return train, valid
+
+
+def tcfg(**kw) -> cfg.TrainConfig:
+    return cfg.TrainConfig(**{"epochs": 3, "batch_size": 50, "lr": 3e-3, "patience": 0, **kw})
+
+
+def test_training_improves_the_validation_bound(digits):
+    train, valid = digits
+    trainer = Trainer(small_vae(), get_objective("elbo"), train, valid, tcfg(epochs=8), progress=False)
+    result = trainer.fit()
+    bounds = [r["valid_bound"] for r in result.history]
+    assert len(bounds) == 8
+    # a fresh model scores about -64*log(2) = -44 nats on 64 binary pixels; training must beat it
+    assert bounds[-1] > bounds[0] + 5
+    for key in ("epoch", "train_seconds", "examples_per_second", "train_bound", "train_reconstruction",
+                "train_kl", "valid_bound", "valid_reconstruction", "valid_kl", "train_loss"):
+        assert key in result.history[0]
+    assert result.history[0]["examples_per_second"] == pytest.approx(len(train) / result.history[0]["train_seconds"])
+
+
+class Scalar(NamedTuple):
+    objective: torch.Tensor
+    bound: torch.Tensor
+
+
+class Drift(nn.Module):
+    """A model whose validation bound gets worse with every step: for early stopping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+
+def drifting(model, x):
+    value = model.w.expand(x.shape[0])
+    return Scalar(objective=value, bound=-value)  # training raises w, which lowers the bound
+
+
+def test_early_stopping_keeps_the_best_model(digits, tmp_path):
+    train, valid = digits
+    model = Drift()
+    trainer = Trainer(model, drifting, train, valid, tcfg(epochs=50, patience=3), run_dir=tmp_path, progress=False)
+    result = trainer.fit()
+    assert result.epochs == 4 and result.best_epoch == 1
+    assert "3 epochs" in result.stop_reason
+    # the final weights are the best epoch's, both in memory and on disk
+    w_after_epoch1 = trainer.history[0]["valid_bound"] * -1
+    assert model.w.item() == pytest.approx(w_after_epoch1)
+    weights, _ = load_tensors(tmp_path / "model.safetensors")
+    assert float(weights["w"]) == pytest.approx(w_after_epoch1)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_without_validation_the_last_model_is_kept(digits, tmp_path):
+    train, _ = digits
+    model = Drift()
+    result = Trainer(model, drifting, train, None, tcfg(epochs=3), run_dir=tmp_path, progress=False).fit()
+    assert result.best_epoch == 3 and math.isnan(result.best_bound)
+    weights, _ = load_tensors(tmp_path / "model.safetensors")
+    assert float(weights["w"]) == model.w.item() > 0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    train, valid = digits
+    calls = {"n": 0}
+    objective = get_objective("elbo")
+
+    def poisoned(model, x):
+        result = objective(model, x)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 12:  # in the second epoch (8 batches per epoch)
+                return result._replace(objective=result.objective * float("nan"))
+        return result
+
+    model = small_vae()
+    trainer = Trainer(model, poisoned, train, valid, tcfg(epochs=5), run_dir=tmp_path, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 4.*epoch 1.*--lr"):
+        trainer.fit()
+    tensors, meta = load_tensors(tmp_path / "checkpoint" / "state.safetensors")
+    assert json.loads(meta["state"])["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "the bad step reached the weights"
+
+
+def test_resume_after_interruption_is_bitwise_identical(digits, tmp_path):
+    """Interrupt mid-epoch (simulating a crash), restore from the checkpoint, finish: the weights,
+    optimizer state and metrics equal an uninterrupted run's."""
+    train, valid = digits
+    config = tcfg(epochs=4, patience=0)
+
+    def run(run_dir, crash_at=None):
+        calls = {"n": 0}
+        base = get_objective("elbo")
+
+        def objective(model, x):
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == crash_at:
+                    raise KeyboardInterrupt
+            return base(model, x)
+
+        trainer = Trainer(small_vae(), objective, train, valid, config, run_dir=run_dir, progress=False)
+        return trainer, objective
+
+    full, _ = run(tmp_path / "full")
+    full.fit()
+    crashed, _ = run(tmp_path / "crashed", crash_at=21)  # epoch 3, after two checkpoints
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    resumed, _ = run(tmp_path / "crashed")
+    resumed.load_checkpoint()
+    assert resumed.state.epoch == 2
+    resumed.fit()
+    a, _ = load_tensors(tmp_path / "full" / "checkpoint" / "state.safetensors")
+    b, _ = load_tensors(tmp_path / "crashed" / "checkpoint" / "state.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "crashed" / "model.safetensors").read_bytes()
+
+
+def _train_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "vaelab", "train", "--data", "digits", "--binarize", "dynamic",
+            "--hidden", "64", "--latent-dim", "4", "--epochs", "12", "--batch-size", "20",
+            "--patience", "0", "--out", str(out), "--quiet"]
+
+
+def _checkpoint_epoch(run_dir: Path) -> int:
+    path = run_dir / "checkpoint" / "state.safetensors"
+    try:
+        _, meta = load_tensors(path)
+        return json.loads(meta["state"])["epoch"]
+    except (RunError, KeyError):
+        return 0
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+    """The real thing: SIGKILL the CLI mid-training (twice), resume, compare with an
+    uninterrupted run byte for byte."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    cmd = _train_cmd(run)
+    for kill_after_epoch, delay in ((2, 0.0), (6, 0.013)):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _checkpoint_epoch(run) < kill_after_epoch and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        cmd = [sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--quiet"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 13))
+
+
+def test_resume_refuses_a_finished_run(tmp_path):
+    config = cfg.build({"data": {"limit": 100}, "model": {"hidden": [16], "latent_dim": 2},
+                        "train": {"epochs": 1}})
+    start_run(config, tmp_path / "r", progress=False)
+    with pytest.raises(RunError, match="already finished"):
+        resume_run(tmp_path / "r", progress=False)
+
+
+def test_start_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(RunError, match="already exists"):
+        start_run(cfg.RunConfig(), tmp_path, progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

@@ -1,0 +1,198 @@
+"""The ``vaelab`` command: train, evaluate, sample, reconstruct.
+
+User errors (bad flags, unknown names, missing or corrupt files) print one line to stderr and exit
+with status 2; nothing on disk is damaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from . import config as cfg
+from .errors import VaelabError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the usage block, then the error)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per configuration field; defaults are SUPPRESSed so we know what was given."""
+    for section, cls in cfg.SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options ([{section}] in the config file)")
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, tuple):
+                default = ",".join(str(v) for v in default)
+            help_text = f"{meta.get('help', '')} (default: {default})"
+            kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f"{section}.{f.name}"}
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+            parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vaelab",
+        description="Variational autoencoders: train them, measure them honestly, look inside them.",
+    )
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model; writes a run directory",
+                       description="Train a model. Flags override the config file; the resolved "
+                       "configuration is written to RUN/config.json.")  # fmt: skip
+    p.add_argument("--config", metavar="FILE.toml", help="configuration file with [data], [model] and [train] tables")
+    p.add_argument("--out", metavar="RUN", help="run directory to create (default: runs/DATA-YYYYmmdd-HHMMSS)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(p)
+
+    p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per example (default: 5000)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
+    p.add_argument("--limit", type=int, help="only the first N examples of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed for the importance samples (default: 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+
+    p = sub.add_parser("reconstruct", help="data beside its reconstructions")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
+    layers = [cfg.read_toml(args.config)] if args.config else []
+    flags: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if "." in dest:
+            section, name = dest.split(".", 1)
+            flags.setdefault(section, {})[name] = value
+    return cfg.build(cfg.merge(*layers, flags))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise VaelabError(f"{name} must be at least 1, got {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .report import write_run_figures
+    from .train import resume_run, start_run
+
+    given = [d for d in vars(args) if "." in d]
+    if args.resume:
+        if given or args.config or args.out:
+            raise VaelabError("--resume continues a run with its own saved configuration; drop the other options")
+        run_dir = Path(args.resume)
+        result = resume_run(run_dir, progress=not args.quiet)
+    else:
+        config = _config_from_args(args)
+        name = Path(config.data.data).stem if config.data.data.endswith((".npy", ".npz")) else config.data.data
+        run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        args.out = str(run_dir)  # for the resume hint if interrupted
+        result = start_run(config, run_dir, progress=not args.quiet)
+    write_run_figures(run_dir)
+    best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
+    print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluate import evaluate
+    from .runs import load, load_data, read_config
+
+    _positive("--k", args.k)
+    _positive("--limit", args.limit)
+    config, _ = read_config(args.run)
+    model = load(args.run)
+    split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
+    if len(split) == 0:
+        raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
+    torch.manual_seed(args.seed)
+    summary = evaluate(model, split.fixed(), args.k, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    s = summary
+    print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data} (binarize {config.data.binarize}), K={s['k']}")
+    print(f"  log-likelihood  {s['log_likelihood']:.3f} +- {s['log_likelihood_stderr']:.3f} nats (importance sampling, +- Monte-Carlo standard error)")
+    print(f"  ELBO            {s['elbo']:.3f} nats")
+    print(f"  reconstruction  {s['reconstruction']:.3f} nats")
+    print(f"  KL              {s['kl']:.3f} nats")
+    print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .report import samples_figure
+    from .runs import load
+
+    _positive("-n", args.n)
+    model = load(args.run)
+    path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed)
+    print(path)
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .report import reconstructions_figure
+    from .runs import load, load_data, read_config
+
+    _positive("-n", args.n)
+    config, _ = read_config(args.run)
+    model = load(args.run)
+    x = load_data(config, args.split, limit=args.n).fixed()
+    path = reconstructions_figure(model, x, args.output or Path(args.run) / "reconstructions.png")
+    print(path)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VaelabError as err:
+        print(f"vaelab: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command == "train":
+            hint = f"; continue with: vaelab train --resume {args.resume or args.out or 'RUN'}"
+        print(f"vaelab: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

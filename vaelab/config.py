@@ -1,0 +1,247 @@
+"""Typed, validated run configuration: one frozen dataclass per component.
+
+A run is configured from defaults, then an optional TOML file (sections ``[data]``, ``[model]``,
+``[train]``), then command-line flags; the CLI builds its flags from the fields below (their
+``help`` metadata is the flag's help text). The resolved configuration is written to
+``runs/NAME/config.json`` and is enough to rebuild the model and its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import data as _data
+from .distributions import OBSERVATIONS
+from .errors import ConfigError
+from .models import MODELS
+from .nets import ACTIVATIONS, NETS
+from .objectives import KL_MODES, OBJECTIVES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+CONFIG_VERSION = 1
+
+
+def _help(text: str, **extra: Any) -> Any:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how it is prepared."""
+
+    data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist) or a .npy/.npz path"))
+    data_dir: str | None = field(default=None, metadata=_help("directory holding the IDX files (searched first)"))
+    binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
+    valid_fraction: float = field(default=0.1, metadata=_help("fraction of the training file held out for validation (0 disables validation)"))
+    limit: int | None = field(default=None, metadata=_help("use only the first N examples (file order) of each split"))
+
+    def __post_init__(self) -> None:
+        if self.binarize not in _data.BINARIZE_MODES:
+            raise ConfigError(
+                f"unknown binarize mode {self.binarize!r}; choose one of: {', '.join(_data.BINARIZE_MODES)}"
+            )
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model's architecture and observation model."""
+
+    model: str = field(default="vae", metadata=_help("model family"))
+    likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z)"))
+    obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
+    net: str = field(default="mlp", metadata=_help("backbone: mlp | conv"))
+    hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
+    activation: str = field(default="tanh", metadata=_help("activation between layers"))
+    latent_dim: int = field(default=50, metadata=_help("dimension of the latent z"))
+
+    def __post_init__(self) -> None:
+        for registry, value in (
+            (MODELS, self.model),
+            (OBSERVATIONS, self.likelihood),
+            (NETS, self.net),
+            (ACTIVATIONS, self.activation),
+        ):
+            registry[value]  # raises ConfigError listing the valid names
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+        if not (self.obs_precision > 0 and math.isfinite(self.obs_precision)):
+            raise ConfigError(f"--obs-precision must be a positive number, got {self.obs_precision}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The objective and the optimization."""
+
+    objective: str = field(default="elbo", metadata=_help("training objective"))
+    beta: float = field(default=1.0, metadata=_help("weight of the KL term (beta-VAE)"))
+    k: int = field(default=1, metadata=_help("samples per example in the objective"))
+    kl: str = field(default="analytic", metadata=_help("analytic | mc: how the KL term is computed", choices=KL_MODES))
+    epochs: int = field(default=100, metadata=_help("maximum number of passes over the training data"))
+    batch_size: int = field(default=100, metadata=_help("examples per optimizer step"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_help("Adam betas, e.g. 0.9,0.999"))
+    adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
+    patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
+    seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
+
+    def __post_init__(self) -> None:
+        OBJECTIVES[self.objective]
+        if self.kl not in KL_MODES:
+            raise ConfigError(f"unknown kl mode {self.kl!r}; choose one of: {', '.join(KL_MODES)}")
+        positive = {"k": self.k, "epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"--adam-betas needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Converts a TOML/JSON/CLI value to the type the field declares, or raises ConfigError."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    flag = "--" + name.replace("_", "-")
+    try:
+        if value is None:
+            if "None" in kind:
+                return None
+            raise ValueError("a value is required")
+        if kind.startswith("tuple[int"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(v) for v in items)
+        if kind.startswith("tuple[float"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(float(v) for v in items)
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("not an integer")
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            return float(value)
+        if kind.startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            return value
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bad value {value!r} for {flag} ({err})") from None
+    raise AssertionError(f"unhandled field type {kind}")  # pragma: no cover
+
+
+def field_names() -> dict[str, str]:
+    """Maps every configuration field name to its section."""
+    names = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            names[f.name] = section
+    return names
+
+
+def build(values: Mapping[str, Mapping[str, Any]] | None = None) -> RunConfig:
+    """Builds a validated RunConfig from ``{section: {field: value}}``; missing fields take defaults."""
+    values = values or {}
+    unknown_sections = set(values) - set(SECTIONS)
+    if unknown_sections:
+        raise ConfigError(
+            f"unknown configuration section(s) {', '.join(sorted(unknown_sections))}; "
+            f"valid sections: {', '.join(SECTIONS)}"
+        )
+    parts = {}
+    for section, cls in SECTIONS.items():
+        given = dict(values.get(section, {}))
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(given) - set(valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(sorted(unknown))} in [{section}]; valid keys: {', '.join(valid)}"
+            )
+        parts[section] = cls(**{k: _coerce(cls, k, v) for k, v in given.items()})
+    return RunConfig(**parts)
+
+
+def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Reads a configuration file with ``[data]``, ``[model]`` and ``[train]`` tables."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"config file {path}: {section!r} must be a table such as [train]; "
+                f"valid sections: {', '.join(SECTIONS)}"
+            )
+    return doc
+
+
+def merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merges ``{section: {field: value}}`` layers; later layers win."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, table in layer.items():
+            out.setdefault(section, {}).update(table)
+    return out
+
+
+def save_json(config: RunConfig, event_shape: tuple[int, ...]) -> bytes:
+    """The bytes of ``config.json``: the resolved configuration plus the data shape."""
+    doc = {"version": CONFIG_VERSION, **config.to_dict(), "event_shape": list(event_shape)}
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def load_json(path: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
+    """Reads a run's ``config.json`` back into a RunConfig and the data shape."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        event_shape = tuple(int(s) for s in doc.pop("event_shape"))
+        doc.pop("version", None)
+        return build(doc), event_shape
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: is {path.parent} a vaelab run directory?") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path} is corrupt ({err}); it cannot be used to rebuild the model") from None

@@ -1,0 +1,911 @@
+"""Datasets by name, the IDX reader, binarization, validation splits and in-memory batching.
+
+A dataset is named either by a registered short name (``"digits"``, ``"fashion-mnist"``,
+``"mnist"``) or by a path to a ``.npy``/``.npz`` file. Every dataset has a *training file* and a
+*test file*; the validation split is carved from the training file with a seed, so ``train`` and
+``valid`` are disjoint and together make up the training file, each in file order.
+
+Whole splits live in memory as float32 tensors and are batched by index: there is no per-example
+Python work and no ``DataLoader``. Randomness (shuffling, dynamic binarization) is drawn only from
+a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state can
+resume bitwise-identically.
+
+Binarization modes (``BINARIZE_MODES``), for grey levels in [0, 1]:
+
+- ``none``: the grey levels as they are.
+- ``threshold``: ``x > 0.5``.
+- ``static``: one Bernoulli draw per split, fixed by ``(seed, split)`` (Larochelle & Murray 2011).
+- ``dynamic``: a fresh Bernoulli draw every training pass (Salakhutdinov & Murray 2008; Burda et
+  al. 2016); the deterministic view used for scoring is a single seeded draw, as for ``static``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+from .registry import Registry
+
+__all__ = [
+    "BINARIZE_MODES",
+    "DATASETS",
+    "SPLITS",
+    "Split",
+    "load_dataset",
+    "load_split",
+    "read_idx",
+    "resolve_idx_files",
+]
+
+BINARIZE_MODES = ("none", "dynamic", "threshold", "static")
+SPLITS = ("train", "valid", "test")
+
+# Short key -> file name without ".gz"; a directory counts only if it holds all four.
+IDX_FILES: dict[str, str] = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "t10k-images": "t10k-images-idx3-ubyte",
+    "t10k-labels": "t10k-labels-idx1-ubyte",
+}
+
+# Where distributions install the files, searched last. Module-level so tests can monkeypatch it.
+SYSTEM_DIRS: dict[str, list[str]] = {
+    # Debian/Ubuntu package dataset-fashion-mnist. Debian recompressed the .gz files, so their
+    # MD5 differs from upstream: local files are validated by the IDX reader, never checksummed.
+    "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
+    "mnist": [],
+}
+
+# Distribution packages that provide a dataset, named in the "how to fix" part of errors.
+APT_PACKAGES: dict[str, str] = {"fashion-mnist": "dataset-fashion-mnist"}
+
+# Official mirrors, tried in order.
+MIRRORS: dict[str, list[str]] = {
+    "fashion-mnist": [
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ],
+    "mnist": [
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ],
+}
+
+# MD5 of the upstream .gz files, as published by torchvision. Checked on downloads only.
+MD5: dict[str, dict[str, str]] = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+}
+
+DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a mirror counts as dead
+
+# sklearn's digits have no official split; the last 360 images (20%) are our test file.
+DIGITS_TRAIN_SIZE = 1437
+
+_FIX_CORRUPT = "delete it and download it again (or reinstall the package that provided it)"
+
+
+# --------------------------------------------------------------------------------------------
+# Splits held in memory
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is meaningless
+class Split:
+    """One split of a dataset held in memory.
+
+    Build it with :func:`load_split`; constructing it directly (e.g. from synthetic tensors in
+    tests) is fine too. ``x`` is cast to float32 and ``y`` to int64. Data stays on the CPU.
+
+    Attributes:
+        x: float32 ``[N, C, H, W]`` for images, ``[N, D]`` for vector data; grey levels of image
+            sets and uint8 arrays are scaled to [0, 1].
+        y: int64 labels ``[N]``, or None when the data has none.
+        name: the dataset name or path as given.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        binarize: one of ``BINARIZE_MODES``.
+        seed: the seed of the validation carve and of the fixed Bernoulli draws.
+        levels: the number of discrete grey levels (256 for uint8/IDX data, 17 for digits, 2 for
+            bool arrays), None for continuous floats.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    name: str
+    split: str
+    binarize: str = "none"
+    seed: int = 0
+    levels: int | None = None
+    # Memo of fixed(); a mutable dict lets a frozen dataclass cache without object.__setattr__.
+    _cache: dict[str, torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice(self.split, SPLITS, "split")
+        _check_choice(self.binarize, BINARIZE_MODES, "binarize mode")
+        if not isinstance(self.x, torch.Tensor) or self.x.ndim < 2:
+            raise DataError(
+                f"{self.name}: x must be a tensor of shape [N, D] or [N, C, H, W], got "
+                f"{_shape_of(self.x)}; reshape the data so the first axis indexes examples"
+            )
+        if not (self.x.is_floating_point() or self.x.dtype == torch.bool):
+            raise DataError(
+                f"{self.name}: x has dtype {self.x.dtype}; pass floats in [0, 1] (divide uint8 "
+                "grey levels by 255)"
+            )
+        if self.x.dtype != torch.float32:
+            object.__setattr__(self, "x", self.x.to(torch.float32))
+        if self.y is not None:
+            if not isinstance(self.y, torch.Tensor) or self.y.shape != (self.x.shape[0],):
+                raise DataError(
+                    f"{self.name}: labels must be a 1-D tensor with one entry per example "
+                    f"({self.x.shape[0]}), got {_shape_of(self.y)}; fix the labels or pass y=None"
+                )
+            if self.y.dtype != torch.int64:
+                object.__setattr__(self, "y", self.y.to(torch.int64))
+        if self.binarize != "none" and self.x.numel() > 0:
+            low, high = float(self.x.min()), float(self.x.max())
+            if not (0.0 <= low and high <= 1.0):  # also rejects NaN
+                raise DataError(
+                    f"binarization needs values in [0, 1], but {self.name} ({self.split}) has "
+                    f"values in [{low:g}, {high:g}]; rescale the data to [0, 1] or use "
+                    "binarize='none'"
+                )
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __repr__(self) -> str:
+        labels = "none" if self.y is None else "int64"
+        return (
+            f"Split(name={self.name!r}, split={self.split!r}, x={list(self.x.shape)}, "
+            f"y={labels}, binarize={self.binarize!r}, seed={self.seed}, levels={self.levels})"
+        )
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``x.shape[1:]``."""
+        return tuple(self.x.shape[1:])
+
+    def fixed(self) -> torch.Tensor:
+        """The deterministic float32 view used for validation, testing and plots.
+
+        ``none`` -> ``x``; ``threshold`` -> ``x > 0.5``; ``static`` and ``dynamic`` -> one
+        Bernoulli draw seeded by ``(seed, split)``, so scores are reproducible and comparable
+        between models, and the train/valid/test draws are independent. The result is cached.
+        Because CPU ``torch.rand`` fills row-major, ``load_split(..., limit=n).fixed()`` equals
+        the first ``n`` rows of the unlimited split's ``fixed()`` for the test split.
+
+        Returns:
+            float32 tensor shaped like ``x``; treat it as read-only (it may be ``x`` itself).
+        """
+        view = self._cache.get("fixed")
+        if view is None:
+            if self.binarize == "none":
+                view = self.x
+            elif self.binarize == "threshold":
+                view = (self.x > 0.5).to(torch.float32)
+            else:
+                generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.split))
+                view = (torch.rand(self.x.shape, generator=generator) < self.x).to(torch.float32)
+            self._cache["fixed"] = view
+        return view
+
+    def draw(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The view for one training pass.
+
+        ``dynamic`` -> a fresh Bernoulli draw of the whole split in one vectorized call (a bool
+        tensor: a quarter of the memory of float32); every other mode -> :meth:`fixed`.
+
+        Args:
+            generator: the only source of random numbers; required for ``dynamic``.
+
+        Returns:
+            bool (dynamic) or float32 tensor shaped like ``x``.
+        """
+        if self.binarize != "dynamic":
+            return self.fixed()
+        if generator is None:
+            raise ValueError("dynamic binarization needs a torch.Generator; pass generator=...")
+        return torch.rand(self.x.shape, generator=generator) < self.x
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """One pass over the split in batches.
+
+        Random numbers come only from ``generator``, in a fixed order: the permutation first
+        (when shuffling), then the binarization draw (when dynamic). Both are drawn when this
+        method is called, not lazily, so the generator state right after the call already
+        reflects the whole pass.
+
+        Args:
+            batch_size: examples per batch (>= 1); the last batch may be smaller.
+            generator: source of the permutation and of dynamic draws; required for
+                ``shuffle=True`` or ``binarize="dynamic"``.
+            shuffle: visit the examples in a random order.
+            drop_last: skip the final batch when it is smaller than ``batch_size``.
+
+        Returns:
+            an iterator (with ``len()``, the number of batches) of float32 tensors
+            ``[b, *event_shape]``; treat them as read-only, they may share memory with ``x``.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if generator is None and (shuffle or self.binarize == "dynamic"):
+            # The global RNG would make resumed training irreproducible.
+            raise ValueError(
+                "shuffle=True and dynamic binarization need a torch.Generator; pass generator=..."
+            )
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        view = self.draw(generator)
+        stop = n - n % batch_size if drop_last else n
+        return _Batches(view, order, batch_size, stop)
+
+
+class _Batches(Iterator[torch.Tensor]):
+    """Slices of a prepared view; an iterator with a length so progress bars know the total."""
+
+    def __init__(
+        self, view: torch.Tensor, order: torch.Tensor | None, batch_size: int, stop: int
+    ) -> None:
+        self._view, self._order, self._size, self._stop = view, order, batch_size, stop
+        self._start = 0
+
+    def __len__(self) -> int:
+        return -(-self._stop // self._size)
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        start = self._start
+        if start >= self._stop:
+            raise StopIteration
+        end = min(start + self._size, self._stop)
+        self._start = end
+        if self._order is None:
+            batch = self._view[start:end]
+        else:
+            batch = self._view.index_select(0, self._order[start:end])
+        return batch.to(torch.float32)
+
+
+def _derived_seed(seed: int, split: str) -> int:
+    # A stable hash (not hash(), which is salted per process) so the fixed draws of the splits
+    # are independent of each other yet identical across runs and machines.
+    digest = hashlib.sha256(f"vaelab.data.fixed:{seed}:{split}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One file of a dataset (its training or test file) before splitting."""
+
+    x: np.ndarray  # [N, C, H, W] or [N, D], stored dtype (uint8, bool or float32)
+    y: np.ndarray | None  # int64 [N]
+    scale: float  # x / scale is in [0, 1] for grey levels; 1 for floats and bools
+    levels: int | None
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a dataset loader returns; the files are read on demand so ``test`` skips ``train``."""
+
+    train: Callable[[], _Part]
+    test: Callable[[], _Part]
+
+
+# A loader is called as loader(data_dir=..., download=..., progress=...) -> _Source.
+DATASETS: Registry[Callable[..., _Source]] = Registry("dataset")
+
+
+def load_split(
+    name: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    binarize: str = "none",
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = True,
+    progress: bool = False,
+) -> Split:
+    """Load one split of a dataset into memory.
+
+    Args:
+        name: a registered dataset (``DATASETS.names()``) or a path to a ``.npy``/``.npz`` file.
+        split: ``"train"``, ``"valid"`` (carved from the training file) or ``"test"``.
+        binarize: one of ``BINARIZE_MODES``.
+        data_dir: a folder to search first for IDX files (itself, then ``data_dir/<name>``).
+        limit: keep only the first ``limit`` examples of the split, in file order.
+        valid_fraction: share of the training file held out for ``"valid"``, in [0, 1);
+            ``round(valid_fraction * n)`` examples chosen by a permutation seeded with ``seed``.
+        seed: seed of the validation carve and of the fixed binarization draws.
+        download: fetch missing IDX files from the official mirrors into the user cache.
+        progress: show a download progress bar on stderr.
+
+    Returns:
+        the split, with ``x`` float32 on the CPU.
+    """
+    name = os.fspath(name)
+    _check_choice(split, SPLITS, "split")
+    _check_choice(binarize, BINARIZE_MODES, "binarize mode")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be a positive integer or None, got {limit!r}")
+    if not isinstance(valid_fraction, (int, float)) or not 0.0 <= valid_fraction < 1.0:
+        raise DataError(
+            f"valid_fraction must be in [0, 1), got {valid_fraction!r}; use 0 for no "
+            "validation split"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+
+    source = _source(name, data_dir, download, progress)
+    part = source.test() if split == "test" else source.train()
+
+    index: Any = slice(None)
+    if split != "test":
+        n = len(part.x)
+        train_index, valid_index = _carve(n, valid_fraction, seed)
+        index = valid_index if split == "valid" else train_index
+        if split == "train" and len(index) == 0:
+            raise DataError(
+                f"{name}: valid_fraction={valid_fraction} leaves no training examples out of "
+                f"{n}; use a smaller valid_fraction"
+            )
+    if limit is not None:
+        index = slice(None, limit) if isinstance(index, slice) else index[:limit]
+
+    x = torch.from_numpy(np.ascontiguousarray(part.x[index])).to(torch.float32)
+    if part.scale != 1.0:
+        x = x.div_(part.scale)
+    y = None if part.y is None else torch.from_numpy(part.y[index].astype(np.int64))
+    return Split(x, y, name, split, binarize, seed, part.levels)
+
+
+def load_dataset(
+    name: str | os.PathLike[str], split: str = "train", binarize: str = "none", **kwargs: Any
+) -> torch.Tensor:
+    """The fixed view of a split: ``load_split(name, split, binarize=binarize, **kwargs).fixed()``.
+
+    Args:
+        name: a registered dataset or a ``.npy``/``.npz`` path.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        binarize: one of ``BINARIZE_MODES``.
+        **kwargs: any other keyword of :func:`load_split`.
+
+    Returns:
+        float32 tensor ``[N, C, H, W]`` for images, ``[N, D]`` for vector data.
+    """
+    return load_split(name, split, binarize=binarize, **kwargs).fixed()
+
+
+def _check_choice(value: object, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise DataError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _shape_of(obj: object) -> str:
+    shape = getattr(obj, "shape", None)
+    return type(obj).__name__ if shape is None else str(list(shape))
+
+
+def _carve(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and valid indices into a training file of n examples, each sorted."""
+    n_valid = round(valid_fraction * n)
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    # Sorted so both splits keep file order (and limit means "the first N in the file").
+    valid = permutation[:n_valid].sort().values.numpy()
+    train = permutation[n_valid:].sort().values.numpy()
+    return train, valid
+
+
+def _source(
+    name: str, data_dir: str | os.PathLike[str] | None, download: bool, progress: bool
+) -> _Source:
+    suffix = Path(name).suffix.lower()
+    # Registered names win over a same-named file in the working directory.
+    if suffix in (".npy", ".npz") or (name not in DATASETS and Path(name).expanduser().exists()):
+        return _array_source(Path(name).expanduser())
+    try:
+        loader = DATASETS[name]
+    except ConfigError as error:
+        raise ConfigError(f"{error}, or a path to a .npy/.npz file") from None
+    return loader(data_dir=data_dir, download=download, progress=progress)
+
+
+@DATASETS.register("digits")
+def _load_digits(**_: Any) -> _Source:
+    """scikit-learn's 8x8 digits (1797 images, 17 grey levels, bundled: nothing to download).
+
+    The training file is the first ``DIGITS_TRAIN_SIZE`` (1437) images, the test file the last 360.
+    """
+    from sklearn.datasets import load_digits  # imported here: sklearn takes ~1 s to import
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)[:, None]  # [1797, 1, 8, 8], values 0..16
+    labels = bunch.target.astype(np.int64)
+    cut = DIGITS_TRAIN_SIZE
+    train = _Part(images[:cut], labels[:cut], 16.0, 17)
+    test = _Part(images[cut:], labels[cut:], 16.0, 17)
+    return _Source(lambda: train, lambda: test)
+
+
+def _idx_loader(name: str) -> Callable[..., _Source]:
+    def load(
+        *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+        progress: bool = False, **_: Any,
+    ) -> _Source:
+        paths = resolve_idx_files(name, data_dir, download=download, progress=progress)
+        return _Source(
+            lambda: _read_idx_pair(paths["train-images"], paths["train-labels"]),
+            lambda: _read_idx_pair(paths["t10k-images"], paths["t10k-labels"]),
+        )
+
+    load.__doc__ = f"{name}: 28x28 uint8 IDX files (60000 training, 10000 test images)."
+    return load
+
+
+for _name in ("fashion-mnist", "mnist"):
+    DATASETS.register(_name)(_idx_loader(_name))
+
+
+def _read_idx_pair(images_path: Path, labels_path: Path) -> _Part:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(
+            f"{images_path}: expected uint8 images N x H x W, got {images.dtype} "
+            f"{list(images.shape)}; {_FIX_CORRUPT}"
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{labels_path}: expected integer labels of shape [N], got {labels.dtype} "
+            f"{list(labels.shape)}; {_FIX_CORRUPT}"
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
+            f"labels; the files do not belong together: {_FIX_CORRUPT}"
+        )
+    return _Part(images[:, None], labels.astype(np.int64), 255.0, 256)
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+
+_IDX_TYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (LeCun's MNIST format), gzip-compressed or raw.
+
+    The format: two zero bytes, a type code, the number of dimensions, the dimensions as
+    big-endian uint32, then exactly ``prod(dims) * itemsize`` big-endian values. Compression is
+    detected from the content, not the name. Everything is validated.
+
+    Args:
+        path: the file.
+
+    Returns:
+        a writable array in native byte order with the file's shape and type.
+
+    Raises:
+        DataError: the file is missing, unreadable, not IDX, truncated, too long, or a corrupt
+            gzip stream; the message names the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            if compressed:
+                with gzip.GzipFile(fileobj=handle) as stream:
+                    raw = stream.read()  # reading to the end also checks the CRC and length
+            else:
+                raw = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check the path") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise DataError(
+            f"{path}: corrupt or truncated gzip stream ({error}); {_FIX_CORRUPT}"
+        ) from None
+    except OSError as error:
+        raise DataError(
+            f"cannot read {path}: {error.strerror or error}; check the path and its permissions"
+        ) from None
+
+    if len(raw) >= 2 and raw[:2] != b"\x00\x00":
+        raise DataError(
+            f"{path}: not an IDX file (it starts with {raw[:4].hex()}, not 0000); {_FIX_CORRUPT}"
+        )
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes); {_FIX_CORRUPT}")
+    dtype = _IDX_TYPES.get(raw[2])
+    if dtype is None:
+        raise DataError(
+            f"{path}: unknown IDX type code 0x{raw[2]:02X} (expected one of "
+            f"{', '.join(f'0x{code:02X}' for code in _IDX_TYPES)}); {_FIX_CORRUPT}"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0:
+        raise DataError(f"{path}: IDX header declares no dimensions; {_FIX_CORRUPT}")
+    if len(raw) < header:
+        raise DataError(
+            f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header}); "
+            f"{_FIX_CORRUPT}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    count = math.prod(dims)
+    expected = count * dtype.itemsize
+    have = len(raw) - header
+    if have != expected:
+        problem = "truncated" if have < expected else "has extra bytes"
+        raise DataError(
+            f"{path}: IDX data {problem}: dimensions {list(dims)} need {expected} bytes but "
+            f"{have} follow the header; {_FIX_CORRUPT}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    # astype copies: the result is writable (torch.from_numpy warns otherwise) and native-endian.
+    return data.astype(dtype.newbyteorder("="))
+
+
+def resolve_idx_files(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Find the four IDX files of a dataset, downloading them into the user cache if missing.
+
+    Search order (the first folder holding all four files wins; ``.gz`` or uncompressed):
+    ``data_dir`` and ``data_dir/<name>``; ``$VAELAB_DATA/<name>`` and ``$VAELAB_DATA``; the
+    user cache ``$XDG_CACHE_HOME/vaelab/<name>`` (default ``~/.cache/vaelab/<name>``); then the
+    system folders in ``SYSTEM_DIRS`` (e.g. Debian's ``dataset-fashion-mnist``). Local files are
+    not checksummed (Debian recompressed its copies); downloads are checked against ``MD5``.
+
+    Args:
+        name: an IDX dataset, a key of ``MIRRORS`` (``"fashion-mnist"`` or ``"mnist"``).
+        data_dir: a folder to search first.
+        download: when the files are nowhere, fetch them from ``MIRRORS[name]``.
+        progress: show a download progress bar on stderr.
+
+    Returns:
+        ``{"train-images", "train-labels", "t10k-images", "t10k-labels"}`` -> path.
+    """
+    if name not in MIRRORS:
+        raise DataError(
+            f"{name!r} is not an IDX dataset; choose one of: {', '.join(sorted(MIRRORS))}"
+        )
+    looked = _candidate_dirs(name, data_dir)
+    for folder in looked:
+        found = _complete_dir(folder)
+        if found is not None:
+            return found
+    cache = _cache_dir(name)
+    if not download:
+        raise DataError(_missing_message(name, looked, cache, None))
+    _download_missing(name, cache, looked, progress)
+    found = _complete_dir(cache)
+    if found is None:  # only if something deleted the files under our feet
+        raise DataError(_missing_message(name, looked, cache, "files vanished after download"))
+    return found
+
+
+def _cache_dir(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "vaelab" / name
+
+
+def _candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    folders: list[Path] = []
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        folders += [root, root / name]
+    env = os.environ.get("VAELAB_DATA", "")
+    if env:
+        root = Path(env).expanduser()
+        folders += [root / name, root]
+    folders.append(_cache_dir(name))
+    folders += [Path(folder) for folder in SYSTEM_DIRS.get(name, [])]
+    return list(dict.fromkeys(folders))  # drop repeats, keep order
+
+
+def _complete_dir(folder: Path) -> dict[str, Path] | None:
+    found: dict[str, Path] = {}
+    for key, base in IDX_FILES.items():
+        for candidate in (folder / f"{base}.gz", folder / base):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _missing_message(name: str, looked: list[Path], cache: Path, failure: str | None) -> str:
+    files = ", ".join(f"{base}.gz" for base in IDX_FILES.values())
+    what = f"the download failed ({failure})" if failure else "downloading is turned off"
+    fixes = []
+    if name in APT_PACKAGES:
+        fixes.append(f"`apt-get install {APT_PACKAGES[name]}`")
+    fixes.append(f"put the four files ({files}) in {cache}")
+    fixes.append("pass --data-dir / set VAELAB_DATA to a folder that holds them")
+    if failure is None:
+        fixes.append("allow downloading")
+    where = ", ".join(str(folder) for folder in looked)
+    message = f"{name} not found (looked in {where}) and {what}; to fix: {', or '.join(fixes)}"
+    return _one_line(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _download_missing(name: str, cache: Path, looked: list[Path], progress: bool) -> None:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            _missing_message(name, looked, cache, f"cannot create {cache}: {error.strerror}")
+        ) from None
+    for base in IDX_FILES.values():
+        # Files in the cache got there only after a checksum match, so keep what is there.
+        if (cache / f"{base}.gz").is_file() or (cache / base).is_file():
+            continue
+        _fetch(name, f"{base}.gz", cache, looked, progress)
+
+
+def _fetch(name: str, filename: str, cache: Path, looked: list[Path], progress: bool) -> None:
+    expected = MD5[name][filename]
+    failures: list[str] = []
+    mismatches: list[str] = []
+    for mirror in MIRRORS[name]:
+        url = mirror if mirror.endswith("/") else mirror + "/"
+        url += filename
+        try:
+            digest = _stream_to_file(url, cache / filename, expected, progress)
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            failures.append(f"{url}: {_reason(error)}")
+            continue
+        if digest == expected:
+            return
+        mismatches.append(f"{digest} from {url}")
+    if mismatches:
+        raise DataError(
+            _one_line(
+                f"download of {filename} for {name} failed its checksum: expected MD5 {expected}, "
+                f"got {'; '.join(mismatches)}; the mirror may be serving a different file: try "
+                f"again later, or put the four files in {cache} yourself"
+            )
+        )
+    tried = len(failures)
+    reason = (
+        f"{tried} mirror{'s' if tried != 1 else ''} tried, last error {failures[-1]}"
+        if failures
+        else "no mirrors are configured"
+    )
+    raise DataError(_missing_message(name, looked, cache, reason))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    return str(error) or type(error).__name__
+
+
+def _stream_to_file(url: str, final: Path, expected: str, progress: bool) -> str:
+    """Download url into final if its MD5 is expected; return the MD5 of what came."""
+    request = urllib.request.Request(url, headers={"User-Agent": "vaelab"})
+    fd, temporary = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    keep = False
+    bar = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
+                length = response.headers.get("Content-Length")
+                if progress:
+                    from tqdm import tqdm
+
+                    total = int(length) if length and length.isdigit() else None
+                    bar = tqdm(
+                        total=total, unit="B", unit_scale=True, desc=final.name, file=sys.stderr
+                    )
+                md5 = hashlib.md5(usedforsecurity=False)
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        digest = md5.hexdigest()
+        if digest == expected:
+            os.replace(temporary, final)  # atomic: the final name only ever holds a good file
+            keep = True
+        return digest
+    finally:
+        if bar is not None:
+            bar.close()
+        if not keep:
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
+
+
+# --------------------------------------------------------------------------------------------
+# .npy / .npz arrays
+
+
+def _array_source(path: Path) -> _Source:
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file; check the path, or use a dataset name "
+            f"({', '.join(DATASETS.names())})"
+        )
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass a .npy/.npz file or a dataset name")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:  # npz members are read lazily, so they can fail in here too
+                parts = _parts_from_npz(path, loaded)
+        else:
+            parts = _split_single(path, loaded, None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from None
+    train, test = parts
+    return _Source(lambda: train, lambda: test)
+
+
+def _unreadable(path: Path, error: BaseException) -> DataError:
+    return DataError(
+        _one_line(
+            f"{path}: cannot read it as a .npy/.npz array ({error}); save plain numeric arrays "
+            "with numpy.save or numpy.savez (object arrays are never unpickled)"
+        )
+    )
+
+
+def _parts_from_npz(path: Path, npz: Any) -> tuple[_Part, _Part]:
+    keys = set(npz.files)
+    for train_key, test_key in (("x_train", "x_test"), ("train", "test")):
+        if train_key in keys or test_key in keys:
+            if not (train_key in keys and test_key in keys):
+                raise DataError(
+                    f"{path}: has {train_key if train_key in keys else test_key} but not "
+                    f"{test_key if train_key in keys else train_key}; store both, or a single "
+                    "array named x"
+                )
+            train = _part(path, train_key, npz[train_key], _labels(path, npz, "y_train"))
+            test = _part(path, test_key, npz[test_key], _labels(path, npz, "y_test"))
+            if train.x.shape[1:] != test.x.shape[1:] or train.x.dtype != test.x.dtype:
+                raise DataError(
+                    f"{path}: {train_key} ({train.x.dtype} {list(train.x.shape[1:])} per example) "
+                    f"and {test_key} ({test.x.dtype} {list(test.x.shape[1:])}) differ; save them "
+                    "with the same dtype and example shape"
+                )
+            return train, test
+    if "x" in keys:
+        return _split_single(path, npz["x"], _labels(path, npz, "y"))
+    if len(keys) == 1:
+        return _split_single(path, npz[next(iter(keys))], None)
+    raise DataError(
+        f"{path}: holds arrays {', '.join(sorted(keys))}; expected x_train/x_test (labels "
+        "y_train/y_test optional), train/test, one array named x (labels y optional), or a "
+        "single array"
+    )
+
+
+def _labels(path: Path, npz: Any, key: str) -> np.ndarray | None:
+    if key not in npz.files:
+        return None
+    labels = npz[key]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: labels {key} must be a 1-D integer array, got {labels.dtype} "
+            f"{list(labels.shape)}; save class indices as integers"
+        )
+    return labels.astype(np.int64)
+
+
+def _part(path: Path, key: str, array: np.ndarray, labels: np.ndarray | None) -> _Part:
+    """Check one array and bring it to [N, D] or [N, C, H, W] with its scale and levels."""
+    if array.ndim == 3:
+        array = array[:, None]  # N x H x W: one grey channel
+    elif array.ndim not in (2, 4):
+        raise DataError(
+            f"{path}: {key} has shape {list(array.shape)}; expected N x D, N x H x W or "
+            "N x C x H x W: reshape it before saving"
+        )
+    if len(array) == 0:
+        raise DataError(f"{path}: {key} holds no examples; save at least one row")
+    if labels is not None and len(labels) != len(array):
+        raise DataError(
+            f"{path}: {key} has {len(array)} examples but its labels have {len(labels)}; save "
+            "one label per example"
+        )
+    if array.dtype == np.uint8:
+        return _Part(array, labels, 255.0, 256)
+    if array.dtype == np.bool_:
+        return _Part(array, labels, 1.0, 2)
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise DataError(
+                f"{path}: {key} has NaN or infinite values (after conversion to float32); "
+                "clean or clip the data before saving"
+            )
+        return _Part(array, labels, 1.0, None)
+    raise DataError(
+        f"{path}: {key} has dtype {array.dtype}; use uint8 grey levels (0..255), bool, or "
+        "floats (e.g. scaled to [0, 1])"
+    )
+
+
+def _split_single(path: Path, array: np.ndarray, labels: np.ndarray | None) -> tuple[_Part, _Part]:
+    """The last 10% of rows (at least one) are the test file, the rest the training file."""
+    whole = _part(path, "the array", array, labels)
+    n = len(whole.x)
+    if n < 2:
+        raise DataError(
+            f"{path}: holds {n} example; a training and a test file need at least 2 rows"
+        )
+    cut = n - max(1, round(0.1 * n))
+    y = whole.y
+    train = _Part(whole.x[:cut], None if y is None else y[:cut], whole.scale, whole.levels)
+    test = _Part(whole.x[cut:], None if y is None else y[cut:], whole.scale, whole.levels)
+    return train, test

@@ -1,0 +1,127 @@
+"""Files users can trust: atomic writes, safetensors weights, JSON metadata, run directories.
+
+A write goes to a temporary file in the same directory, is fsync'ed, then ``os.replace``d over
+the target, so a crash at any moment leaves either the old file or the new one, never half of
+one. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from .errors import RunError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path to write; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Saves tensors (and string metadata) as safetensors, atomically."""
+    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(contiguous, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Loads a safetensors file; raises RunError if it is missing or corrupt."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path} does not exist") from None
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is corrupt ({err}); it cannot be loaded") from None
+    return tensors, header.get("__metadata__", {}) or {}
+
+
+def save_model(path: str | Path, model: nn.Module, state: dict[str, Tensor] | None = None) -> None:
+    """Saves a model's weights (or the given state dict) as safetensors."""
+    state = model.state_dict() if state is None else state
+    save_tensors(path, state, {"format": "vaelab-model"})
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Loads weights saved by ``save_model`` into ``model``; a shape or key mismatch is a RunError."""
+    tensors, _ = load_tensors(path)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise RunError(f"{path} does not match the model in config.json ({detail})") from None
+
+
+def append_line(path: str | Path, text: str) -> None:
+    """Appends one line and fsyncs, so a metrics line is on disk before the checkpoint that counts it."""
+    with open(path, "a") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch records of a run's ``metrics.jsonl`` (a torn last line is ignored)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def rng_state_tensor(generator: torch.Generator | None = None) -> Tensor:
+    """The state of a generator (or of the global CPU generator) as a uint8 tensor."""
+    return (generator.get_state() if generator is not None else torch.get_rng_state()).clone()

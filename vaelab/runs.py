@@ -1,0 +1,100 @@
+"""Run directories: what a run is made of, and how to get its model and data back.
+
+```
+runs/NAME/
+  config.json          the resolved configuration (enough to rebuild the model and its data)
+  model.safetensors    the best weights by validation bound (the last ones without validation)
+  checkpoint/          the latest training state, for --resume
+  metrics.jsonl        one JSON object per epoch
+  samples.png  reconstructions.png  latent.png (2-D latent)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import config as cfg
+from .data import Split, load_split
+from .errors import ConfigError, RunError
+from .files import CONFIG_FILE, MODEL_FILE, load_weights
+from .models import build_model
+
+
+def model_from_config(config: cfg.RunConfig, event_shape: tuple[int, ...]) -> nn.Module:
+    """Builds an untrained model from a run configuration."""
+    options = dataclasses.asdict(config.model)
+    return build_model(options.pop("model"), event_shape, **options)
+
+
+def load_data(
+    config: cfg.RunConfig, split: str, *, limit: int | None = None, progress: bool = False
+) -> Split:
+    """Loads one split of the run's data as the run's configuration prepares it.
+
+    Args:
+        config: the run configuration (data source, binarization, validation fraction, seed).
+        split: "train", "valid" or "test".
+        limit: first N examples; defaults to the run's own ``--limit``.
+    """
+    d = config.data
+    return load_split(
+        d.data,
+        split,
+        binarize=d.binarize,
+        data_dir=d.data_dir,
+        limit=limit if limit is not None else d.limit,
+        valid_fraction=d.valid_fraction,
+        seed=config.train.seed,
+        progress=progress,
+    )
+
+
+def check_compatible(config: cfg.RunConfig, split: Split) -> None:
+    """Refuses a Bernoulli likelihood on grey levels: its "log-likelihood" would not be one."""
+    if config.model.likelihood != "bernoulli" or config.data.binarize != "none" or len(split) == 0:
+        return  # binarized data is binary by construction
+    x = split.x
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise ConfigError(
+            f"--likelihood bernoulli needs binary data, but {config.data.data} with --binarize "
+            f"{config.data.binarize} has grey levels; use --binarize dynamic, threshold or static, "
+            f"or --likelihood gaussian"
+        )
+
+
+def read_config(run_dir: str | Path) -> tuple[cfg.RunConfig, tuple[int, ...]]:
+    """A run's configuration and data shape; RunError if the directory is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist")
+    try:
+        return cfg.load_json(run_dir / CONFIG_FILE)
+    except ConfigError as err:
+        raise RunError(str(err)) from None
+
+
+def load(run_dir: str | Path) -> nn.Module:
+    """The trained model of a run directory, as an ``nn.Module`` in eval mode.
+
+    Example:
+        >>> model = vaelab.load("runs/demo")
+        >>> q = model.encode(x)             # q(z|x), a torch.distributions object
+        >>> p = model.decode(q.mean)        # p(x|z)
+    """
+    run_dir = Path(run_dir)
+    config, event_shape = read_config(run_dir)
+    model = model_from_config(config, event_shape)
+    weights = run_dir / MODEL_FILE
+    if not weights.exists():
+        raise RunError(
+            f"{weights} does not exist: the run has not finished an epoch yet "
+            f"(resume it with: vaelab train --resume {run_dir})"
+        )
+    load_weights(model, weights)
+    return model.eval()
+

@@ -1,0 +1,363 @@
+"""One trainer for every model: the loop, Adam, validation, model selection, early stopping,
+checkpoint/resume, metrics and the progress bar.
+
+The trainer reduces an objective's per-example results to a scalar (the only place that
+happens), and knows nothing else about the model. Randomness comes from two seeded sources whose
+states are checkpointed at every epoch boundary: the global torch generator (initialization and
+``rsample``) and a ``torch.Generator`` for the data (order and binarization draws). A run killed
+at any moment and resumed therefore ends bitwise-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import config as cfg
+from .data import Split
+from .errors import RunError, TrainingDiverged
+from .files import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    append_line,
+    atomic_write_bytes,
+    load_tensors,
+    save_model,
+    save_tensors,
+)
+from .objectives import get_objective
+from .runs import check_compatible, load_data, model_from_config, read_config
+
+Objective = Callable[[nn.Module, Tensor], NamedTuple]
+
+
+@dataclass
+class TrainState:
+    """Where training stands at an epoch boundary (everything but the tensors)."""
+
+    epoch: int = 0  # epochs completed
+    best_epoch: int = 0  # epoch of the best validation bound (0: none yet)
+    best_bound: float = -math.inf
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    metrics_lines: int = 0  # lines of metrics.jsonl that belong to the completed epochs
+    finished: bool = False
+    stop_reason: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What ``Trainer.fit`` returns."""
+
+    epochs: int  # epochs completed
+    best_epoch: int
+    best_bound: float  # best validation bound (nan without validation)
+    stop_reason: str
+    history: list[dict]
+
+
+class Trainer:
+    """Fits a model by maximizing the mean of an objective's ``objective`` field with Adam.
+
+    Args:
+        model: any ``nn.Module``; the objective decides how it is used.
+        objective: ``f(model, x)`` returning a NamedTuple of per-example tensors [B] with at least
+            ``objective`` (maximized) and ``bound`` (logged, and used for model selection).
+        train: training split; batches are drawn from it with the trainer's data generator.
+        valid: validation split, or None to keep the last model and never stop early.
+        config: optimizer, epochs, patience and seed.
+        run_dir: where checkpoints, metrics and weights go; None trains in memory only.
+        progress: show a progress bar on stderr.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        train: Split,
+        valid: Split | None,
+        config: cfg.TrainConfig,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.train = train
+        self.valid = valid if valid is not None and len(valid) > 0 else None
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=config.lr,
+            betas=tuple(config.adam_betas),
+            eps=config.adam_eps,
+            # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs (PERFORMANCE.md).
+            fused=True,
+        )
+        self.state = TrainState()
+        self.best_weights: dict[str, Tensor] | None = None
+        self.history: list[dict] = []
+
+    # -- checkpointing -------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+    def save_checkpoint(self) -> None:
+        """Writes the full training state in one atomic file."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.best_weights is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
+        for i, slots in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"optim.{i}.{name}": v for name, v in slots.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.generator.get_state()
+        meta = {"format": "vaelab-checkpoint", "state": json.dumps(self.state.__dict__)}
+        save_tensors(self.checkpoint_path, tensors, meta)
+
+    def load_checkpoint(self) -> None:
+        """Restores the state written by ``save_checkpoint``."""
+        path = self.checkpoint_path
+        tensors, meta = load_tensors(path)
+        try:
+            self.state = TrainState(**json.loads(meta["state"]))
+            self.model.load_state_dict(_strip(tensors, "model."))
+            best = _strip(tensors, "best.")
+            self.best_weights = best or None
+            optim = self.optimizer.state_dict()
+            optim["state"] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, index, name = key.split(".", 2)
+                    optim["state"].setdefault(int(index), {})[name] = value
+            self.optimizer.load_state_dict(optim)
+            torch.set_rng_state(tensors["rng.torch"])
+            self.generator.set_state(tensors["rng.data"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise RunError(f"checkpoint {path} is incomplete or does not match the run ({err})") from None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Trains until ``epochs`` are done or validation stops improving for ``patience`` epochs."""
+        cfg_ = self.config
+        while True:
+            if self.state.epoch >= cfg_.epochs:
+                self.state.stop_reason = f"reached {cfg_.epochs} epochs"
+                break
+            if cfg_.patience and self.state.bad_epochs >= cfg_.patience:
+                self.state.stop_reason = f"no better validation bound for {cfg_.patience} epochs"
+                break
+            epoch = self.state.epoch + 1
+            record = self.train_epoch(epoch)
+            if self.valid is not None:
+                record.update(self._validate())
+            self._select(epoch, record)
+            self.history.append(record)
+        self._finish()
+        return TrainResult(
+            epochs=self.state.epoch,
+            best_epoch=self.state.best_epoch,
+            best_bound=self.state.best_bound if self.valid is not None else math.nan,
+            stop_reason=self.state.stop_reason,
+            history=self.history,
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training data; returns the epoch's metrics record (train_* keys)."""
+        model, opt = self.model, self.optimizer
+        model.train()
+        n_batches = math.ceil(len(self.train) / self.config.batch_size)
+        bar = tqdm(
+            total=n_batches,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            disable=not self.progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        sums: Tensor | None = None
+        names: tuple[str, ...] = ()
+        seen = 0
+        start = time.perf_counter()
+        batches = self.train.batches(self.config.batch_size, generator=self.generator, shuffle=True)
+        for step, x in enumerate(batches, 1):
+            result = self.objective(model, x)
+            loss = -result.objective.mean()
+            # A bool() on a CPU scalar costs microseconds; checking before the step means a
+            # non-finite loss never reaches the weights.
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(self._diverged_message(epoch, step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                batch_sums = torch.stack([t.sum() for t in result])
+            sums = batch_sums if sums is None else sums + batch_sums
+            names = result._fields
+            seen += x.shape[0]
+            if self.progress and (step % 20 == 0 or step == n_batches):
+                bar.set_postfix(_postfix(names, sums / seen, seen / (time.perf_counter() - start)), refresh=False)
+            bar.update(1)
+        seconds = time.perf_counter() - start
+        bar.close()
+        record = {"epoch": epoch, "train_seconds": seconds, "examples_per_second": seen / seconds}
+        record.update(_named_means("train", names, sums / seen))
+        return record
+
+    @torch.no_grad()
+    def _validate(self) -> dict:
+        """Validation bound on fixed data with fixed noise, so epochs are compared fairly; the
+        training random stream is left untouched."""
+        self.model.eval()
+        sums, names, seen = None, (), 0
+        x_all = self.valid.fixed()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + 2)
+            for i in range(0, len(x_all), 1000):
+                result = self.objective(self.model, x_all[i : i + 1000])
+                batch_sums = torch.stack([t.sum() for t in result])
+                sums = batch_sums if sums is None else sums + batch_sums
+                names, seen = result._fields, seen + result.objective.shape[0]
+        self.model.train()
+        return _named_means("valid", names, sums / seen)
+
+    def _select(self, epoch: int, record: dict) -> None:
+        """Keeps the best weights by validation bound, logs the epoch, then checkpoints."""
+        if self.valid is not None:
+            bound = record["valid_bound"]
+            if bound > self.state.best_bound:
+                self.state.best_bound, self.state.best_epoch, self.state.bad_epochs = bound, epoch, 0
+                self.best_weights = _copy(self.model.state_dict())
+            else:
+                self.state.bad_epochs += 1
+        else:
+            self.state.best_epoch = epoch
+            self.best_weights = None
+        record["best_epoch"] = self.state.best_epoch
+        self.state.epoch = epoch
+        if self.run_dir is None:
+            return
+        if self.state.best_epoch == epoch:
+            save_model(self.run_dir / MODEL_FILE, self.model)
+        # The metrics line is on disk before the checkpoint that counts it; on resume, lines
+        # beyond the checkpoint's count (an epoch that was redone) are dropped.
+        append_line(self.run_dir / METRICS_FILE, json.dumps(record))
+        self.state.metrics_lines += 1
+        self.save_checkpoint()
+
+    def _finish(self) -> None:
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        self.state.finished = True
+        if self.run_dir is not None:
+            save_model(self.run_dir / MODEL_FILE, self.model)
+            self.save_checkpoint()
+
+    def _diverged_message(self, epoch: int, step: int) -> str:
+        where = f"epoch {epoch}, step {step}"
+        kept = (
+            f"; the last good checkpoint (epoch {self.state.epoch}) is kept in {self.run_dir}"
+            if self.run_dir is not None
+            else ""
+        )
+        return f"training diverged: the loss became non-finite at {where}{kept}; try a lower --lr (now {self.config.lr:g})"
+
+
+def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _named_means(prefix: str, names: tuple[str, ...], means: Tensor) -> dict[str, float]:
+    out = {}
+    for name, value in zip(names, means.tolist()):
+        if name == "objective":
+            out[f"{prefix}_loss"] = -value
+        else:
+            out[f"{prefix}_{name}"] = value
+    return out
+
+
+def _postfix(names: tuple[str, ...], means: Tensor, rate: float) -> dict[str, str]:
+    values = dict(zip(names, means.tolist()))
+    shown = {"loss": f"{-values['objective']:.2f}"}
+    for short, name in (("rec", "reconstruction"), ("kl", "kl")):
+        if name in values:
+            shown[short] = f"{values[name]:.2f}"
+    shown["ex/s"] = f"{rate:.0f}"
+    return shown
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Trainer:
+    train = load_data(config, "train", progress=progress)
+    if len(train) == 0:
+        raise RunError(f"the training split of {config.data.data} is empty")
+    check_compatible(config, train)
+    valid = load_data(config, "valid") if config.data.valid_fraction > 0 else None
+    torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
+    model = model_from_config(config, train.event_shape)
+    t = config.train
+    objective = get_objective(t.objective, beta=t.beta, k=t.k, kl=t.kl)
+    return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress)
+
+
+def start_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult:
+    """Starts a new run in ``run_dir`` (which must not exist, or be empty).
+
+    Data and model are built before anything is written, so a bad configuration leaves no trace.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunError(
+            f"{run_dir} already exists and is not empty; pick another --out, or continue it "
+            f"with: vaelab train --resume {run_dir}"
+        )
+    trainer = _setup(config, run_dir, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, trainer.train.event_shape))
+    return trainer.fit()
+
+
+def resume_run(run_dir: str | Path, *, progress: bool = True) -> TrainResult:
+    """Continues a run from its checkpoint, with its own saved configuration."""
+    run_dir = Path(run_dir)
+    config, _ = read_config(run_dir)
+    trainer = _setup(config, run_dir, progress)
+    if trainer.checkpoint_path.exists():
+        trainer.load_checkpoint()
+    if trainer.state.finished:
+        raise RunError(
+            f"{run_dir} already finished ({trainer.state.epoch} epochs: {trainer.state.stop_reason}); "
+            f"start a new run to train longer"
+        )
+    _truncate_metrics(run_dir / METRICS_FILE, trainer.state.metrics_lines)
+    return trainer.fit()
+
+
+def _truncate_metrics(path: Path, keep: int) -> None:
+    """Drops metric lines written after the checkpoint (an epoch that will be redone)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) != keep:
+        atomic_write_bytes(path, "".join(lines[:keep]).encode())
