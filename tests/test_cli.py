@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,21 @@ def test_corrupt_files_are_reported_and_left_alone(run_dir, tmp_path):
     # an existing run directory is never overwritten by a new run
     assert_one_line_error(run_cli("train", "--out", str(broken), "--epochs", "1"), "already exists", "--resume")
     assert {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()} == before
+
+
+def test_dequantized_gaussian_run_reports_a_discrete_bound(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["train", "--binarize", "none", "--dequantize", "--likelihood", "gaussian-learned",
+                 "--out", str(out), *SMALL]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["dequantize"] is True
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "50", "--limit", "20", "--json", "--quiet"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    # log P(k) >= log p((k + u)/L) - D log L, with D = 64 pixels and L = 17 grey levels
+    assert s["discrete_log_likelihood_bound"] == pytest.approx(s["log_likelihood"] - 64 * math.log(17))
+    assert s["bits_per_dim"] == pytest.approx(-s["discrete_log_likelihood_bound"] / (64 * math.log(2)))
+    assert s["discrete_log_likelihood_bound"] < 0
+
+
+def test_dequantize_needs_grey_levels():
+    assert_one_line_error(run_cli("train", "--dequantize", "--binarize", "threshold"), "--binarize none")

@@ -710,3 +710,43 @@ def test_bad_binarize_lists_choices():
     with pytest.raises(DataError, match="none, dynamic, threshold, static"):
         load_split("digits", binarize="stochastic")
 
+
+
+# --------------------------------------------------------------------------------------------
+# Dequantization
+
+
+def _grey_split(levels: int = 17, n: int = 400, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, levels, (n, 1, 4, 4), generator=g)
+    return Split(k.float() / (levels - 1), None, "grey", "train", "none", seed, levels, True)
+
+
+def test_dequantized_values_stay_in_their_grey_level_cell():
+    split = _grey_split()
+    k = torch.round(split.x * 16)
+    for view in (split.fixed(), split.draw(torch.Generator().manual_seed(1))):
+        assert torch.equal(torch.floor(view * 17), k)  # (k + u) / 17 with u in [0, 1)
+        assert view.min() >= 0 and view.max() < 1
+
+
+def test_dequantization_noise_is_uniform_and_fresh_per_pass():
+    split = _grey_split(n=2000)
+    g = torch.Generator().manual_seed(3)
+    first, second = split.draw(g), split.draw(g)
+    assert not torch.equal(first, second)
+    assert torch.equal(split.fixed(), _grey_split(n=2000).fixed())  # scoring view is seeded
+    u = (first * 17 - torch.round(split.x * 16)).flatten()
+    # U[0, 1): mean 1/2, sd 1/sqrt(12); the mean of n draws has standard error sd / sqrt(n)
+    se = (1 / 12) ** 0.5 / u.numel() ** 0.5
+    assert abs(float(u.mean()) - 0.5) < 4 * se
+
+
+def test_dequantize_is_refused_where_it_makes_no_sense(tmp_path):
+    x = torch.rand(10, 4)
+    with pytest.raises(DataError, match="nothing to dequantize"):
+        Split(x, None, "floats", "train", "none", 0, None, True)
+    with pytest.raises(DataError, match="binarize='none'"):
+        Split(x, None, "grey", "train", "threshold", 0, 256, True)
+    loaded = load_split("digits", "test", dequantize=True, limit=5)
+    assert loaded.dequantize and loaded.levels == 17

@@ -174,17 +174,20 @@ def _checkpoint_epoch(run_dir: Path) -> int:
 
 
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
-    """The real thing: SIGKILL the CLI mid-training (twice), resume, compare with an
-    uninterrupted run byte for byte."""
+    """The real thing: SIGKILL the CLI mid-training (three times: before the first checkpoint,
+    after a checkpoint, and at an arbitrary moment), resume, compare with an uninterrupted run
+    byte for byte."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
     run = tmp_path / "killed"
     cmd = _train_cmd(run)
-    for kill_after_epoch, delay in ((2, 0.0), (6, 0.013)):
+    for kill_after_epoch, delay in ((0, 0.0), (2, 0.0), (6, 0.013)):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while _checkpoint_epoch(run) < kill_after_epoch and proc.poll() is None:
+        while proc.poll() is None and not (
+            (run / "config.json").exists() and _checkpoint_epoch(run) >= kill_after_epoch
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.002)
         time.sleep(delay)

@@ -42,6 +42,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f"{section}.{f.name}"}
             if "choices" in meta:
                 kwargs["choices"] = meta["choices"]
+            if f.type == "bool":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["metavar"] = f.name.upper()
             parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
@@ -138,17 +142,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
     torch.manual_seed(args.seed)
     summary = evaluate(model, split.fixed(), args.k, progress=not (args.quiet or args.json))
+    what = _what_is_scored(config, split)
+    if split.dequantize:
+        # log P(k) >= E_u[log p((k + u) / L)] - D log L (Theis et al. 2016)
+        dims = math.prod(split.event_shape)
+        bound = summary["log_likelihood"] - dims * math.log(split.levels)
+        summary["discrete_log_likelihood_bound"] = bound
+        summary["bits_per_dim"] = -bound / (dims * math.log(2))
     if args.json:
         print(json.dumps(summary))
         return 0
     s = summary
-    print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data} (binarize {config.data.binarize}), K={s['k']}")
+    print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data}, {what}, K={s['k']}")
     print(f"  log-likelihood  {s['log_likelihood']:.3f} +- {s['log_likelihood_stderr']:.3f} nats (importance sampling, +- Monte-Carlo standard error)")
+    if split.dequantize:
+        print(f"  discrete data   >= {s['discrete_log_likelihood_bound']:.3f} nats ({s['bits_per_dim']:.4f} bits/dim)")
     print(f"  ELBO            {s['elbo']:.3f} nats")
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
     print(f"  KL              {s['kl']:.3f} nats")
     print(f"  active units    {s['active_units']} of {model.latent_dim}")
     return 0
+
+
+def _what_is_scored(config: cfg.RunConfig, split) -> str:
+    """Says what the log-likelihood is a likelihood of, so no number is mistaken for another."""
+    if config.data.binarize != "none":
+        return f"binarized ({config.data.binarize})"
+    if split.dequantize:
+        return f"density of dequantized grey levels ((k + u) / {split.levels})"
+    if config.model.likelihood == "bernoulli":
+        return "binary data"
+    return "density of the values as given (use --dequantize for a bound on discrete pixels)"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

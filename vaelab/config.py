@@ -42,6 +42,7 @@ class DataConfig:
     data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist) or a .npy/.npz path"))
     data_dir: str | None = field(default=None, metadata=_help("directory holding the IDX files (searched first)"))
     binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
+    dequantize: bool = field(default=False, metadata=_help("add uniform noise to grey levels, (k + u) / levels, for continuous likelihoods; needs --binarize none"))
     valid_fraction: float = field(default=0.1, metadata=_help("fraction of the training file held out for validation (0 disables validation)"))
     limit: int | None = field(default=None, metadata=_help("use only the first N examples (file order) of each split"))
 
@@ -52,6 +53,8 @@ class DataConfig:
             )
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.dequantize and self.binarize != "none":
+            raise ConfigError("--dequantize adds noise to grey levels; use it with --binarize none")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
 
@@ -151,6 +154,12 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
         if kind.startswith("tuple[float"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(float(v) for v in items)
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError("not true or false")
         if kind.startswith("int"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("not an integer")

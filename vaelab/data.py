@@ -17,6 +17,10 @@ Binarization modes (``BINARIZE_MODES``), for grey levels in [0, 1]:
 - ``static``: one Bernoulli draw per split, fixed by ``(seed, split)`` (Larochelle & Murray 2011).
 - ``dynamic``: a fresh Bernoulli draw every training pass (Salakhutdinov & Murray 2008; Burda et
   al. 2016); the deterministic view used for scoring is a single seeded draw, as for ``static``.
+
+With ``binarize="none"``, ``dequantize=True`` serves grey level k as (k + u) / levels with fresh
+uniform noise u every training pass (one seeded draw for scoring), so that a density model of
+the data is honest about discrete pixels (Theis et al. 2016).
 """
 
 from __future__ import annotations
@@ -133,6 +137,9 @@ class Split:
         seed: the seed of the validation carve and of the fixed Bernoulli draws.
         levels: the number of discrete grey levels (256 for uint8/IDX data, 17 for digits, 2 for
             bool arrays), None for continuous floats.
+        dequantize: serve grey level k (of ``levels``) as (k + u) / levels with u ~ U[0, 1),
+            so that a density model of the result bounds the discrete log-likelihood
+            (Theis et al. 2016): log P(k) >= E_u[log p((k + u) / L)] - D log L.
     """
 
     x: torch.Tensor
@@ -142,6 +149,7 @@ class Split:
     binarize: str = "none"
     seed: int = 0
     levels: int | None = None
+    dequantize: bool = False
     # Memo of fixed(); a mutable dict lets a frozen dataclass cache without object.__setattr__.
     _cache: dict[str, torch.Tensor] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -170,6 +178,16 @@ class Split:
                 )
             if self.y.dtype != torch.int64:
                 object.__setattr__(self, "y", self.y.to(torch.int64))
+        if self.dequantize and self.binarize != "none":
+            raise DataError(
+                f"dequantization adds noise to grey levels, but binarize={self.binarize!r} makes "
+                "the data binary; use binarize='none' with dequantize"
+            )
+        if self.dequantize and not self.levels:
+            raise DataError(
+                f"{self.name} holds continuous values, so there is nothing to dequantize; "
+                "dequantize needs discrete grey levels (uint8 arrays, digits, the IDX sets)"
+            )
         if self.binarize != "none" and self.x.numel() > 0:
             low, high = float(self.x.min()), float(self.x.max())
             if not (0.0 <= low and high <= 1.0):  # also rejects NaN
@@ -208,7 +226,10 @@ class Split:
         """
         view = self._cache.get("fixed")
         if view is None:
-            if self.binarize == "none":
+            if self.dequantize:
+                generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.split))
+                view = self._dequantized(generator)
+            elif self.binarize == "none":
                 view = self.x
             elif self.binarize == "threshold":
                 view = (self.x > 0.5).to(torch.float32)
@@ -230,11 +251,21 @@ class Split:
         Returns:
             bool (dynamic) or float32 tensor shaped like ``x``.
         """
+        if self.dequantize:
+            if generator is None:
+                raise ValueError("dequantization needs a torch.Generator; pass generator=...")
+            return self._dequantized(generator)
         if self.binarize != "dynamic":
             return self.fixed()
         if generator is None:
             raise ValueError("dynamic binarization needs a torch.Generator; pass generator=...")
         return torch.rand(self.x.shape, generator=generator) < self.x
+
+    def _dequantized(self, generator: torch.Generator) -> torch.Tensor:
+        # grey level k = x * (L - 1) -> (k + u) / L, in [0, 1)
+        levels = float(self.levels)
+        k = torch.round(self.x * (levels - 1))
+        return (k + torch.rand(self.x.shape, generator=generator)).div_(levels)
 
     def batches(
         self,
@@ -264,7 +295,7 @@ class Split:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if generator is None and (shuffle or self.binarize == "dynamic"):
+        if generator is None and (shuffle or self.binarize == "dynamic" or self.dequantize):
             # The global RNG would make resumed training irreproducible.
             raise ValueError(
                 "shuffle=True and dynamic binarization need a torch.Generator; pass generator=..."
@@ -346,6 +377,7 @@ def load_split(
     limit: int | None = None,
     valid_fraction: float = 0.1,
     seed: int = 0,
+    dequantize: bool = False,
     download: bool = True,
     progress: bool = False,
 ) -> Split:
@@ -360,6 +392,7 @@ def load_split(
         valid_fraction: share of the training file held out for ``"valid"``, in [0, 1);
             ``round(valid_fraction * n)`` examples chosen by a permutation seeded with ``seed``.
         seed: seed of the validation carve and of the fixed binarization draws.
+        dequantize: serve grey levels with uniform noise (see ``Split``); needs binarize="none".
         download: fetch missing IDX files from the official mirrors into the user cache.
         progress: show a download progress bar on stderr.
 
@@ -399,7 +432,7 @@ def load_split(
     if part.scale != 1.0:
         x = x.div_(part.scale)
     y = None if part.y is None else torch.from_numpy(part.y[index].astype(np.int64))
-    return Split(x, y, name, split, binarize, seed, part.levels)
+    return Split(x, y, name, split, binarize, seed, part.levels, dequantize)
 
 
 def load_dataset(

@@ -121,7 +121,3 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             break
     return records
 
-
-def rng_state_tensor(generator: torch.Generator | None = None) -> Tensor:
-    """The state of a generator (or of the global CPU generator) as a uint8 tensor."""
-    return (generator.get_state() if generator is not None else torch.get_rng_state()).clone()

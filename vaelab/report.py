@@ -83,8 +83,7 @@ def _grid_figure(canvas: np.ndarray, title: str | None = None, scale: float = 1.
 @torch.no_grad()
 def samples_figure(model: nn.Module, path: str | Path, n: int = 64, seed: int = 0) -> Path:
     """Draws z ~ p(z) and shows the mean of p(x|z) for each (the usual way to show samples)."""
-    gen_state = torch.random.fork_rng(devices=[])
-    with gen_state:
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
         torch.manual_seed(seed)
         z = model.prior().sample((n,))
         images = _as_images(model.decode(z).mean)

@@ -50,6 +50,7 @@ def load_data(
         limit=limit if limit is not None else d.limit,
         valid_fraction=d.valid_fraction,
         seed=config.train.seed,
+        dequantize=d.dequantize,
         progress=progress,
     )
 
