@@ -204,9 +204,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                batch_sums = torch.stack([t.sum() for t in result])
-            sums = batch_sums if sums is None else sums + batch_sums
+            sums = _accumulate(sums, result)
             names = result._fields
             seen += x.shape[0]
             if self.progress and (step % 20 == 0 or step == n_batches):
@@ -229,8 +227,7 @@ class Trainer:
             torch.manual_seed(self.config.seed + 2)
             for i in range(0, len(x_all), 1000):
                 result = self.objective(self.model, x_all[i : i + 1000])
-                batch_sums = torch.stack([t.sum() for t in result])
-                sums = batch_sums if sums is None else sums + batch_sums
+                sums = _accumulate(sums, result)
                 names, seen = result._fields, seen + result.objective.shape[0]
         self.model.train()
         return _named_means("valid", names, sums / seen)
@@ -275,6 +272,13 @@ class Trainer:
             else ""
         )
         return f"training diverged: the loss became non-finite at {where}{kept}; try a lower --lr (now {self.config.lr:g})"
+
+
+@torch.no_grad()
+def _accumulate(sums: Tensor | None, result: NamedTuple) -> Tensor:
+    """Adds a batch's per-field sums to the running sums, without leaving the tensor world."""
+    batch = torch.stack([t.sum() for t in result])
+    return batch if sums is None else sums + batch
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
