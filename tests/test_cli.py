@@ -173,3 +173,23 @@ def test_dequantized_gaussian_run_reports_a_discrete_bound(tmp_path, capsys):
 
 def test_dequantize_needs_grey_levels():
     assert_one_line_error(run_cli("train", "--dequantize", "--binarize", "threshold"), "--binarize none")
+
+
+def test_array_data_end_to_end(tmp_path, capsys):
+    """Any N x D array: a Gaussian VAE trains, is scored as a density, and its figures draw
+    (vectors as strips, an unlabelled latent scatter)."""
+    import warnings
+
+    import numpy as np
+
+    path = tmp_path / "vectors.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 10)).astype("float32"))
+    out = tmp_path / "vec"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["train", "--data", str(path), "--binarize", "none", "--likelihood", "gaussian",
+                     "--obs-precision", "1", "--out", str(out), *SMALL]) == 0
+    assert (out / "latent.png").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "20", "--quiet"]) == 0
+    assert "density of the values as given, K=20" in capsys.readouterr().out

@@ -172,7 +172,9 @@ def _what_is_scored(config: cfg.RunConfig, split) -> str:
         return f"density of dequantized grey levels ((k + u) / {split.levels})"
     if config.model.likelihood == "bernoulli":
         return "binary data"
-    return "density of the values as given (use --dequantize for a bound on discrete pixels)"
+    if split.levels:
+        return "density of the grey levels as given (use --dequantize for a bound on discrete pixels)"
+    return "density of the values as given"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -122,10 +122,11 @@ def latent_figure(
     manifold = tile(_as_images(model.decode(z).mean), grid, pad=1)
     fig = Figure(figsize=(11, 5))
     ax1, ax2 = fig.subplots(1, 2)
-    colours = labels.numpy() if labels is not None else None
-    sc = ax1.scatter(means[:, 0], means[:, 1], c=colours, cmap="tab10", s=4, alpha=0.8)
     if labels is not None:
+        sc = ax1.scatter(means[:, 0], means[:, 1], c=labels.numpy(), cmap="tab10", s=4, alpha=0.8)
         fig.colorbar(sc, ax=ax1, label="label")
+    else:
+        ax1.scatter(means[:, 0], means[:, 1], s=4, alpha=0.8)
     ax1.set_xlabel("E[z1|x]")
     ax1.set_ylabel("E[z2|x]")
     ax1.set_title("encoder means of test data")
