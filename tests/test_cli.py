@@ -13,7 +13,6 @@ import torch
 
 import vaelab
 from vaelab.cli import main
-from vaelab.evaluate import log_likelihood
 
 SMALL = ["--hidden", "32", "--latent-dim", "2", "--epochs", "2", "--limit", "300", "--quiet"]
 

@@ -81,3 +81,17 @@ def test_linear_model_posterior_is_bayes_rule(linear_model, linear_data):
     rhs = (linear_model.decode(z).log_prob(linear_data) + linear_model.prior().log_prob(z)
            - linear_model.log_prob(linear_data))
     torch.testing.assert_close(lhs, rhs)
+
+
+def test_build_model_defaults_are_the_configuration_defaults():
+    """build_model("vae", shape) from Python and `vaelab train` without flags build the same model."""
+    import dataclasses
+    import inspect
+
+    from vaelab.config import ModelConfig
+    from vaelab.models.vae import build_vae
+
+    params = inspect.signature(build_vae).parameters
+    for f in dataclasses.fields(ModelConfig):
+        if f.name != "model":
+            assert params[f.name].default == f.default, f.name

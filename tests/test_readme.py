@@ -7,7 +7,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 
 from vaelab import config as cfg
 from vaelab.cli import _build_parser, main

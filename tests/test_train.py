@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vaelab import config as cfg
-from vaelab.data import Split, load_split
+from vaelab.data import load_split
 from vaelab.errors import RunError, TrainingDiverged
 from vaelab.files import load_tensors, read_metrics
 from vaelab.models import build_model

@@ -46,7 +46,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
                 kwargs["metavar"] = f.name.upper()
-            parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+            group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import config as cfg

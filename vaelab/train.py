@@ -261,7 +261,7 @@ class Trainer:
             self.model.load_state_dict(self.best_weights)
         self.state.finished = True
         if self.run_dir is not None:
-            save_model(self.run_dir / MODEL_FILE, self.model)
+            # model.safetensors already holds these weights: _select wrote it when they were best.
             self.save_checkpoint()
 
     def _diverged_message(self, epoch: int, step: int) -> str:
