@@ -39,7 +39,9 @@ def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--k", "500", "--limit", "50", "--json", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
-                        "active_units", "n_examples", "k"}
+                        "active_units", "n_examples", "k", "bounds", "bounds_stderr", "trained_objective",
+                        "trained_bound", "trained_bound_stderr"}
+    assert out["trained_objective"] == "elbo(k=1)"
     assert out["n_examples"] == 50 and out["k"] == 500
     assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
     # an independent importance-sampling estimate through the public API
@@ -192,3 +194,93 @@ def test_array_data_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--k", "20", "--quiet"]) == 0
     assert "density of the values as given, K=20" in capsys.readouterr().out
+
+
+# -- importance-weighted runs, bounds and diagnostics (issue 3) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def iwae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "iwae"
+    args = ["train", "--data", "digits", "--binarize", "threshold", "--objective", "iwae", "--k", "5",
+            "--grad-estimator", "dreg", "--kl-warmup", "1", "--hidden", "32", "--latent-dim", "4",
+            "--epochs", "3", "--limit", "400", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_evaluate_reports_bounds_from_the_same_particles(iwae_run, capsys):
+    assert main(["evaluate", str(iwae_run), "--k", "500", "--bounds", "1,5,50", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    b, se = out["bounds"], out["bounds_stderr"]
+    assert list(b) == ["1", "5", "50"] and list(se) == ["1", "5", "50"]
+    # E[L_1] <= E[L_5] <= E[L_50] <= log p(x), beyond the Monte-Carlo errors
+    assert b["1"] + 3 * se["1"] < b["5"] and b["5"] + 3 * se["5"] < b["50"]
+    assert b["50"] <= out["log_likelihood"] + 3 * math.hypot(se["50"], out["log_likelihood_stderr"])
+    # L_1 is the ELBO: the two estimates of it differ only by Monte-Carlo error (KL in closed form
+    # for one, from the particles for the other)
+    assert abs(b["1"] - out["elbo"]) < 0.1 * abs(out["elbo"] - out["log_likelihood"]) + 4.5 * se["1"]
+    # the trained bound is L_5, estimated from one draw per example
+    assert out["trained_objective"] == "iwae(k=5, dreg)"
+    assert abs(out["trained_bound"] - b["5"]) < 4.5 * out["trained_bound_stderr"]
+
+
+def test_evaluate_table_lists_the_bounds(iwae_run, capsys):
+    assert main(["evaluate", str(iwae_run), "--k", "20", "--bounds", "5", "--limit", "10", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "L_5" in text and "trained bound" in text and "iwae(k=5, dreg)" in text
+
+
+def test_training_logs_collapse_diagnostics(iwae_run):
+    rows = [json.loads(line) for line in (iwae_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kl_scale"] for r in rows][-1] == 1.0 and rows[0]["kl_scale"] < 1.0
+    for r in rows:
+        assert 0 <= r["active_units"] <= 4 and len(r["kl_per_dim"]) == 4
+        assert 0 <= r["mutual_info"] <= math.log(40) + 1e-6  # 40 validation examples
+
+
+def test_diagnose_json_and_plot(iwae_run, tmp_path, capsys):
+    plot = tmp_path / "snr.png"
+    args = ["diagnose", str(iwae_run), "--k-list", "1,4,64", "--reps", "30", "--batch", "20", "--json", "-o", str(plot)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["k"] == [1, 4, 64]
+    assert len(out["encoder_snr"]) == len(out["decoder_snr"]) == len(out["ess"]) == 3
+    assert out["ess"][0] == pytest.approx(1.0) and 0 < out["ess"][2] < out["ess"][1] < 1
+    # Rainforth et al.: the IWAE decoder SNR rises with K and the encoder's falls
+    assert out["decoder_snr"][2] > out["decoder_snr"][0] and out["encoder_snr"][2] < out["encoder_snr"][0]
+    assert plot.stat().st_size > 0 and out["plot"] == str(plot)
+
+
+def test_diagnose_prints_a_table(iwae_run, capsys):
+    assert main(["diagnose", str(iwae_run), "--k-list", "2,8", "--reps", "5", "--batch", "10", "--quiet",
+                 "--grad-estimator", "dreg"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "encoder SNR" in text and "decoder SNR" in text and "ESS" in text
+    assert (iwae_run / "snr.png").exists()
+
+
+def test_collapse_warning_is_one_line_on_stderr(tmp_path):
+    proc = run_cli("train", "--data", "digits", "--binarize", "threshold", "--beta", "50", "--hidden", "32",
+                   "--latent-dim", "4", "--epochs", "3", "--limit", "300", "--quiet", "--out", str(tmp_path / "c"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("vaelab: warning: posterior collapse")]
+    assert len(warnings) == 1 and "--kl-warmup" in warnings[0]
+
+
+def test_issue_3_options_are_checked(tmp_path, iwae_run):
+    out = str(tmp_path / "z")
+    assert_one_line_error(run_cli("train", "--objective", "elbo", "--m", "4", "--out", out), "--m", "miwae", "piwae")
+    assert_one_line_error(run_cli("train", "--objective", "iwae", "--grad-estimator", "score", "--out", out), "score", "elbo")
+    assert_one_line_error(run_cli("train", "--objective", "iwae", "--kl", "mc", "--out", out), "--kl", "elbo")
+    assert_one_line_error(run_cli("train", "--objective", "ciwae", "--beta", "1.5", "--out", out), "[0, 1]")
+    assert_one_line_error(run_cli("train", "--kl-warmup", "3", "--kl-cycles", "2", "--out", out), "choose one")
+    assert_one_line_error(run_cli("train", "--free-bits", "-1", "--out", out), "--free-bits")
+    assert_one_line_error(run_cli("train", "--grad-estimator", "magic", "--out", out), "invalid choice", "dreg")
+    assert_one_line_error(run_cli("evaluate", str(iwae_run), "--k", "10", "--bounds", "5,50"), "--bounds", "at most")
+    assert_one_line_error(run_cli("evaluate", str(iwae_run), "--bounds", "1,x"), "--bounds")
+    assert_one_line_error(run_cli("diagnose", str(iwae_run), "--reps", "1"), "--reps")
+    assert_one_line_error(run_cli("diagnose", str(iwae_run), "--objective", "nope"), "iwae", "miwae")
+    assert_one_line_error(run_cli("diagnose", str(iwae_run), "--k-list", "0,5"), "--k-list")
+    assert_one_line_error(run_cli("diagnose", str(iwae_run), "--objective", "elbo", "--m", "3"), "--m")
+    assert not (tmp_path / "z").exists()

@@ -88,7 +88,8 @@ def test_summarize_keys_and_mean_stderr(linear_model, linear_data):
     res = log_likelihood(linear_model, linear_data, k=100)
     s = summarize(res, 100)
     assert set(s) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
-                      "active_units", "n_examples", "k"}
+                      "active_units", "n_examples", "k", "bounds", "bounds_stderr"}
+    assert s["bounds"] == {} and s["bounds_stderr"] == {}
     assert s["n_examples"] == linear_data.shape[0] and s["k"] == 100
     assert s["log_likelihood_stderr"] == pytest.approx(float(res.stderr.square().mean().sqrt() / math.sqrt(40)))
     assert s["elbo"] == pytest.approx(s["reconstruction"] - s["kl"])

@@ -133,3 +133,142 @@ def test_get_objective_binds_only_accepted_options(linear_model, linear_data):
     torch.testing.assert_close(res.objective, res.reconstruction - 2.0 * res.kl)
     with pytest.raises(ConfigError, match="elbo"):
         OBJECTIVES["no-such-objective"]
+
+
+# -- importance-weighted bounds --------------------------------------------------------------
+
+BOUNDS = [  # (objective, options, K of the IWAE bound it equals in expectation)
+    ("iwae", {"k": 1}, 1),
+    ("iwae", {"k": 5}, 5),
+    ("iwae", {"k": 50}, 50),
+    ("miwae", {"m": 4, "k": 5}, 5),
+    ("piwae", {"m": 4, "k": 5}, 20),
+]
+
+
+def expected_bound(model, x, name, reps=400, seed=0, **options):
+    """E[bound] per example over reps draws, and the standard error of its mean over examples."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        b = get_objective(name, **options)(model, x.repeat(reps, 1)).bound.view(reps, -1)
+    per_example_var = b.var(0) / reps
+    return b.mean(0), per_example_var
+
+
+def gap_and_se(model, x, name, **options):
+    mean, var = expected_bound(model, x, name, **options)
+    exact = model.log_prob(x)
+    n = x.shape[0]
+    return (exact - mean).mean().item(), (var.sum().sqrt() / n).item()
+
+
+@pytest.mark.parametrize("name,options,_", BOUNDS + [("ciwae", {"beta": 0.5, "k": 5}, None)])
+def test_every_bound_is_below_log_likelihood(name, options, _, linear_model, linear_data):
+    gap, se = gap_and_se(linear_model, linear_data, name, **options)
+    assert gap > -3 * se, (gap, se)
+
+
+def test_iwae_bounds_increase_with_k_toward_log_likelihood(linear_model, linear_data):
+    """E[L_1] <= E[L_5] <= E[L_50] <= log p(x) (Burda et al. 2015, theorem 1), each step larger than
+    its standard error, and the gap shrinks roughly like 1/K."""
+    gaps = {k: gap_and_se(linear_model, linear_data, "iwae", k=k) for k in (1, 5, 50)}
+    for small, large in ((1, 5), (5, 50)):
+        (g1, s1), (g2, s2) = gaps[small], gaps[large]
+        assert g1 - g2 > Z_MAX * math.hypot(s1, s2), gaps
+    assert gaps[50][0] > 0 and gaps[50][0] < gaps[1][0] / 20, gaps
+    rec, kl = closed_form_elbo(linear_model, linear_data)
+    elbo_gap = (linear_model.log_prob(linear_data) - (rec - kl)).mean().item()
+    assert abs(gaps[1][0] - elbo_gap) < Z_MAX * gaps[1][1], "L_1 is the ELBO"
+
+
+@pytest.mark.parametrize("name,options,k_equiv", BOUNDS[3:])
+def test_grouped_bounds_equal_their_iwae_counterpart(name, options, k_equiv, linear_model, linear_data):
+    """E[MIWAE(M, K)] = E[L_K] and PIWAE's bound is L_MK (Rainforth et al. 2018)."""
+    g, s = gap_and_se(linear_model, linear_data, name, **options)
+    g_iw, s_iw = gap_and_se(linear_model, linear_data, "iwae", k=k_equiv, seed=1)
+    assert abs(g - g_iw) < Z_MAX * math.hypot(s, s_iw)
+
+
+def test_ciwae_is_the_convex_combination(linear_model, linear_data):
+    beta, k = 0.3, 5
+    torch.manual_seed(4)
+    res = get_objective("ciwae", beta=beta, k=k)(linear_model, linear_data)
+    torch.manual_seed(4)
+    lw = log_weights(linear_model, linear_data, k)
+    want = beta * lw.mean(0) + (1 - beta) * (torch.logsumexp(lw, 0) - math.log(k))
+    torch.testing.assert_close(res.bound, want)
+    torch.testing.assert_close(res.objective, want)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        get_objective("ciwae", beta=1.5, k=k)(linear_model, linear_data)
+
+
+def test_logged_bound_is_the_true_bound_whatever_the_estimator(linear_model, linear_data):
+    """The value of ``bound`` (and of ``objective`` at kl_scale 1) does not depend on the gradient
+    estimator: surrogates change gradients, never the logged numbers."""
+    values = {}
+    for estimator in ("reparam", "stl", "dreg"):
+        torch.manual_seed(2)
+        res = get_objective("iwae", k=8, grad_estimator=estimator)(linear_model, linear_data)
+        values[estimator] = (res.objective.detach(), res.bound)
+    for estimator in ("stl", "dreg"):
+        torch.testing.assert_close(values[estimator][0], values["reparam"][0])
+        torch.testing.assert_close(values[estimator][1], values["reparam"][1])
+    torch.manual_seed(2)
+    plain = elbo(linear_model, linear_data, k=3)
+    torch.manual_seed(2)
+    score = elbo(linear_model, linear_data, k=3, grad_estimator="score")
+    torch.testing.assert_close(score.objective.detach(), plain.objective.detach())
+
+
+# -- collapse remedies: kl_scale and free bits --------------------------------------------------
+
+
+def test_kl_scale_weights_the_kl_part_of_every_objective(linear_model, linear_data):
+    s, k = 0.25, 6
+    torch.manual_seed(0)
+    res = elbo(linear_model, linear_data, beta=2.0, kl_scale=s)
+    torch.testing.assert_close(res.objective, res.reconstruction - 2.0 * s * res.kl)
+    torch.testing.assert_close(res.bound, res.reconstruction - res.kl)
+    torch.manual_seed(0)
+    res = get_objective("iwae", k=k, kl_scale=s)(linear_model, linear_data)
+    torch.manual_seed(0)
+    p = sample_particles(linear_model, linear_data, k)
+    scaled = p.log_px_z + s * (p.log_pz - p.log_qz)
+    torch.testing.assert_close(res.objective, torch.logsumexp(scaled, 0) - math.log(k))
+    torch.testing.assert_close(res.bound, torch.logsumexp(p.log_weights, 0) - math.log(k))
+
+
+def test_free_bits_objective_is_exactly_as_defined(linear_model, linear_data):
+    """Kingma et al. (2016): rec - sum_d max(lambda, KL_d), KL_d the batch mean per dimension."""
+    torch.manual_seed(0)
+    plain = elbo(linear_model, linear_data)
+    q = linear_model.encode(linear_data)
+    per_dim = torch.distributions.kl_divergence(q.base_dist, linear_model.prior().base_dist).mean(0)
+    lam = float(per_dim.detach().sort().values[1])  # between the dimensions' KLs: some are clamped, some not
+    lam = lam + 1e-3
+    assert (per_dim < lam).any() and (per_dim >= lam).any()
+    torch.manual_seed(0)
+    fb = elbo(linear_model, linear_data, free_bits=lam)
+    want = plain.reconstruction.mean() - torch.clamp(per_dim, min=lam).sum()
+    torch.testing.assert_close(fb.objective.mean(), want)
+    torch.testing.assert_close(fb.bound, plain.bound)
+    # no KL gradient reaches the encoder's scale of a clamped dimension except through reconstruction
+    g_fb = torch.autograd.grad(fb.objective.mean(), linear_model.enc_log_scale)[0]
+    torch.manual_seed(0)
+    rec_only = elbo(linear_model, linear_data).reconstruction.mean()
+    g_rec = torch.autograd.grad(rec_only, linear_model.enc_log_scale)[0]
+    clamped = per_dim < lam
+    torch.testing.assert_close(g_fb[clamped], g_rec[clamped])
+    assert not torch.allclose(g_fb[~clamped], g_rec[~clamped])
+
+
+@pytest.mark.parametrize("name", ["iwae", "miwae", "ciwae", "piwae"])
+def test_free_bits_apply_to_every_objective(name, linear_model, linear_data):
+    torch.manual_seed(0)
+    plain = get_objective(name, k=4)(linear_model, linear_data)
+    torch.manual_seed(0)
+    fb = get_objective(name, k=4, free_bits=100.0)(linear_model, linear_data)  # every dimension clamped
+    q = linear_model.encode(linear_data)
+    per_dim = torch.distributions.kl_divergence(q.base_dist, linear_model.prior().base_dist)
+    torch.testing.assert_close(fb.objective, plain.objective + (per_dim - 100.0).sum(1))
+    torch.testing.assert_close(fb.bound, plain.bound)

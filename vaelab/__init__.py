@@ -9,19 +9,37 @@ The public API:
     bound = vaelab.elbo(model, x)                    # per-example ELBO and its parts
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+import logging as _logging
+
+# Library warnings (e.g. posterior collapse) go to the "vaelab" logger; the CLI shows them, and a
+# Python caller sees them once it configures logging (the standard NullHandler convention).
+_logging.getLogger("vaelab").addHandler(_logging.NullHandler())
 
 from .data import load_dataset, load_split
 from .errors import VaelabError
-from .estimators import log_weights
+from .diagnostics import gradient_snr, mutual_information, posterior_summary, snr_sweep
+from .estimators import GRAD_ESTIMATORS, effective_sample_size, log_weights
 from .evaluate import active_units, evaluate, log_likelihood
 from .models import VAE, LinearGaussian, build_model
-from .objectives import OBJECTIVES, elbo
+from .objectives import OBJECTIVES, ciwae, elbo, get_objective, iwae, miwae, piwae
 from .runs import load
 from .train import Trainer
 
 __all__ = [
+    "GRAD_ESTIMATORS",
     "OBJECTIVES",
+    "ciwae",
+    "effective_sample_size",
+    "get_objective",
+    "gradient_snr",
+    "iwae",
+    "miwae",
+    "mutual_information",
+    "piwae",
+    "posterior_summary",
+    "snr_sweep",
     "VAE",
     "LinearGaussian",
     "Trainer",

@@ -1,4 +1,4 @@
-"""The ``vaelab`` command: train, evaluate, sample, reconstruct.
+"""The ``vaelab`` command: train, evaluate, diagnose, sample, reconstruct.
 
 User errors (bad flags, unknown names, missing or corrupt files) print one line to stderr and exit
 with status 2; nothing on disk is damaged.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -73,7 +74,30 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
     p.add_argument("--limit", type=int, help="only the first N examples of the split")
     p.add_argument("--seed", type=int, default=0, help="seed for the importance samples (default: 0)")
+    p.add_argument("--bounds", metavar="K,K,...", type=_int_list("--bounds"), default=(),
+                   help="also estimate the bounds L_K for these K (each at most --k), from the same "
+                   "particles, e.g. 1,5,50")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("diagnose", help="gradient signal-to-noise ratio and effective sample size against K",
+                       description="Gradient SNR |E[g]| / std[g] of the encoder and decoder parameters "
+                       "(mean over parameters) over repeated gradient draws on one fixed minibatch, and "
+                       "the normalized effective sample size of the importance weights, for each K; "
+                       "prints a table and writes a plot (Rainforth et al. 2018).")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
+                   help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
+    p.add_argument("--reps", type=int, default=100, help="gradient draws per K (default: 100)")
+    p.add_argument("--objective", default="iwae", help="objective whose gradient is measured (default: iwae)")
+    p.add_argument("--grad-estimator", default="reparam", help="reparam | stl | dreg | score (default: reparam)")
+    p.add_argument("--m", type=int, default=1, help="groups, for miwae and piwae (default: 1)")
+    p.add_argument("--beta", type=float, help="beta, for elbo and ciwae (default: the objective's)")
+    p.add_argument("--batch", type=int, default=100, help="examples in the fixed minibatch (default: 100)")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"), help="where the minibatch comes from (default: train)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the gradient draws (default: 0)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="plot file (default: RUN/snr.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with equal-length lists k, encoder_snr, decoder_snr, ess")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z)")
@@ -98,6 +122,21 @@ def _config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
             section, name = dest.split(".", 1)
             flags.setdefault(section, {})[name] = value
     return cfg.build(cfg.merge(*layers, flags))
+
+
+def _int_list(flag: str):
+    """argparse type for comma-separated positive integers such as 1,5,50."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} needs comma-separated integers such as 1,5,50, got {text!r}") from None
+        if not values or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} needs positive integers such as 1,5,50, got {text!r}")
+        return values
+
+    return parse
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -130,18 +169,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluate import evaluate
+    from .evaluate import evaluate, mean_bound
+    from .objectives import get_objective
     from .runs import load, load_data, read_config
 
     _positive("--k", args.k)
     _positive("--limit", args.limit)
+    if any(b > args.k for b in args.bounds):
+        raise VaelabError(f"--bounds values must be at most --k ({args.k}): the bounds are cut from the same particles")
     config, _ = read_config(args.run)
     model = load(args.run)
     split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
     if len(split) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
+    x = split.fixed()
     torch.manual_seed(args.seed)
-    summary = evaluate(model, split.fixed(), args.k, progress=not (args.quiet or args.json))
+    summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds)
+    t = config.train
+    trained = get_objective(t.objective, **{**t.objective_options(), "free_bits": 0.0})
+    summary["trained_objective"] = _describe_objective(config)
+    summary["trained_bound"], summary["trained_bound_stderr"] = mean_bound(trained, model, x)
     what = _what_is_scored(config, split)
     if split.dequantize:
         # log P(k) >= E_u[log p((k + u) / L)] - D log L (Theis et al. 2016)
@@ -158,9 +205,75 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if split.dequantize:
         print(f"  discrete data   >= {s['discrete_log_likelihood_bound']:.3f} nats ({s['bits_per_dim']:.4f} bits/dim)")
     print(f"  ELBO            {s['elbo']:.3f} nats")
+    print(f"  trained bound   {s['trained_bound']:.3f} +- {s['trained_bound_stderr']:.3f} nats ({s['trained_objective']}, one draw per example, +- standard error over examples)")
+    for kb, value in s["bounds"].items():
+        print(f"  L_{kb:<13} {value:.3f} +- {s['bounds_stderr'][kb]:.3f} nats")
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
     print(f"  KL              {s['kl']:.3f} nats")
     print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    return 0
+
+
+def _describe_objective(config: cfg.RunConfig) -> str:
+    """The training objective with its options, as in the papers: iwae(k=50), miwae(m=8, k=8)."""
+    from .objectives import objective_options
+
+    t = config.train
+    accepted = objective_options(t.objective)
+    parts = [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+             for name, value in (("m", t.m), ("k", t.k), ("beta", t.beta)) if name in accepted and value is not None]  # fmt: skip
+    if t.grad_estimator != "reparam":
+        parts.append(t.grad_estimator)
+    return f"{t.objective}({', '.join(parts)})"
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import torch
+
+    from .diagnostics import snr_sweep
+    from .estimators import GRAD_ESTIMATORS
+    from .objectives import OBJECTIVES, objective_options
+    from .report import snr_figure
+    from .runs import load, load_data, read_config
+
+    _positive("--reps", args.reps)
+    _positive("--batch", args.batch)
+    _positive("--m", args.m)
+    if args.reps < 2:
+        raise VaelabError(f"--reps must be at least 2 to estimate a standard deviation, got {args.reps}")
+    OBJECTIVES[args.objective]  # unknown names list the valid ones
+    if args.grad_estimator not in GRAD_ESTIMATORS:
+        raise VaelabError(f"unknown grad estimator {args.grad_estimator!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}")
+    accepted = objective_options(args.objective)
+    if args.m != 1 and "m" not in accepted:
+        raise VaelabError(f"--m is not used by --objective {args.objective}")
+    if args.beta is not None and "beta" not in accepted:
+        raise VaelabError(f"--beta is not used by --objective {args.objective}")
+    config, _ = read_config(args.run)
+    model = load(args.run)
+    split = load_data(config, args.split, limit=args.batch)
+    if len(split) == 0:
+        raise VaelabError(f"the {args.split} split of {args.run} is empty")
+    x = split.fixed()[: args.batch]
+    options = {"m": args.m, "grad_estimator": args.grad_estimator}
+    if args.beta is not None:
+        options["beta"] = args.beta
+    options = {k: v for k, v in options.items() if k in accepted}
+    torch.manual_seed(args.seed)
+    result = snr_sweep(model, x, args.k_list, objective=args.objective, options=options, reps=args.reps,
+                       progress=not (args.quiet or args.json))  # fmt: skip
+    result["grad_estimator"] = args.grad_estimator
+    path = snr_figure(result, args.output or Path(args.run) / "snr.png")
+    result["plot"] = str(path)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.run}: gradient SNR of {args.objective} ({args.grad_estimator}) on {result['n_examples']} "
+          f"{args.split} examples, {args.reps} draws per K; mean over parameters of |E[g]| / std[g]")  # fmt: skip
+    print(f"{'K':>8}  {'encoder SNR':>12}  {'decoder SNR':>12}  {'ESS':>8}")
+    for k, enc, dec, ess in zip(result["k"], result["encoder_snr"], result["decoder_snr"], result["ess"]):
+        print(f"{k:>8}  {enc:>12.4f}  {dec:>12.4f}  {ess:>8.4f}")
+    print(f"ESS: normalized effective sample size of the importance weights, (sum w)^2 / (K sum w^2). Plot: {path}")
     return 0
 
 
@@ -201,12 +314,29 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "diagnose": cmd_diagnose,
+    "sample": cmd_sample,
+    "reconstruct": cmd_reconstruct,
+}
+
+
+def _show_warnings() -> logging.Handler:
+    """Library warnings (the "vaelab" logger, e.g. posterior collapse) as one line on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vaelab: warning: %(message)s"))
+    logger = logging.getLogger("vaelab")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    handler = _show_warnings()
     try:
         return COMMANDS[args.command](args)
     except VaelabError as err:
@@ -218,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"; continue with: vaelab train --resume {args.resume or args.out or 'RUN'}"
         print(f"vaelab: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("vaelab").removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

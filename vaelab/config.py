@@ -21,7 +21,8 @@ from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
 from .nets import ACTIVATIONS, NETS
-from .objectives import KL_MODES, OBJECTIVES
+from .estimators import GRAD_ESTIMATORS
+from .objectives import KL_MODES, OBJECTIVES, objective_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,10 +92,15 @@ class ModelConfig:
 class TrainConfig:
     """The objective and the optimization."""
 
-    objective: str = field(default="elbo", metadata=_help("training objective"))
-    beta: float = field(default=1.0, metadata=_help("weight of the KL term (beta-VAE)"))
-    k: int = field(default=1, metadata=_help("samples per example in the objective"))
-    kl: str = field(default="analytic", metadata=_help("analytic | mc: how the KL term is computed", choices=KL_MODES))
+    objective: str = field(default="elbo", metadata=_help("training objective: elbo | iwae | miwae | ciwae | piwae"))
+    beta: float | None = field(default=None, metadata=_help("elbo: weight of the KL term (beta-VAE), default 1; ciwae: beta ELBO + (1 - beta) IWAE, default 0.5"))
+    k: int = field(default=1, metadata=_help("samples per example (per group for miwae and piwae)"))
+    m: int = field(default=1, metadata=_help("miwae, piwae: number of groups of k samples"))
+    kl: str = field(default="analytic", metadata=_help("elbo: analytic | mc, how the KL term is computed", choices=KL_MODES))
+    grad_estimator: str = field(default="reparam", metadata=_help("reparam | stl | dreg | score (score: elbo only)", choices=GRAD_ESTIMATORS))
+    kl_warmup: int = field(default=0, metadata=_help("raise the KL weight linearly from 0 over this many epochs (0: off)"))
+    kl_cycles: int = field(default=0, metadata=_help("cyclical KL annealing with this many cycles over --epochs (0: off)"))
+    free_bits: float = field(default=0.0, metadata=_help("free bits: nats per latent dimension below which the KL is not penalized (0: off)"))
     epochs: int = field(default=100, metadata=_help("maximum number of passes over the training data"))
     batch_size: int = field(default=100, metadata=_help("examples per optimizer step"))
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
@@ -103,17 +109,55 @@ class TrainConfig:
     patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
 
+    def objective_options(self) -> dict[str, Any]:
+        """The options to build the objective with (``objectives.get_objective``); beta is left
+        out when unset so each objective uses its own default."""
+        options = {
+            "k": self.k,
+            "m": self.m,
+            "kl": self.kl,
+            "grad_estimator": self.grad_estimator,
+            "free_bits": self.free_bits,
+        }
+        if self.beta is not None:
+            options["beta"] = self.beta
+        return options
+
     def __post_init__(self) -> None:
-        OBJECTIVES[self.objective]
+        accepted = objective_options(self.objective)  # raises ConfigError listing the objectives
         if self.kl not in KL_MODES:
             raise ConfigError(f"unknown kl mode {self.kl!r}; choose one of: {', '.join(KL_MODES)}")
-        positive = {"k": self.k, "epochs": self.epochs, "batch_size": self.batch_size}
+        if self.grad_estimator not in GRAD_ESTIMATORS:
+            raise ConfigError(
+                f"unknown grad estimator {self.grad_estimator!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}"
+            )
+        # an option the objective would silently ignore is a mistake worth reporting
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("beta", "m", "kl"):
+            if getattr(self, name) != defaults[name] and name not in accepted:
+                users = [o for o in OBJECTIVES if name in objective_options(o)]
+                raise ConfigError(
+                    f"--{name} is not used by --objective {self.objective}; it applies to: {', '.join(users)}"
+                )
+        if self.grad_estimator == "score" and self.objective != "elbo":
+            raise ConfigError(
+                f"--grad-estimator score is implemented for --objective elbo only; use reparam, stl or dreg with {self.objective}"
+            )
+        if self.objective == "ciwae" and self.beta is not None and not 0 <= self.beta <= 1:
+            raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
+        if self.kl_warmup < 0 or self.kl_cycles < 0:
+            raise ConfigError("--kl-warmup and --kl-cycles must be 0 (off) or positive")
+        if self.kl_warmup and self.kl_cycles:
+            raise ConfigError("--kl-warmup and --kl-cycles are two different schedules; choose one")
+        if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
+            raise ConfigError(f"--free-bits must be a non-negative number of nats, got {self.free_bits}")
+        positive = {"k": self.k, "m": self.m, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
+        if self.beta is not None and not (self.beta >= 0 and math.isfinite(self.beta)):
             raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"--adam-betas needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")

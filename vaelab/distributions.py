@@ -7,12 +7,13 @@ guarantee their ranges (logits are unconstrained, scales come from ``exp`` or ``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .errors import ConfigError
 from .registry import Registry
@@ -110,3 +111,58 @@ class LearnedGaussianObservation(Observation):
 def build_observation(name: str, event_ndim: int, **options: float) -> Observation:
     """Builds the observation model registered as ``name`` for data with ``event_ndim`` dims."""
     return OBSERVATIONS[name](event_ndim, **options)
+
+
+# -- posteriors with their parameters cut from the graph -------------------------------------
+
+
+@functools.singledispatch
+def stop_gradient(q: Distribution) -> Distribution:
+    """The same distribution with its parameters detached from the autograd graph.
+
+    ``stop_gradient(q).log_prob(z)`` has the value of ``q.log_prob(z)`` but passes gradient only
+    through ``z``: the path derivative used by the STL and DReG estimators (Roeder et al. 2017;
+    Tucker et al. 2018). A new posterior family registers its own rule with
+    ``@stop_gradient.register``.
+    """
+    raise ConfigError(
+        f"the stl/dreg/score gradient estimators need a posterior whose parameters can be "
+        f"detached; {type(q).__name__} has no stop_gradient rule (use --grad-estimator reparam)"
+    )
+
+
+@stop_gradient.register
+def _(q: Independent) -> Distribution:
+    return Independent(stop_gradient(q.base_dist), q.reinterpreted_batch_ndims, validate_args=False)
+
+
+@stop_gradient.register
+def _(q: Normal) -> Distribution:
+    return Normal(q.loc.detach(), q.scale.detach(), validate_args=False)
+
+
+@stop_gradient.register
+def _(q: MultivariateNormal) -> Distribution:
+    return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
+
+
+def kl_per_dimension(q: Distribution, prior: Distribution) -> Tensor:
+    """KL(q(z_d|x) || p(z_d)) for each latent dimension d, shape (B, D).
+
+    Defined when both are products over dimensions (``Independent`` of a one-dimensional family
+    with a registered closed form), as for the diagonal Gaussian posterior and N(0, I) prior;
+    the per-dimension KLs then sum to the total KL. Free bits and the KL-per-dimension
+    diagnostic need it.
+    """
+    if not (isinstance(q, Independent) and isinstance(prior, Independent)):
+        raise ConfigError(
+            f"KL per latent dimension needs a factorized posterior and prior, got "
+            f"{type(q).__name__} and {type(prior).__name__}"
+        )
+    try:
+        return kl_divergence(q.base_dist, prior.base_dist)
+    except NotImplementedError:
+        raise ConfigError(
+            f"no closed-form KL between {type(q.base_dist).__name__} and "
+            f"{type(prior.base_dist).__name__} per dimension"
+        ) from None

@@ -1,7 +1,20 @@
-"""Importance weights: the one place where particles z_k ~ q(z|x) are drawn and scored.
+"""Importance weights and gradient estimators: the one place where particles z_k ~ q(z|x) are
+drawn and scored.
 
 Every bound in ``objectives`` and the evaluator's log-likelihood estimate are reductions of the
 log-weights log w_k = log p(x, z_k) - log q(z_k | x) computed here (DESIGN.md).
+
+Gradient estimators (``GRAD_ESTIMATORS``) differ only in how the encoder parameters phi receive
+gradient; the decoder always gets the plain (reparameterized) gradient of the objective:
+
+- ``reparam``: the total derivative of log w_k through z_k = g(eps, phi) and through q's density.
+- ``stl``: "sticking the landing" (Roeder et al. 2017): log q is evaluated with phi detached, so
+  phi gets gradient only along the path through z_k; the dropped score term has expectation zero.
+- ``dreg``: doubly reparameterized (Tucker et al. 2018): the path derivative with the importance
+  weights w~_k replaced by w~_k^2 (``route_path_gradient``), unbiased for the IWAE encoder
+  gradient and with a signal-to-noise ratio that does not vanish as K grows.
+- ``score``: the score-function (REINFORCE) estimator (Williams 1992), which needs no
+  reparameterization: z is drawn without a gradient path and phi learns from f(z) grad log q(z).
 """
 
 from __future__ import annotations
@@ -9,8 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
+
+from .distributions import stop_gradient
+from .errors import ConfigError
+
+GRAD_ESTIMATORS = ("reparam", "stl", "dreg", "score")
 
 
 @dataclass
@@ -43,27 +62,94 @@ class Particles:
     def log_qz(self) -> Tensor:  # (k, B)
         return self.q.log_prob(self.z)
 
+    @cached_property
+    def log_qz_path(self) -> Tensor:  # (k, B)
+        """log q(z_k|x) with q's parameters detached: same value, gradient only through z_k."""
+        return stop_gradient(self.q).log_prob(self.z)
+
     @property
     def log_weights(self) -> Tensor:  # (k, B)
         return self.log_px_z + self.log_pz - self.log_qz
 
 
-def sample_particles(model, x: Tensor, k: int = 1, q: Distribution | None = None) -> Particles:
-    """Draws k reparameterized particles z ~ q(z|x) per example of x.
+def sample_particles(
+    model, x: Tensor, k: int = 1, q: Distribution | None = None, *, reparameterized: bool = True
+) -> Particles:
+    """Draws k particles z ~ q(z|x) per example of x.
 
     Args:
         model: exposes ``prior()``, ``encode(x)`` and ``decode(z)``.
         x: a batch (B, *event_shape).
         k: particles per example.
         q: a proposal to use instead of ``model.encode(x)`` (batch shape (B,)).
+        reparameterized: draw z = g(eps, phi) with a gradient path to q's parameters (``rsample``);
+            False draws z without one (``sample``), for the score-function estimator.
     Returns:
         ``Particles`` with z of shape (k, B, latent_dim).
     """
     if q is None:
         q = model.encode(x)
-    return Particles(model=model, x=x, q=q, z=q.rsample((k,)))
+    z = q.rsample((k,)) if reparameterized else q.sample((k,))
+    return Particles(model=model, x=x, q=q, z=z)
 
 
 def log_weights(model, x: Tensor, k: int) -> Tensor:
     """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), reparameterized; shape (k, B)."""
     return sample_particles(model, x, k).log_weights
+
+
+def check_estimator(name: str, objective: str, allowed: tuple[str, ...]) -> None:
+    """Raises ConfigError unless ``name`` is a known estimator that ``objective`` supports."""
+    if name not in GRAD_ESTIMATORS:
+        raise ConfigError(f"unknown grad estimator {name!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}")
+    if name not in allowed:
+        raise ConfigError(
+            f"--grad-estimator {name} is not available for --objective {objective}; "
+            f"choose one of: {', '.join(allowed)}"
+        )
+
+
+def route_path_gradient(p: Particles, weights: Tensor, encoder_weights: Tensor) -> None:
+    """Makes the encoder see ``encoder_weights`` where the objective's gradient has ``weights``.
+
+    The gradient of an objective sum_k a_k log w_k (a_k detached) reaches z_k as
+    a_k d log w_k / d z_k; a hook on z rescales it to e_k d log w_k / d z_k, so phi, which sees
+    log w_k only through z_k when log q is detached (``Particles.log_qz_path``), gets the path
+    gradient sum_k e_k (d log w_k / d z_k)(d z_k / d phi), while the decoder keeps a_k. One
+    forward and one backward pass; DReG uses e_k = w~_k^2 where a_k = w~_k.
+
+    Args:
+        p: particles whose z carries the reparameterization path (no-op without one).
+        weights: a_k, shape (k, B), the weights the objective's gradient gives log w_k.
+        encoder_weights: e_k, shape (k, B), the weights the encoder's path gradient should have.
+    """
+    if not p.z.requires_grad:
+        return
+    a, e = weights.detach(), encoder_weights.detach()
+    # Where a_k underflowed to 0 the incoming gradient is 0 too; such particles carry no signal.
+    ratio = torch.where(a > 0, e / a.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(a))
+    p.z.register_hook(lambda grad: grad * ratio.unsqueeze(-1))
+
+
+def score_function_surrogate(f: Tensor, log_q: Tensor) -> Tensor:
+    """A per-example surrogate whose gradient w.r.t. q's parameters is the score-function estimate
+    mean_k (f_k - b_k) grad log q(z_k|x); its value is zero.
+
+    Args:
+        f: (k, B) the integrand at z_k (drawn without a reparameterization path).
+        log_q: (k, B) log q(z_k|x) with q's parameters attached.
+    The baseline b_k is the mean of f over the other k - 1 particles (leave-one-out, unbiased
+    because it does not depend on z_k); with k = 1 there is none: plain REINFORCE.
+    """
+    k = f.shape[0]
+    f = f.detach()
+    baseline = (f.sum(0, keepdim=True) - f) / (k - 1) if k > 1 else torch.zeros_like(f)
+    s = ((f - baseline) * log_q).mean(0)
+    return s - s.detach()
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """Normalized effective sample size of importance weights, (sum w)^2 / (K sum w^2), in
+    [1/K, 1] (Kong 1992); log_w has shape (K, B), the result (B,)."""
+    k = log_w.shape[0]
+    return (2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)).exp() / k

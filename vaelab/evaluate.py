@@ -14,12 +14,13 @@ shrinks as K grows. Work is vectorized over examples and particles and cut into 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .errors import ConfigError
 from .estimators import sample_particles
 from .objectives import kl_to_prior
 
@@ -32,6 +33,9 @@ class LogLikelihood(NamedTuple):
     reconstruction: Tensor  # [N] (1/K) sum_k log p(x|z_k): E_q[log p(x|z)] from the same particles
     kl: Tensor  # [N] KL(q(z|x) || p(z)), closed form where registered, else from the particles
     posterior_mean: Tensor  # [N, D] E_q[z], for active units
+    bound_k: tuple[int, ...] = ()  # the K of each column of ``bounds``
+    bounds: Tensor | None = None  # [N, J] E[L_K] per example, from disjoint groups of the K particles
+    bounds_stderr: Tensor | None = None  # [N, J] its Monte-Carlo standard error (nan with one group)
 
     @property
     def elbo(self) -> Tensor:
@@ -53,6 +57,7 @@ def log_likelihood(
     *,
     rows: int = 1000,
     progress: bool = False,
+    bounds: Sequence[int] = (),
 ) -> LogLikelihood:
     """Importance-sampled log p(x) with the encoder as proposal, and its standard error.
 
@@ -62,6 +67,10 @@ def log_likelihood(
         k: importance samples per example (Burda et al. use 5000).
         rows: decoder rows per chunk; bounds memory (about rows x data size floats).
         progress: show a progress bar over examples.
+        bounds: values K' <= k at which to also estimate the bound E[L_K'] per example. The k
+            particles are cut into floor(k / K') disjoint groups of K'; each group is an
+            independent draw of L_K', so their mean estimates E[L_K'] and their spread gives its
+            standard error, at no extra decoder cost.
     Returns:
         ``LogLikelihood`` of per-example tensors. The standard error of example i is
         sd(w) / (sqrt(K) mean(w)), the delta-method error of log mean(w); it is unreliable when
@@ -69,10 +78,14 @@ def log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    bound_k = tuple(int(b) for b in bounds)
+    if any(b < 1 or b > k for b in bound_k):
+        raise ConfigError(f"--bounds values must be between 1 and --k ({k}), got {','.join(map(str, bound_k))}")
     n = x.shape[0]
     per_pass, chunk = _chunking(n, k, rows)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     ll, se, rec, kl = (torch.empty(n, dtype=dtype) for _ in range(4))
+    bnd, bnd_se = torch.empty(n, len(bound_k), dtype=dtype), torch.empty(n, len(bound_k), dtype=dtype)
     means: Tensor | None = None
     was_training = model.training
     model.eval()
@@ -97,13 +110,25 @@ def log_likelihood(
                 se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
                 rec[i : i + b] = lpx[:, :b].mean(0)
                 kl[i : i + b] = _kl(q, model, w, lpx[:, :b])
+                for j, kb in enumerate(bound_k):
+                    bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
                 if means is None:
                     means = torch.empty(n, q.mean.shape[-1], dtype=dtype)
                 means[i : i + b] = q.mean
                 bar.update(b)
     finally:
         model.train(was_training)
-    return LogLikelihood(ll, se, rec, kl, means if means is not None else torch.empty(0, 0))
+    return LogLikelihood(
+        ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se
+    )
+
+
+def _grouped_bound(log_w: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mean and standard error of L_k over the disjoint groups of k log-weights in (K, b)."""
+    groups = log_w.shape[0] // k
+    lk = torch.logsumexp(log_w[: groups * k].reshape(groups, k, -1), dim=1) - math.log(k)  # (G, b)
+    stderr = (lk.var(0, correction=1) / groups).sqrt() if groups > 1 else torch.full_like(lk[0], math.nan)
+    return lk.mean(0), stderr
 
 
 def _kl(q, model: nn.Module, log_w: Tensor, log_px_z: Tensor) -> Tensor:
@@ -123,9 +148,13 @@ def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> int:
     return int((posterior_mean.var(dim=0, correction=0) > threshold).sum())
 
 
-def summarize(result: LogLikelihood, k: int) -> dict[str, float | int]:
+def summarize(result: LogLikelihood, k: int) -> dict:
     """Means over examples, in nats, with the keys ``vaelab evaluate --json`` prints."""
     n = result.log_likelihood.shape[0]
+    bounds, bounds_se = {}, {}
+    for j, kb in enumerate(result.bound_k):
+        bounds[str(kb)] = result.bounds[:, j].mean().item()
+        bounds_se[str(kb)] = (result.bounds_stderr[:, j].square().sum().sqrt() / n).item()
     return {
         "log_likelihood": result.log_likelihood.mean().item(),
         # independent per-example errors: se(mean) = sqrt(sum se_i^2) / N
@@ -136,10 +165,34 @@ def summarize(result: LogLikelihood, k: int) -> dict[str, float | int]:
         "active_units": active_units(result.posterior_mean),
         "n_examples": n,
         "k": k,
+        "bounds": bounds,
+        "bounds_stderr": bounds_se,
     }
 
 
-def evaluate(model: nn.Module, x: Tensor, k: int = 5000, *, rows: int = 1000, progress: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    k: int = 5000,
+    *,
+    rows: int = 1000,
+    progress: bool = False,
+    bounds: Sequence[int] = (),
+) -> dict:
     """Scores ``model`` on ``x``: log-likelihood +- standard error, ELBO, reconstruction, KL,
-    active units (means over examples, nats)."""
-    return summarize(log_likelihood(model, x, k, rows=rows, progress=progress), k)
+    active units, and E[L_K'] for each K' in ``bounds`` (means over examples, nats)."""
+    return summarize(log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds), k)
+
+
+@torch.no_grad()
+def mean_bound(objective: Callable[..., NamedTuple], model: nn.Module, x: Tensor, *, batch: int = 100) -> tuple[float, float]:
+    """Mean over x of an objective's ``bound`` (one draw per example), and its standard error
+    across examples (which includes the spread of the data, not only Monte-Carlo noise)."""
+    was_training = model.training
+    model.eval()
+    try:
+        values = torch.cat([objective(model, x[i : i + batch]).bound for i in range(0, x.shape[0], batch)])
+    finally:
+        model.train(was_training)
+    n = values.shape[0]
+    return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan

@@ -1,8 +1,22 @@
 """Bounds and losses as pure functions of (model, x): each returns per-example tensors [B].
 
-Reduction to a scalar happens in one place, the trainer (DESIGN.md). Every result carries
-``objective`` (what training maximizes) and ``bound`` (the true lower bound on log p(x) that is
-logged and used for model selection); they differ, e.g., for beta != 1.
+Reduction to a scalar happens in one place, the trainer (DESIGN.md). Every result is a ``Bound``
+with ``objective`` (what training maximizes, and whose gradient is the chosen estimator's) and
+``bound`` (the true lower bound on log p(x) that is logged and used for model selection); they
+differ for beta != 1, during KL warm-up, with free bits, and for PIWAE's encoder.
+
+All importance-weighted objectives are reductions of the log-weights log w_k of
+``estimators.sample_particles`` (Burda et al. 2015; Rainforth et al. 2018):
+
+    L_K   = log (1/K) sum_k w_k                         iwae
+    MIWAE = (1/M) sum_m L_K^(m)                          miwae: M independent groups of K
+    CIWAE = beta ELBO + (1 - beta) L_K                   ciwae
+    PIWAE : decoder trained on L_{MK}, encoder on MIWAE  piwae
+
+Collapse remedies act on every objective through two options: ``kl_scale`` multiplies the KL
+part log q(z|x) - log p(z) (KL warm-up and cyclical schedules set it per step), and
+``free_bits`` lambda keeps the KL pressure off latent dimensions whose batch-mean KL is below
+lambda nats (Kingma et al. 2016).
 """
 
 from __future__ import annotations
@@ -14,21 +28,36 @@ from typing import Callable, NamedTuple
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
+import math
+
+import torch
+
+from .distributions import kl_per_dimension
 from .errors import ConfigError
-from .estimators import Particles, sample_particles
+from .estimators import (
+    GRAD_ESTIMATORS,
+    Particles,
+    check_estimator,
+    route_path_gradient,
+    sample_particles,
+    score_function_surrogate,
+)
 from .registry import Registry
 
-OBJECTIVES: Registry[Callable[..., "ELBO"]] = Registry("objective")
+OBJECTIVES: Registry[Callable[..., "Bound"]] = Registry("objective")
 KL_MODES = ("analytic", "mc")
 
 
-class ELBO(NamedTuple):
-    """Per-example evidence lower bound and its parts, each of shape [B]."""
+class Bound(NamedTuple):
+    """Per-example results of an objective, each of shape [B]."""
 
-    objective: Tensor  # reconstruction - beta * kl: what the trainer maximizes
-    bound: Tensor  # reconstruction - kl: the ELBO itself, a lower bound on log p(x)
-    reconstruction: Tensor  # E_q[log p(x|z)]
+    objective: Tensor  # what the trainer maximizes (its gradient is the estimator's)
+    bound: Tensor  # the true lower bound on log p(x): logged, and used for model selection
+    reconstruction: Tensor  # E_q[log p(x|z)], averaged over the particles
     kl: Tensor  # KL(q(z|x) || p(z))
+
+
+ELBO = Bound  # the name the foundation release used
 
 
 def kl_to_prior(q: Distribution, prior: Distribution, particles: Particles | None = None) -> Tensor:
@@ -42,8 +71,38 @@ def kl_to_prior(q: Distribution, prior: Distribution, particles: Particles | Non
         return (particles.log_qz - particles.log_pz).mean(0)
 
 
+def free_bits_correction(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
+    """Per-example term that turns "- KL" into "- sum_d max(lambda, KL_d)" (Kingma et al. 2016).
+
+    With KL_d the batch mean of KL(q(z_d|x) || p(z_d)), free bits replaces the KL by
+    sum_d max(lambda, KL_d). Per example i this adds sum_{d: KL_d < lambda} (KL_id - lambda) to
+    an objective that contains -KL_i, so the batch mean is exactly the free-bits objective and
+    dimensions below lambda feel no pressure toward the prior. Shape [B].
+    """
+    per_dim = kl_per_dimension(q, prior)  # (B, D)
+    below = per_dim.detach().mean(0) < free_bits  # (D,)
+    return torch.where(below, per_dim - free_bits, torch.zeros_like(per_dim)).sum(-1)
+
+
+def _check_remedies(kl_scale: float, free_bits: float) -> None:
+    if not (kl_scale >= 0 and math.isfinite(kl_scale)):
+        raise ConfigError(f"kl_scale must be a non-negative number, got {kl_scale}")
+    if not (free_bits >= 0 and math.isfinite(free_bits)):
+        raise ConfigError(f"--free-bits must be a non-negative number of nats, got {free_bits}")
+
+
 @OBJECTIVES.register("elbo")
-def elbo(model, x: Tensor, *, beta: float = 1.0, k: int = 1, kl: str = "analytic") -> ELBO:
+def elbo(
+    model,
+    x: Tensor,
+    *,
+    beta: float = 1.0,
+    k: int = 1,
+    kl: str = "analytic",
+    grad_estimator: str = "reparam",
+    kl_scale: float = 1.0,
+    free_bits: float = 0.0,
+) -> Bound:
     """The evidence lower bound E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014),
     with the KL weighted by ``beta`` in the objective (beta-VAE, Higgins et al. 2017).
 
@@ -51,34 +110,194 @@ def elbo(model, x: Tensor, *, beta: float = 1.0, k: int = 1, kl: str = "analytic
         model: exposes ``prior()``, ``encode(x)``, ``decode(z)``.
         x: a batch (B, *event_shape).
         beta: weight of the KL term in ``objective``.
-        k: reparameterized samples averaged in the Monte-Carlo terms.
+        k: samples averaged in the Monte-Carlo terms.
         kl: "analytic" (closed form, falling back to Monte Carlo where none is registered) or "mc".
+        grad_estimator: "reparam", "stl" (path derivative of the Monte-Carlo form; "dreg" is the
+            same estimator for a single-sample bound), or "score" (REINFORCE with a
+            leave-one-out baseline when k > 1; with kl="analytic" only the reconstruction term
+            uses it, the KL's gradient is exact).
+        kl_scale: extra factor on the KL weight (set by warm-up and cyclical schedules).
+        free_bits: lambda, nats per latent dimension (0: off).
     Returns:
-        ``ELBO`` of per-example tensors [B].
+        ``Bound`` of per-example tensors [B]; ``bound`` is the ELBO whatever beta, kl_scale and
+        free_bits are.
     """
     if kl not in KL_MODES:
         raise ConfigError(f"unknown kl mode {kl!r}; choose one of: {', '.join(KL_MODES)}")
-    p = sample_particles(model, x, k)
+    check_estimator(grad_estimator, "elbo", GRAD_ESTIMATORS)
+    _check_remedies(kl_scale, free_bits)
+    weight = beta * kl_scale
+    p = sample_particles(model, x, k, reparameterized=grad_estimator != "score")
+    prior = model.prior()
     reconstruction = p.log_px_z.mean(0)
     if kl == "analytic":
-        kl_term = kl_to_prior(p.q, model.prior(), p)
+        kl_term = kl_to_prior(p.q, prior, p)
     else:
         kl_term = (p.log_qz - p.log_pz).mean(0)
-    return ELBO(
-        objective=reconstruction - beta * kl_term,
-        bound=reconstruction - kl_term,
-        reconstruction=reconstruction,
-        kl=kl_term,
-    )
+    objective = reconstruction - weight * kl_term
+    if grad_estimator in ("stl", "dreg"):
+        # value as above; gradient from the path derivative of the Monte-Carlo beta-ELBO
+        s = (p.log_px_z + weight * (p.log_pz - p.log_qz_path)).mean(0)
+        objective = objective.detach() + (s - s.detach())
+    elif grad_estimator == "score":
+        # z carries no path: the decoder learns from log p(x|z), q's parameters from the score
+        f = p.log_px_z if kl == "analytic" else p.log_px_z + weight * (p.log_pz - p.log_qz)
+        objective = objective + score_function_surrogate(f, p.q.log_prob(p.z))
+    if free_bits > 0:
+        objective = objective + weight * free_bits_correction(p.q, prior, free_bits)
+    return Bound(objective=objective, bound=reconstruction - kl_term, reconstruction=reconstruction, kl=kl_term)
+
+
+def _weighted(
+    model,
+    x: Tensor,
+    *,
+    kind: str,
+    k: int,
+    m: int,
+    beta: float,
+    grad_estimator: str,
+    kl_scale: float,
+    free_bits: float,
+) -> Bound:
+    """The importance-weighted family on M groups of K particles; see the module docstring."""
+    check_estimator(grad_estimator, kind, ("reparam", "stl", "dreg"))
+    _check_remedies(kl_scale, free_bits)
+    if k < 1 or m < 1:
+        raise ConfigError(f"--k and --m must be at least 1, got k={k}, m={m}")
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {beta}")
+    p = sample_particles(model, x, m * k)
+    prior = model.prior()
+    # With a detached log q (stl, dreg, and piwae, whose encoder and decoder weights differ),
+    # phi is reached only through z, where route_path_gradient can reweight it.
+    path = grad_estimator != "reparam" or kind == "piwae"
+    log_qz = p.log_qz_path if path else p.log_qz
+    log_ratio = p.log_pz - log_qz  # (MK, B)
+    lw = (p.log_px_z + kl_scale * log_ratio).view(m, k, -1)  # (M, K, B) scaled log-weights
+    value = _reduce(kind, lw, beta)
+    with torch.no_grad():
+        bound = _reduce(kind, (p.log_px_z + log_ratio).view(m, k, -1), beta)
+        if p.z.requires_grad:
+            w = torch.softmax(lw, dim=1)  # (M, K, B) normalized within each group
+            a = _gradient_weights(kind, lw, w, beta)  # what d value / d log w_k is
+            e = _encoder_weights(kind, w, beta, grad_estimator, kl_scale)
+    if p.z.requires_grad and e is not None:
+        route_path_gradient(p, a.flatten(0, 1), e.flatten(0, 1))
+        if kind == "piwae" and grad_estimator == "reparam":
+            # the score part of the reparameterized MIWAE gradient, which log_qz_path dropped
+            direct = -kl_scale * p.q.log_prob(p.z.detach())  # (MK, B)
+            d = ((w / m).flatten(0, 1) * direct).sum(0)
+            value = value + (d - d.detach())
+    if free_bits > 0:
+        value = value + kl_scale * free_bits_correction(p.q, prior, free_bits)
+    with torch.no_grad():
+        kl_term = kl_to_prior(p.q, prior, p)
+        reconstruction = p.log_px_z.mean(0)
+    return Bound(objective=value, bound=bound, reconstruction=reconstruction, kl=kl_term)
+
+
+def _reduce(kind: str, lw: Tensor, beta: float) -> Tensor:
+    """The bound of ``kind`` from log-weights (M, K, B) -> (B,)."""
+    m, k = lw.shape[:2]
+    if kind == "piwae":
+        return torch.logsumexp(lw.flatten(0, 1), 0) - math.log(m * k)  # L_{MK}
+    iw = (torch.logsumexp(lw, 1) - math.log(k)).mean(0)  # mean of M bounds L_K
+    if kind == "ciwae":
+        return beta * lw.mean((0, 1)) + (1 - beta) * iw
+    return iw
+
+
+def _gradient_weights(kind: str, lw: Tensor, w: Tensor, beta: float) -> Tensor:
+    """d bound / d log w_k for the bound ``_reduce`` computes, (M, K, B)."""
+    m, k = lw.shape[:2]
+    if kind == "piwae":
+        return torch.softmax(lw.flatten(0, 1), 0).view_as(lw)
+    if kind == "ciwae":
+        return beta / k + (1 - beta) * w
+    return w / m
+
+
+def _encoder_weights(kind: str, w: Tensor, beta: float, estimator: str, kl_scale: float) -> Tensor | None:
+    """The weights the encoder's path gradient must carry, or None when they equal
+    ``_gradient_weights`` (plain reparameterization or STL of the same objective).
+
+    For an importance-weighted bound, the score term -sum_k w~_k grad_phi log q(z_k) equals, in
+    expectation, -sum_k (w~_k - w~_k^2) d log w_k/dz dz/dphi (Tucker et al. 2018, eq. 6), so DReG
+    gives the path derivative the weights w~_k^2. The KL part of the scaled log-weights carries
+    kl_scale s, so in general the weights are (1 - s) w~_k + s w~_k^2.
+    """
+    m = w.shape[0]
+    if estimator == "dreg":
+        iw = (1 - kl_scale) * w + kl_scale * w.square()
+        if kind == "ciwae":
+            return beta / w.shape[1] + (1 - beta) * iw
+        return iw / m
+    if kind == "piwae":  # reparam or stl: the encoder follows MIWAE(M, K)
+        return w / m
+    return None
+
+
+@OBJECTIVES.register("iwae")
+def iwae(
+    model, x: Tensor, *, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0, free_bits: float = 0.0
+) -> Bound:
+    """The importance-weighted bound L_K = E[log (1/K) sum_k w_k] (Burda et al. 2015).
+
+    Args:
+        k: importance samples per example (K = 1 is the ELBO with a Monte-Carlo KL).
+        grad_estimator: "reparam", "stl" or "dreg" (Tucker et al. 2018).
+        kl_scale, free_bits: collapse remedies (module docstring).
+    """
+    return _weighted(model, x, kind="iwae", k=k, m=1, beta=1.0, grad_estimator=grad_estimator,
+                     kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
+
+
+@OBJECTIVES.register("miwae")
+def miwae(
+    model, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    free_bits: float = 0.0,
+) -> Bound:  # fmt: skip
+    """MIWAE(M, K): the mean of M independent L_K bounds (Rainforth et al. 2018)."""
+    return _weighted(model, x, kind="miwae", k=k, m=m, beta=1.0, grad_estimator=grad_estimator,
+                     kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
+
+
+@OBJECTIVES.register("ciwae")
+def ciwae(
+    model, x: Tensor, *, beta: float = 0.5, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    free_bits: float = 0.0,
+) -> Bound:  # fmt: skip
+    """CIWAE: beta ELBO + (1 - beta) L_K on the same K particles (Rainforth et al. 2018); a convex
+    combination of two bounds, hence a bound itself."""
+    return _weighted(model, x, kind="ciwae", k=k, m=1, beta=beta, grad_estimator=grad_estimator,
+                     kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
+
+
+@OBJECTIVES.register("piwae")
+def piwae(
+    model, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    free_bits: float = 0.0,
+) -> Bound:  # fmt: skip
+    """PIWAE(M, K): the decoder is trained on L_{MK}, the encoder on MIWAE(M, K), from the same
+    M K particles (Rainforth et al. 2018). ``objective`` and ``bound`` report L_{MK}; the
+    encoder's gradient is routed separately (``estimators.route_path_gradient``)."""
+    return _weighted(model, x, kind="piwae", k=k, m=m, beta=1.0, grad_estimator=grad_estimator,
+                     kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
+
+
+def objective_options(name: str) -> set[str]:
+    """The keyword options the objective registered as ``name`` accepts."""
+    return set(inspect.signature(OBJECTIVES[name]).parameters) - {"model", "x"}
 
 
 def get_objective(name: str, **options: object) -> Callable[..., NamedTuple]:
     """The objective registered as ``name`` bound to the options it accepts, as ``f(model, x)``.
 
-    Options an objective does not take (``k`` for a single-sample objective, say) are dropped, so
-    one configuration can serve every objective.
+    Options an objective does not take (``m`` for the ELBO, say) are dropped, so one
+    configuration can serve every objective; ``config.TrainConfig`` refuses non-default values
+    of options the chosen objective ignores.
     """
-    fn = OBJECTIVES[name]
-    accepted = inspect.signature(fn).parameters
+    accepted = objective_options(name)
     bound = {k: v for k, v in options.items() if k in accepted}
-    return functools.partial(fn, **bound)
+    return functools.partial(OBJECTIVES[name], **bound)

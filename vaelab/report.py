@@ -138,6 +138,32 @@ def latent_figure(
     return save_figure(fig, path)
 
 
+def snr_figure(result: dict, path: str | Path, title: str | None = None) -> Path:
+    """Gradient SNR of encoder and decoder, and the normalized ESS, against K (log scales), from a
+    ``diagnostics.snr_sweep`` result or several of them ({label: result})."""
+    runs = result if "k" not in result else {"": result}
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for label, r in runs.items():
+        name = f"{label}: " if label else ""
+        ax1.plot(r["k"], r["encoder_snr"], "o-", label=f"{name}encoder")
+        ax1.plot(r["k"], r["decoder_snr"], "s--", label=f"{name}decoder")
+        ax2.plot(r["k"], r["ess"], "o-", label=label or None)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (particles)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.set_ylabel("gradient SNR, mean over parameters")
+    ax1.set_title(title or "gradient signal-to-noise ratio")
+    ax1.legend(fontsize=8)
+    ax2.set_ylabel("ESS / K")
+    ax2.set_title("effective sample size of the importance weights")
+    if len(runs) > 1:
+        ax2.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32) -> list[Path]:
     """Writes ``samples.png``, ``reconstructions.png`` and, for a 2-D latent, ``latent.png``
     (test data, up to 5000 points) into a run directory."""

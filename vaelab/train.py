@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +36,19 @@ from .files import (
     save_model,
     save_tensors,
 )
+from .diagnostics import CollapseMonitor
 from .objectives import get_objective
+from .schedules import kl_schedule
 from .runs import check_compatible, load_data, model_from_config, read_config
 
-Objective = Callable[[nn.Module, Tensor], NamedTuple]
+Objective = Callable[..., NamedTuple]
+# training time in epochs (fractional) -> keyword options for the objective, e.g. {"kl_scale": 0.5}
+ObjectiveSchedule = Callable[[float], dict[str, Any]]
+# (model, data, epoch) -> extra metrics for the epoch's record
+Monitor = Callable[[nn.Module, Tensor, int], dict[str, Any]]
+
+
+MONITOR_EXAMPLES = 5000  # training examples the monitors see when there is no validation set
 
 
 @dataclass
@@ -78,6 +87,12 @@ class Trainer:
         config: optimizer, epochs, patience and seed.
         run_dir: where checkpoints, metrics and weights go; None trains in memory only.
         progress: show a progress bar on stderr.
+        schedule: maps training time t in epochs (fractional, step by step) to keyword options
+            passed to the objective, e.g. ``{"kl_scale": min(1, t / 10)}``; its values at the end
+            of an epoch are logged. The trainer does not interpret them.
+        monitors: called after each epoch with (model, data, epoch), where data is the fixed
+            validation set (or the first examples of the training set without one); the dicts
+            they return are added to the epoch's metrics record.
     """
 
     def __init__(
@@ -89,8 +104,12 @@ class Trainer:
         config: cfg.TrainConfig,
         run_dir: str | Path | None = None,
         progress: bool = True,
+        schedule: ObjectiveSchedule | None = None,
+        monitors: Sequence[Monitor] = (),
     ) -> None:
         self.model = model
+        self.schedule = schedule
+        self.monitors = tuple(monitors)
         self.objective = objective
         self.train = train
         self.valid = valid if valid is not None and len(valid) > 0 else None
@@ -164,7 +183,9 @@ class Trainer:
             epoch = self.state.epoch + 1
             record = self.train_epoch(epoch)
             if self.valid is not None:
-                record.update(self._validate())
+                record.update(self._validate(epoch))
+            if self.monitors:
+                record.update(self._monitor(epoch))
             self._select(epoch, record)
             self.history.append(record)
         self._finish()
@@ -193,8 +214,11 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         batches = self.train.batches(self.config.batch_size, generator=self.generator, shuffle=True)
+        options: dict[str, Any] = {}
         for step, x in enumerate(batches, 1):
-            result = self.objective(model, x)
+            if self.schedule is not None:
+                options = self.schedule(epoch - 1 + (step - 1) / n_batches)
+            result = self.objective(model, x, **options)
             loss = -result.objective.mean()
             # A bool() on a CPU scalar costs microseconds; checking before the step means a
             # non-finite loss never reaches the weights.
@@ -213,24 +237,39 @@ class Trainer:
         seconds = time.perf_counter() - start
         bar.close()
         record = {"epoch": epoch, "train_seconds": seconds, "examples_per_second": seen / seconds}
+        record.update(options)
         record.update(_named_means("train", names, sums / seen))
         return record
 
     @torch.no_grad()
-    def _validate(self) -> dict:
+    def _validate(self, epoch: int) -> dict:
         """Validation bound on fixed data with fixed noise, so epochs are compared fairly; the
         training random stream is left untouched."""
         self.model.eval()
         sums, names, seen = None, (), 0
         x_all = self.valid.fixed()
+        options = self.schedule(float(epoch)) if self.schedule is not None else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
             for i in range(0, len(x_all), 1000):
-                result = self.objective(self.model, x_all[i : i + 1000])
+                result = self.objective(self.model, x_all[i : i + 1000], **options)
                 sums = _accumulate(sums, result)
                 names, seen = result._fields, seen + result.objective.shape[0]
         self.model.train()
         return _named_means("valid", names, sums / seen)
+
+    @torch.no_grad()
+    def _monitor(self, epoch: int) -> dict:
+        """Runs the monitors on fixed data, outside the training random stream."""
+        x = self.valid.fixed() if self.valid is not None else self.train.fixed()[:MONITOR_EXAMPLES]
+        record: dict[str, Any] = {}
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + 3)
+            for monitor in self.monitors:
+                record.update(monitor(self.model, x, epoch))
+        self.model.train()
+        return record
 
     def _select(self, epoch: int, record: dict) -> None:
         """Keeps the best weights by validation bound, logs the epoch, then checkpoints."""
@@ -321,8 +360,18 @@ def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Train
     torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
     model = model_from_config(config, train.event_shape)
     t = config.train
-    objective = get_objective(t.objective, beta=t.beta, k=t.k, kl=t.kl)
-    return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress)
+    objective = get_objective(t.objective, **t.objective_options())
+    schedule = None
+    if t.kl_warmup or t.kl_cycles:
+        kl_scale = kl_schedule(warmup=t.kl_warmup, cycles=t.kl_cycles, epochs=t.epochs)
+        schedule = lambda time: {"kl_scale": kl_scale(time)}
+    monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
+    return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
+                   schedule=schedule, monitors=monitors)  # fmt: skip
+
+
+def _has_latent_diagnostics(model: nn.Module) -> bool:
+    return all(hasattr(model, name) for name in ("encode", "prior"))
 
 
 def start_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult:

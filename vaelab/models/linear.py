@@ -58,6 +58,13 @@ class LinearGaussian(nn.Module):
     def noise_scale(self) -> Tensor:
         return self.log_noise_scale.exp()
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Encoder (A, c, log s) and generative (W, b, log sigma) parameters."""
+        return {
+            "encoder": [self.enc_weight, self.enc_bias, self.enc_log_scale],
+            "decoder": [self.weight, self.bias, self.log_noise_scale],
+        }
+
     def prior(self) -> Distribution:
         return standard_normal(self.prior_loc, self.prior_scale)
 

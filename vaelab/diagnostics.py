@@ -1,0 +1,219 @@
+"""Diagnostics of a model's posterior and of its gradient estimators.
+
+- Posterior collapse: KL per latent dimension, active units (Burda et al. 2015) and the mutual
+  information I(x; z) between data and code (Hoffman & Johnson 2016, "ELBO surgery"), logged
+  every epoch by ``CollapseMonitor``, which warns when the posterior collapses onto the prior.
+- Gradient signal-to-noise ratio per parameter group, |E[g]| / std[g] over repeated gradient
+  draws on one fixed minibatch (Rainforth et al. 2018), and the effective sample size of the
+  importance weights, against the number of particles K (``snr_sweep``, ``vaelab diagnose``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+from tqdm.auto import tqdm
+
+from .distributions import kl_per_dimension
+from .errors import ConfigError
+from .estimators import effective_sample_size, log_weights
+from .evaluate import active_units
+from .objectives import get_objective, kl_to_prior
+
+log = logging.getLogger("vaelab")
+
+COLLAPSE_KL = 0.1  # nats: a total KL below this means q(z|x) is (nearly) the prior for every x
+MI_EXAMPLES = 2000  # examples for I(x; z): its cost grows as N^2 (0.06 s at 2000, 0.9 s at 6000)
+
+
+# -- posterior collapse --------------------------------------------------------------------
+
+
+def kl_per_dim(q: Distribution, prior: Distribution) -> Tensor | None:
+    """Mean over examples of KL(q(z_d|x) || p(z_d)) per latent dimension d, shape (D,); None when
+    the posterior or prior does not factorize over dimensions."""
+    try:
+        return kl_per_dimension(q, prior).mean(0)
+    except ConfigError:
+        return None
+
+
+def pairwise_log_q(q: Distribution, z: Tensor, chunk: int = 1000) -> Tensor:
+    """log q(z_i | x_j) for every sample z_i (N_z, D) and every posterior j of the batch of q
+    (batch shape (N,)): shape (N_z, N).
+
+    A diagonal Gaussian takes two matrix products in float64; other posteriors broadcast
+    ``log_prob`` in chunks of rows.
+    """
+    base = q.base_dist if isinstance(q, Independent) else None
+    if isinstance(base, Normal) and q.reinterpreted_batch_ndims == 1:
+        mu, var = base.loc.double(), base.scale.double().square()  # (N, D)
+        zz = z.double()
+        prec = 1.0 / var
+        const = -0.5 * ((mu.square() * prec).sum(1) + var.log().sum(1) + mu.shape[1] * math.log(2 * math.pi))
+        out = -0.5 * zz.square() @ prec.T + zz @ (mu * prec).T + const  # (N_z, N)
+        return out.to(z.dtype)
+    rows = [q.log_prob(z[i : i + chunk].unsqueeze(1)) for i in range(0, z.shape[0], chunk)]
+    return torch.cat(rows)
+
+
+def mutual_information(q: Distribution) -> float:
+    """I(x; z) under q(x, z) = p_data(x) q(z|x), with p_data the N examples q was computed on:
+
+        I = E_x E_q(z|x) [log q(z|x) - log q(z)],   q(z) = (1/N) sum_j q(z|x_j)
+
+    estimated with one z_i ~ q(z|x_i) per example (Hoffman & Johnson 2016). The aggregate
+    posterior is an exact mixture over the N examples, so the estimate lies in [0, log N]: a
+    code that tells the N examples apart scores log N.
+    """
+    z = q.sample()  # (N, D)
+    n = z.shape[0]
+    log_qzx = q.log_prob(z)  # (N,)
+    log_qz = torch.logsumexp(pairwise_log_q(q, z), dim=1) - math.log(n)
+    return (log_qzx - log_qz).mean().item()
+
+
+@torch.no_grad()
+def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLES) -> dict[str, Any]:
+    """Active units, total KL and KL per latent dimension on data x, and the mutual information
+    on its first ``mi_examples`` examples (so at most log(mi_examples) nats)."""
+    q = model.encode(x)
+    prior = model.prior()
+    per_dim = kl_per_dim(q, prior)
+    try:
+        kl = kl_to_prior(q, prior).mean().item()
+    except NotImplementedError:
+        kl = math.nan
+    out: dict[str, Any] = {"active_units": active_units(q.mean), "kl": kl}
+    out["kl_per_dim"] = per_dim.tolist() if per_dim is not None else None
+    out["mutual_info"] = mutual_information(q if x.shape[0] <= mi_examples else model.encode(x[:mi_examples]))
+    return out
+
+
+class CollapseMonitor:
+    """Per-epoch monitor for the trainer: logs ``active_units``, ``kl_per_dim`` and
+    ``mutual_info`` (nats, on the validation set; I(x; z) on its first ``MI_EXAMPLES``) and warns, through the "vaelab" logger, when
+    the posterior collapses: no active unit, or a total KL below ``COLLAPSE_KL`` nats."""
+
+    def __init__(self, max_examples: int = 10000) -> None:
+        self.max_examples = max_examples
+        self.collapsed = False
+
+    def __call__(self, model: nn.Module, x: Tensor, epoch: int) -> dict[str, Any]:
+        s = posterior_summary(model, x[: self.max_examples])
+        collapsed = s["active_units"] == 0 or s["kl"] < COLLAPSE_KL
+        if collapsed and not self.collapsed:
+            log.warning(
+                "posterior collapse at epoch %d: %d active units, KL %.3f nats, I(x;z) %.3f nats; "
+                "q(z|x) is close to the prior for every x. Try --kl-warmup, --kl-cycles or --free-bits.",
+                epoch, s["active_units"], s["kl"], s["mutual_info"],
+            )  # fmt: skip
+        self.collapsed = collapsed
+        return {"active_units": s["active_units"], "kl_per_dim": s["kl_per_dim"], "mutual_info": s["mutual_info"]}
+
+
+# -- gradient signal-to-noise ---------------------------------------------------------------
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters split into ``encoder`` (inference network, phi) and ``decoder``
+    (generative model, theta): the model's own ``parameter_groups()`` if it has one, otherwise
+    its ``encoder`` submodule against everything else."""
+    if hasattr(model, "parameter_groups"):
+        return model.parameter_groups()
+    if not isinstance(getattr(model, "encoder", None), nn.Module):
+        raise ConfigError(f"{type(model).__name__} has no encoder to tell apart from the decoder")
+    enc = {id(p) for p in model.encoder.parameters()}
+    return {
+        "encoder": [p for p in model.parameters() if id(p) in enc],
+        "decoder": [p for p in model.parameters() if id(p) not in enc],
+    }
+
+
+def gradient_snr(
+    model: nn.Module,
+    x: Tensor,
+    objective: Callable[..., Any],
+    reps: int = 100,
+    *,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Signal-to-noise ratio of the gradient of the mean objective on the fixed minibatch x.
+
+    For every scalar parameter, SNR = |mean(g)| / std(g) over ``reps`` independent gradient
+    draws (only the particles change); each group reports the mean over its parameters, leaving
+    out parameters whose gradient is exactly constant (Rainforth et al. 2018, section 3).
+
+    Returns:
+        {"encoder": snr, "decoder": snr}.
+    """
+    if reps < 2:
+        raise ConfigError(f"--reps must be at least 2 to estimate a standard deviation, got {reps}")
+    groups = parameter_groups(model)
+    params = [p for ps in groups.values() for p in ps]
+    sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for _ in tqdm(range(reps), disable=not progress, desc="gradient draws", leave=False):
+        value = objective(model, x).objective.mean()
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        for s, sq, g in zip(sums, squares, grads):
+            if g is not None:
+                g = g.double()
+                s.add_(g)
+                sq.add_(g.square())
+    out, i = {}, 0
+    for name, ps in groups.items():
+        ratios = []
+        for _ in ps:
+            mean = sums[i] / reps
+            var = ((squares[i] - reps * mean.square()) / (reps - 1)).clamp_min(0)
+            snr = mean.abs() / var.sqrt()
+            ratios.append(snr[var > 1e-30 * (1 + mean.square())].flatten())
+            i += 1
+        r = torch.cat(ratios) if ratios else torch.empty(0)
+        out[name] = r.mean().item() if r.numel() else math.nan
+    return out
+
+
+def snr_sweep(
+    model: nn.Module,
+    x: Tensor,
+    k_list: Sequence[int],
+    *,
+    objective: str = "iwae",
+    options: dict[str, Any] | None = None,
+    reps: int = 100,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Encoder and decoder gradient SNR and the normalized ESS of the importance weights for
+    each K in ``k_list`` (the ``vaelab diagnose`` table).
+
+    Args:
+        model: a trained model.
+        x: a fixed minibatch.
+        k_list: particle counts; each sets the objective's ``k``.
+        objective: registered objective name; ``options`` are its other options.
+        reps: gradient draws per K.
+    Returns:
+        {"k", "encoder_snr", "decoder_snr", "ess"}: equal-length lists, plus "objective",
+        "reps" and "n_examples".
+    """
+    options = dict(options or {})
+    result: dict[str, Any] = {"k": [], "encoder_snr": [], "decoder_snr": [], "ess": []}
+    bar = tqdm(list(k_list), disable=not progress, desc="K", leave=False)
+    for k in bar:
+        bar.set_postfix(K=k)
+        snr = gradient_snr(model, x, get_objective(objective, **{**options, "k": k}), reps, progress=progress)
+        with torch.no_grad():
+            ess = effective_sample_size(log_weights(model, x, k)).mean().item()
+        result["k"].append(int(k))
+        result["encoder_snr"].append(snr["encoder"])
+        result["decoder_snr"].append(snr["decoder"])
+        result["ess"].append(ess)
+    result.update({"objective": objective, "reps": reps, "n_examples": int(x.shape[0])})
+    return result
