@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-bounds clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py --json benchmarks/results/foundation.json
+
+# about an hour on 2 cores: seven objectives, 15 epochs each, K=5000 evaluation, SNR against K
+bench-bounds: $(STAMP)
+	$(BIN)/python benchmarks/bench_bounds.py --epochs 15 --out benchmarks/runs/bounds \
+	  --json benchmarks/results/bounds.json --plot benchmarks/results/snr_vs_k.png
 
 clean:
 	rm -rf $(VENV) runs/demo build *.egg-info

@@ -99,6 +99,15 @@ def test_dreg_is_unbiased_for_importance_weighted_bounds(objective, options, mod
         assert z_scores(dreg[name], reparam[name]).max() < Z_MAX, name
 
 
+def test_stl_is_biased_for_iwae(model, x):
+    """Tucker et al. (2018): dropping the score term is harmless for the ELBO (tested above) but
+    biases the IWAE encoder gradient. Here the bias is dozens of standard errors at K = 5, so an
+    stl that silently equalled reparam (or dreg) fails."""
+    stl = gradient_draws(model, x, get_objective("iwae", k=5, grad_estimator="stl"), 600, seed=0)["encoder"]
+    dreg = gradient_draws(model, x, get_objective("iwae", k=5, grad_estimator="dreg"), 600, seed=1)["encoder"]
+    assert z_scores(stl, dreg).max() > 3 * Z_MAX
+
+
 def test_decoder_gradient_does_not_depend_on_the_encoder_estimator(model, x):
     """stl and dreg change only how phi is reached: with the same draws the decoder gradient is
     identical to the reparameterized one."""

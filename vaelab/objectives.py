@@ -152,16 +152,22 @@ def _weighted(
     model,
     x: Tensor,
     *,
-    kind: str,
+    name: str,
     k: int,
     m: int,
     beta: float,
+    pooled_decoder: bool,
     grad_estimator: str,
     kl_scale: float,
     free_bits: float,
 ) -> Bound:
-    """The importance-weighted family on M groups of K particles; see the module docstring."""
-    check_estimator(grad_estimator, kind, ("reparam", "stl", "dreg"))
+    """The importance-weighted family on M groups of K particles.
+
+    Every member trains its encoder on beta ELBO + (1 - beta) MIWAE(M, K): iwae is (beta 0, M 1),
+    miwae (beta 0), ciwae (M 1). The decoder trains on the same bound, except with
+    ``pooled_decoder`` (piwae), where it trains on L_MK over all M K particles.
+    """
+    check_estimator(grad_estimator, name, ("reparam", "stl", "dreg"))
     _check_remedies(kl_scale, free_bits)
     if k < 1 or m < 1:
         raise ConfigError(f"--k and --m must be at least 1, got k={k}, m={m}")
@@ -171,23 +177,34 @@ def _weighted(
     prior = model.prior()
     # With a detached log q (stl, dreg, and piwae, whose encoder and decoder weights differ),
     # phi is reached only through z, where route_path_gradient can reweight it.
-    path = grad_estimator != "reparam" or kind == "piwae"
-    log_qz = p.log_qz_path if path else p.log_qz
-    log_ratio = p.log_pz - log_qz  # (MK, B)
+    path = grad_estimator != "reparam" or pooled_decoder
+    log_ratio = p.log_pz - (p.log_qz_path if path else p.log_qz)  # (MK, B)
     lw = (p.log_px_z + kl_scale * log_ratio).view(m, k, -1)  # (M, K, B) scaled log-weights
-    value = _reduce(kind, lw, beta)
+    reduce = _pooled_bound if pooled_decoder else functools.partial(_mixed_bound, beta=beta)
+    value = reduce(lw)
     with torch.no_grad():
-        bound = _reduce(kind, (p.log_px_z + log_ratio).view(m, k, -1), beta)
-        if p.z.requires_grad:
+        bound = reduce((p.log_px_z + log_ratio).view(m, k, -1))
+    if p.z.requires_grad and (pooled_decoder or grad_estimator == "dreg"):
+        with torch.no_grad():
             w = torch.softmax(lw, dim=1)  # (M, K, B) normalized within each group
-            a = _gradient_weights(kind, lw, w, beta)  # what d value / d log w_k is
-            e = _encoder_weights(kind, w, beta, grad_estimator, kl_scale)
-    if p.z.requires_grad and e is not None:
-        route_path_gradient(p, a.flatten(0, 1), e.flatten(0, 1))
-        if kind == "piwae" and grad_estimator == "reparam":
-            # the score part of the reparameterized MIWAE gradient, which log_qz_path dropped
+            uniform = beta / (m * k)  # the ELBO part's weight on every particle
+            encoder = uniform + (1 - beta) * w / m  # d (encoder's bound) / d log w_k
+            if pooled_decoder:
+                decoder = torch.softmax(lw.flatten(0, 1), 0).view_as(lw)
+            else:
+                decoder = encoder
+            if grad_estimator == "dreg":
+                # The score term -sum_k w~_k grad_phi log q(z_k) of an importance-weighted bound
+                # equals in expectation -sum_k (w~_k - w~_k^2) d log w_k/dz dz/dphi (Tucker et al.
+                # 2018, eq. 6); the KL part of the scaled log-weights carries kl_scale s, so the
+                # path derivative's weights become (1 - s) w~_k + s w~_k^2. The ELBO part's
+                # score term has expectation zero on its own: there DReG is STL.
+                encoder = uniform + (1 - beta) * ((1 - kl_scale) * w + kl_scale * w.square()) / m
+        route_path_gradient(p, decoder.flatten(0, 1), encoder.flatten(0, 1))
+        if pooled_decoder and grad_estimator == "reparam":
+            # the score part of the encoder's reparameterization gradient, dropped by log_qz_path
             direct = -kl_scale * p.q.log_prob(p.z.detach())  # (MK, B)
-            d = ((w / m).flatten(0, 1) * direct).sum(0)
+            d = (encoder.flatten(0, 1) * direct).sum(0)
             value = value + (d - d.detach())
     if free_bits > 0:
         value = value + kl_scale * free_bits_correction(p.q, prior, free_bits)
@@ -197,45 +214,16 @@ def _weighted(
     return Bound(objective=value, bound=bound, reconstruction=reconstruction, kl=kl_term)
 
 
-def _reduce(kind: str, lw: Tensor, beta: float) -> Tensor:
-    """The bound of ``kind`` from log-weights (M, K, B) -> (B,)."""
-    m, k = lw.shape[:2]
-    if kind == "piwae":
-        return torch.logsumexp(lw.flatten(0, 1), 0) - math.log(m * k)  # L_{MK}
-    iw = (torch.logsumexp(lw, 1) - math.log(k)).mean(0)  # mean of M bounds L_K
-    if kind == "ciwae":
-        return beta * lw.mean((0, 1)) + (1 - beta) * iw
-    return iw
+def _mixed_bound(lw: Tensor, beta: float) -> Tensor:
+    """beta ELBO + (1 - beta) MIWAE(M, K) from log-weights (M, K, B) -> (B,)."""
+    k = lw.shape[1]
+    miwae = (torch.logsumexp(lw, 1) - math.log(k)).mean(0)
+    return miwae if beta == 0 else beta * lw.mean((0, 1)) + (1 - beta) * miwae
 
 
-def _gradient_weights(kind: str, lw: Tensor, w: Tensor, beta: float) -> Tensor:
-    """d bound / d log w_k for the bound ``_reduce`` computes, (M, K, B)."""
-    m, k = lw.shape[:2]
-    if kind == "piwae":
-        return torch.softmax(lw.flatten(0, 1), 0).view_as(lw)
-    if kind == "ciwae":
-        return beta / k + (1 - beta) * w
-    return w / m
-
-
-def _encoder_weights(kind: str, w: Tensor, beta: float, estimator: str, kl_scale: float) -> Tensor | None:
-    """The weights the encoder's path gradient must carry, or None when they equal
-    ``_gradient_weights`` (plain reparameterization or STL of the same objective).
-
-    For an importance-weighted bound, the score term -sum_k w~_k grad_phi log q(z_k) equals, in
-    expectation, -sum_k (w~_k - w~_k^2) d log w_k/dz dz/dphi (Tucker et al. 2018, eq. 6), so DReG
-    gives the path derivative the weights w~_k^2. The KL part of the scaled log-weights carries
-    kl_scale s, so in general the weights are (1 - s) w~_k + s w~_k^2.
-    """
-    m = w.shape[0]
-    if estimator == "dreg":
-        iw = (1 - kl_scale) * w + kl_scale * w.square()
-        if kind == "ciwae":
-            return beta / w.shape[1] + (1 - beta) * iw
-        return iw / m
-    if kind == "piwae":  # reparam or stl: the encoder follows MIWAE(M, K)
-        return w / m
-    return None
+def _pooled_bound(lw: Tensor) -> Tensor:
+    """L_MK over all M K log-weights (M, K, B) -> (B,)."""
+    return torch.logsumexp(lw.flatten(0, 1), 0) - math.log(lw.shape[0] * lw.shape[1])
 
 
 @OBJECTIVES.register("iwae")
@@ -249,7 +237,7 @@ def iwae(
         grad_estimator: "reparam", "stl" or "dreg" (Tucker et al. 2018).
         kl_scale, free_bits: collapse remedies (module docstring).
     """
-    return _weighted(model, x, kind="iwae", k=k, m=1, beta=1.0, grad_estimator=grad_estimator,
+    return _weighted(model, x, name="iwae", k=k, m=1, beta=0.0, pooled_decoder=False, grad_estimator=grad_estimator,
                      kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
 
 
@@ -259,7 +247,7 @@ def miwae(
     free_bits: float = 0.0,
 ) -> Bound:  # fmt: skip
     """MIWAE(M, K): the mean of M independent L_K bounds (Rainforth et al. 2018)."""
-    return _weighted(model, x, kind="miwae", k=k, m=m, beta=1.0, grad_estimator=grad_estimator,
+    return _weighted(model, x, name="miwae", k=k, m=m, beta=0.0, pooled_decoder=False, grad_estimator=grad_estimator,
                      kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
 
 
@@ -270,7 +258,7 @@ def ciwae(
 ) -> Bound:  # fmt: skip
     """CIWAE: beta ELBO + (1 - beta) L_K on the same K particles (Rainforth et al. 2018); a convex
     combination of two bounds, hence a bound itself."""
-    return _weighted(model, x, kind="ciwae", k=k, m=1, beta=beta, grad_estimator=grad_estimator,
+    return _weighted(model, x, name="ciwae", k=k, m=1, beta=beta, pooled_decoder=False, grad_estimator=grad_estimator,
                      kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
 
 
@@ -282,7 +270,7 @@ def piwae(
     """PIWAE(M, K): the decoder is trained on L_{MK}, the encoder on MIWAE(M, K), from the same
     M K particles (Rainforth et al. 2018). ``objective`` and ``bound`` report L_{MK}; the
     encoder's gradient is routed separately (``estimators.route_path_gradient``)."""
-    return _weighted(model, x, kind="piwae", k=k, m=m, beta=1.0, grad_estimator=grad_estimator,
+    return _weighted(model, x, name="piwae", k=k, m=m, beta=0.0, pooled_decoder=True, grad_estimator=grad_estimator,
                      kl_scale=kl_scale, free_bits=free_bits)  # fmt: skip
 
 
