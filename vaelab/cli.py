@@ -323,6 +323,16 @@ COMMANDS = {
 }
 
 
+def _flush_denormals() -> None:
+    """Flushes denormal floats to zero before PyTorch starts its worker threads, which inherit the
+    setting only when they are created (the Trainer's own flush reaches the main thread alone).
+    IWAE with K=50 on Fashion-MNIST, first 25 steps from initialization, 2 threads: 130 ms/step
+    without flushing, 65 with the Trainer's flush, 48 with this one."""
+    import torch
+
+    torch.set_flush_denormal(True)
+
+
 def _show_warnings() -> logging.Handler:
     """Library warnings (the "vaelab" logger, e.g. posterior collapse) as one line on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -337,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler = _show_warnings()
+    _flush_denormals()
     try:
         return COMMANDS[args.command](args)
     except VaelabError as err:
@@ -350,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         logging.getLogger("vaelab").removeHandler(handler)
+        import torch
+
+        torch.set_flush_denormal(False)  # PyTorch's default, for callers of main() in-process
 
 
 if __name__ == "__main__":  # pragma: no cover
