@@ -41,7 +41,7 @@ def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
     assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
                         "active_units", "n_examples", "k", "bounds", "bounds_stderr", "trained_objective",
                         "trained_bound", "trained_bound_stderr"}
-    assert out["trained_objective"] == "elbo(k=1)"
+    assert out["trained_objective"] == "elbo(k=1, beta=1)"
     assert out["n_examples"] == 50 and out["k"] == 500
     assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
     # an independent importance-sampling estimate through the public API

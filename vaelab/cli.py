@@ -216,12 +216,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _describe_objective(config: cfg.RunConfig) -> str:
     """The training objective with its options, as in the papers: iwae(k=50), miwae(m=8, k=8)."""
-    from .objectives import objective_options
+    import inspect
+
+    from .objectives import OBJECTIVES, objective_options
 
     t = config.train
     accepted = objective_options(t.objective)
+    beta = t.beta if t.beta is not None else inspect.signature(OBJECTIVES[t.objective]).parameters.get("beta")
+    beta = getattr(beta, "default", beta)  # the objective's own default when --beta was not given
     parts = [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-             for name, value in (("m", t.m), ("k", t.k), ("beta", t.beta)) if name in accepted and value is not None]  # fmt: skip
+             for name, value in (("m", t.m), ("k", t.k), ("beta", beta)) if name in accepted and value is not None]  # fmt: skip
     if t.grad_estimator != "reparam":
         parts.append(t.grad_estimator)
     return f"{t.objective}({', '.join(parts)})"
