@@ -39,7 +39,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             default = f.default if f.default is not dataclasses.MISSING else None
             if isinstance(default, tuple):
                 default = ",".join(str(v) for v in default)
-            help_text = f"{meta.get('help', '')} (default: {default})"
+            help_text = meta.get("help", "") + (f" (default: {default})" if default is not None else "")
             kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f"{section}.{f.name}"}
             if "choices" in meta:
                 kwargs["choices"] = meta["choices"]
