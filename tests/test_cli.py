@@ -284,3 +284,11 @@ def test_issue_3_options_are_checked(tmp_path, iwae_run):
     assert_one_line_error(run_cli("diagnose", str(iwae_run), "--k-list", "0,5"), "--k-list")
     assert_one_line_error(run_cli("diagnose", str(iwae_run), "--objective", "elbo", "--m", "3"), "--m")
     assert not (tmp_path / "z").exists()
+
+
+def test_sample_from_a_gmm_of_the_encoder_means(run_dir, tmp_path, capsys):
+    out = tmp_path / "gmm.png"
+    assert main(["sample", str(run_dir), "--sampler", "gmm", "--components", "3", "-n", "16", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
+    assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "gmm", "--components", "0"), "--components")
+    assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "flow"), "invalid choice", "gmm")

@@ -105,6 +105,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--sampler", default="prior", choices=("prior", "gmm"),
+                   help="where z comes from: the prior, or a Gaussian mixture fitted to the encoder means of "
+                   "the training data (ex-post density estimation, Ghosh et al. 2020) (default: prior)")  # fmt: skip
+    p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm (default: 10)")
 
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
     p.add_argument("run", metavar="RUN")
@@ -299,8 +303,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .runs import load
 
     _positive("-n", args.n)
+    _positive("--components", args.components)
     model = load(args.run)
-    path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed)
+    sampler, label = None, "p(z)"
+    if args.sampler == "gmm":
+        import torch
+
+        from .models import GaussianMixture
+        from .runs import load_data, read_config
+
+        config, _ = read_config(args.run)
+        x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
+        with torch.no_grad():
+            means = torch.cat([model.encode(x[i : i + 1000]).mean for i in range(0, len(x), 1000)])
+        sampler, _ = GaussianMixture.fit(means, args.components, seed=args.seed, tol=1e-4, max_iter=100)
+        label = f"GMM({args.components}) of encoder means"
+    path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed,
+                          latent_sampler=sampler, label=label)  # fmt: skip
     print(path)
     return 0
 
@@ -317,6 +336,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(path)
     return 0
 
+
+GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to
 
 COMMANDS = {
     "train": cmd_train,

@@ -81,14 +81,21 @@ def _grid_figure(canvas: np.ndarray, title: str | None = None, scale: float = 1.
 
 
 @torch.no_grad()
-def samples_figure(model: nn.Module, path: str | Path, n: int = 64, seed: int = 0) -> Path:
-    """Draws z ~ p(z) and shows the mean of p(x|z) for each (the usual way to show samples)."""
+def samples_figure(
+    model: nn.Module, path: str | Path, n: int = 64, seed: int = 0, latent_sampler=None, label: str = "p(z)"
+) -> Path:
+    """Draws z ~ p(z) (or from ``latent_sampler``, any object with ``sample(n, generator)``
+    returning (z, ...)) and shows the mean of p(x|z) for each (the usual way to show samples)."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
         torch.manual_seed(seed)
-        z = model.prior().sample((n,))
+        if latent_sampler is None:
+            z = model.prior().sample((n,))
+        else:
+            z = latent_sampler.sample(n, generator=torch.Generator().manual_seed(seed))[0]
+            z = z.to(next(model.parameters()).dtype)
         images = _as_images(model.decode(z).mean)
     ncols = min(n, max(1, math.ceil(math.sqrt(n))))
-    return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: mean of p(x|z), z ~ p(z)"), path)
+    return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: mean of p(x|z), z ~ {label}"), path)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Latent variable models. Each exposes ``prior()``, ``encode(x)`` and ``decode(z)`` as
 ``torch.distributions`` objects (DESIGN.md) and registers a builder in ``MODELS``."""
 
+from .gmm import GaussianMixture
 from .linear import LinearGaussian
 from .vae import MODELS, VAE, build_model
 
-__all__ = ["MODELS", "VAE", "LinearGaussian", "build_model"]
+__all__ = ["MODELS", "VAE", "GaussianMixture", "LinearGaussian", "build_model"]

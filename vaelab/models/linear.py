@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal
 
 from ..distributions import diagonal_gaussian, standard_normal
+from ..errors import ConfigError
 
 
 class LinearGaussian(nn.Module):
@@ -99,3 +100,49 @@ class LinearGaussian(nn.Module):
         """The exact p(z|x) for x of shape (B, data_dim); batch shape (B,)."""
         gain, offset, precision = self._posterior_parameters()
         return MultivariateNormal(x @ gain.T + offset, precision_matrix=precision)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n draws (x, z) from the joint: z ~ N(0, I), x = W z + b + sigma eps."""
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype)
+        eps = torch.randn(n, self.weight.shape[0], generator=generator, dtype=self.weight.dtype)
+        return z @ self.weight.T + self.bias + self.noise_scale * eps, z
+
+    @classmethod
+    def fit(cls, x: Tensor, latent_dim: int) -> "LinearGaussian":
+        """Maximum-likelihood probabilistic PCA in closed form (Tipping & Bishop 1999, eq. 7-8).
+
+        With S the sample covariance (divided by N, the maximum-likelihood estimate) and
+        eigenvalues l_1 >= ... >= l_D with eigenvectors U:
+
+            b = mean(x),   sigma^2 = mean(l_{q+1}, ..., l_D),   W = U_q (L_q - sigma^2 I)^(1/2)
+
+        (W is determined up to a rotation; this picks the one with orthogonal columns). The
+        encoder is set to the exact posterior mean with mean-field variances.
+
+        Args:
+            x: data (N, D), any floating dtype (float64 recommended for the exact checks).
+            latent_dim: q < D.
+        """
+        if x.dim() != 2:
+            x = x.flatten(1)
+        n, d = x.shape
+        if not 1 <= latent_dim < d:
+            raise ConfigError(f"pPCA needs 1 <= latent_dim < data dimension {d}, got {latent_dim}")
+        if n < 2:
+            raise ConfigError(f"pPCA needs at least 2 examples, got {n}")
+        x = x if x.is_floating_point() else x.double()
+        mean = x.mean(0)
+        centred = x - mean
+        cov = centred.T @ centred / n
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
+        noise_var = eigvals[latent_dim:].mean()
+        if not noise_var > 0:
+            raise ConfigError(
+                "pPCA: the data has no variance outside the first latent_dim directions "
+                "(sigma^2 = 0); use a smaller latent_dim or add noise"
+            )
+        scale = (eigvals[:latent_dim] - noise_var).clamp_min(0).sqrt()
+        weight = eigvecs[:, :latent_dim] * scale
+        return cls(weight, mean, float(noise_var.sqrt()))
