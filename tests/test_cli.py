@@ -40,7 +40,7 @@ def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
                         "active_units", "n_examples", "k", "bounds", "bounds_stderr", "trained_objective",
-                        "trained_bound", "trained_bound_stderr"}
+                        "trained_bound", "trained_bound_stderr", "proposal"}
     assert out["trained_objective"] == "elbo(k=1, beta=1)"
     assert out["n_examples"] == 50 and out["k"] == 500
     assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
@@ -292,3 +292,14 @@ def test_sample_from_a_gmm_of_the_encoder_means(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
     assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "gmm", "--components", "0"), "--components")
     assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "flow"), "invalid choice", "gmm")
+
+
+def test_evaluate_with_the_prior_as_proposal(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--k", "200", "--limit", "20", "--proposal", "prior", "--json", "--quiet"]) == 0
+    prior = json.loads(capsys.readouterr().out)
+    assert prior["proposal"] == "prior" and prior["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert main(["evaluate", str(run_dir), "--k", "200", "--limit", "20", "--json", "--quiet"]) == 0
+    post = json.loads(capsys.readouterr().out)
+    assert post["proposal"] == "posterior"
+    # both estimate log p(x) from below; the prior's weights are far more spread out
+    assert prior["log_likelihood_stderr"] > post["log_likelihood_stderr"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vaelab.evaluate import _chunking, active_units, evaluate, log_likelihood, summarize
+from vaelab.errors import ConfigError
 from vaelab.estimators import sample_particles
 
 from conftest import closed_form_elbo, make_linear
@@ -102,3 +103,26 @@ def test_evaluation_leaves_model_mode_and_grads_alone(linear_model, linear_data)
     res = log_likelihood(linear_model, linear_data[:3], k=10)
     assert linear_model.training
     assert not res.log_likelihood.requires_grad
+
+
+def test_prior_proposal_is_far_noisier_and_more_biased(linear_model, linear_data):
+    """Naive Monte Carlo from the prior is the same estimator with q = p(z) (seeds 002/003): at
+    equal K=1000 on the exact model, its spread over 20 independent runs is about 10x that of
+    importance sampling from the encoder (0.42 vs 0.04 nats), and its downward bias is large
+    (-0.20 vs -0.0003 nats, averaged over 40 examples)."""
+    exact = linear_model.log_prob(linear_data).detach()
+    runs = {}
+    for proposal in ("posterior", "prior"):
+        reps = []
+        for seed in range(20):
+            torch.manual_seed(seed)
+            reps.append(log_likelihood(linear_model, linear_data, k=1000, proposal=proposal).log_likelihood)
+        runs[proposal] = torch.stack(reps)  # (20, 40)
+    spread = {p: r.std(0).mean().item() for p, r in runs.items()}
+    assert spread["prior"] > 5 * spread["posterior"], spread
+    bias = {p: (r.mean(0) - exact).mean() for p, r in runs.items()}
+    se = {p: (r.var(0).sum() / 20).sqrt() / 40 for p, r in runs.items()}  # se of the mean bias
+    assert abs(bias["posterior"]) < 4.5 * se["posterior"]  # importance sampling: no visible bias
+    assert bias["prior"] < -4.5 * se["prior"]  # the prior proposal: biased down, beyond its error
+    with pytest.raises(ConfigError, match="posterior, prior"):
+        log_likelihood(linear_model, linear_data, k=10, proposal="uniform")

@@ -77,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bounds", metavar="K,K,...", type=_int_list("--bounds"), default=(),
                    help="also estimate the bounds L_K for these K (each at most --k), from the same "
                    "particles, e.g. 1,5,50")  # fmt: skip
+    p.add_argument("--proposal", default="posterior", choices=("posterior", "prior"),
+                   help="posterior: importance sampling from the encoder's q(z|x); prior: naive Monte "
+                   "Carlo from p(z), for comparison (default: posterior)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -188,7 +191,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
     x = split.fixed()
     torch.manual_seed(args.seed)
-    summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds)
+    summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds,
+                       proposal=args.proposal)  # fmt: skip
+    summary["proposal"] = args.proposal
     t = config.train
     trained = get_objective(t.objective, **{**t.objective_options(), "free_bits": 0.0})
     summary["trained_objective"] = _describe_objective(config)
@@ -205,7 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     s = summary
     print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data}, {what}, K={s['k']}")
-    print(f"  log-likelihood  {s['log_likelihood']:.3f} +- {s['log_likelihood_stderr']:.3f} nats (importance sampling, +- Monte-Carlo standard error)")
+    how = "importance sampling from q(z|x)" if args.proposal == "posterior" else "naive Monte Carlo from p(z)"
+    print(f"  log-likelihood  {s['log_likelihood']:.3f} +- {s['log_likelihood_stderr']:.3f} nats ({how}, +- Monte-Carlo standard error)")
     if split.dequantize:
         print(f"  discrete data   >= {s['discrete_log_likelihood_bound']:.3f} nats ({s['bits_per_dim']:.4f} bits/dim)")
     print(f"  ELBO            {s['elbo']:.3f} nats")

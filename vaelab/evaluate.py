@@ -25,6 +25,9 @@ from .estimators import sample_particles
 from .objectives import kl_to_prior
 
 
+PROPOSALS = ("posterior", "prior")
+
+
 class LogLikelihood(NamedTuple):
     """Per-example importance-sampling estimates."""
 
@@ -58,6 +61,7 @@ def log_likelihood(
     rows: int = 1000,
     progress: bool = False,
     bounds: Sequence[int] = (),
+    proposal: str = "posterior",
 ) -> LogLikelihood:
     """Importance-sampled log p(x) with the encoder as proposal, and its standard error.
 
@@ -71,6 +75,10 @@ def log_likelihood(
             particles are cut into floor(k / K') disjoint groups of K'; each group is an
             independent draw of L_K', so their mean estimates E[L_K'] and their spread gives its
             standard error, at no extra decoder cost.
+        proposal: "posterior" (the encoder's q(z|x), importance sampling) or "prior" (naive Monte
+            Carlo, log (1/K) sum_k p(x|z_k) with z_k ~ p(z)): the same estimator with q = p(z),
+            whose weights are far more spread out, so at equal K it is biased further down and
+            noisier (seeds 002/003). With "prior", the ELBO fields describe q = p(z) (KL 0).
     Returns:
         ``LogLikelihood`` of per-example tensors. The standard error of example i is
         sd(w) / (sqrt(K) mean(w)), the delta-method error of log mean(w); it is unreliable when
@@ -78,6 +86,8 @@ def log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if proposal not in PROPOSALS:
+        raise ConfigError(f"unknown proposal {proposal!r}; choose one of: {', '.join(PROPOSALS)}")
     bound_k = tuple(int(b) for b in bounds)
     if any(b < 1 or b > k for b in bound_k):
         raise ConfigError(f"--bounds values must be between 1 and --k ({k}), got {','.join(map(str, bound_k))}")
@@ -96,7 +106,7 @@ def log_likelihood(
             for i in range(0, n, per_pass):
                 xb = x[i : i + per_pass]
                 b = xb.shape[0]
-                q = model.encode(xb)
+                q = model.encode(xb) if proposal == "posterior" else model.prior().expand((b,))
                 for j in range(0, k, chunk):
                     c = min(chunk, k - j)
                     p = sample_particles(model, xb, c, q=q)
@@ -178,10 +188,12 @@ def evaluate(
     rows: int = 1000,
     progress: bool = False,
     bounds: Sequence[int] = (),
+    proposal: str = "posterior",
 ) -> dict:
     """Scores ``model`` on ``x``: log-likelihood +- standard error, ELBO, reconstruction, KL,
     active units, and E[L_K'] for each K' in ``bounds`` (means over examples, nats)."""
-    return summarize(log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds), k)
+    result = log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
+    return summarize(result, k)
 
 
 @torch.no_grad()
