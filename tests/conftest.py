@@ -48,3 +48,14 @@ def closed_form_elbo(model, x):
     rec = -0.5 * d * torch.log(2 * math.pi * var) - (resid.square().sum(1) + s2 @ w.square().sum(0)) / (2 * var)
     kl = 0.5 * (s2 + m.square() - 1 - s2.log()).sum(1)
     return rec, kl
+
+
+def elbo_of_gaussian_q(model, x, mean, var):
+    """Closed-form ELBO of a diagonal Gaussian q = N(mean, diag(var)) per example under the
+    linear-Gaussian model (mean, var: (B, Dz))."""
+    w, b, noise = model.weight, model.bias, model.noise_scale**2
+    d = x.shape[1]
+    resid = x - mean @ w.T - b
+    rec = -0.5 * d * torch.log(2 * math.pi * noise) - (resid.square().sum(1) + var @ w.square().sum(0)) / (2 * noise)
+    kl = 0.5 * (var + mean.square() - 1 - var.log()).sum(1)
+    return rec - kl

@@ -303,3 +303,19 @@ def test_evaluate_with_the_prior_as_proposal(run_dir, capsys):
     assert post["proposal"] == "posterior"
     # both estimate log p(x) from below; the prior's weights are far more spread out
     assert prior["log_likelihood_stderr"] > post["log_likelihood_stderr"]
+
+
+def test_gaps_on_a_trained_run(run_dir, capsys):
+    args = ["gaps", str(run_dir), "--limit", "30", "--k", "500", "--steps", "300", "--lr", "0.02", "--json", "--quiet"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"log_likelihood", "local_elbo", "amortized_elbo", "approximation_gap", "amortization_gap", "n_examples"}
+    assert out["n_examples"] == 30
+    assert out["approximation_gap"] == pytest.approx(out["log_likelihood"] - out["local_elbo"])
+    assert out["amortization_gap"] == pytest.approx(out["local_elbo"] - out["amortized_elbo"])
+    # both gaps are non-negative in expectation; on this small model they are tenths of a nat,
+    # several times the Monte-Carlo error of 500-particle means over 30 examples (~0.03)
+    assert out["amortization_gap"] > 0 and out["approximation_gap"] > 0
+    assert main(["gaps", str(run_dir), "--limit", "5", "--k", "50", "--steps", "10", "--quiet"]) == 0
+    assert "amortization gap" in capsys.readouterr().out
+    assert_one_line_error(run_cli("gaps", str(run_dir), "--steps", "0"), "--steps")

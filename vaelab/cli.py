@@ -103,6 +103,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with equal-length lists k, encoder_snr, decoder_snr, ess")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("gaps", help="approximation and amortization gaps (Cremer et al. 2018)",
+                       description="On N test examples: log p(x) by importance sampling, L[q*] (the ELBO of "
+                       "a diagonal Gaussian optimized per example, started from the encoder's q) and L[q] "
+                       "(the encoder's own ELBO); approximation gap log p(x) - L[q*], amortization gap "
+                       "L[q*] - L[q]. Means in nats.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--limit", type=int, default=100, help="first N test examples (default: 100)")
+    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (default: 5000)")
+    p.add_argument("--steps", type=int, default=2000, help="Adam steps of the per-example optimization (default: 2000)")
+    p.add_argument("--lr", type=float, default=0.01, help="its initial learning rate, decayed linearly to 0 (default: 0.01)")
+    p.add_argument("--samples", type=int, default=10, help="particles per optimization step (default: 10)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z)")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
@@ -291,6 +307,52 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gaps(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluate import log_likelihood
+    from .local import fit_local
+    from .runs import load, load_data, read_config
+
+    for name in ("limit", "k", "steps", "samples"):
+        _positive(f"--{name}", getattr(args, name))
+    if not args.lr > 0:
+        raise VaelabError(f"--lr must be positive, got {args.lr}")
+    config, _ = read_config(args.run)
+    model = load(args.run)
+    x = load_data(config, args.split, limit=args.limit).fixed()
+    if len(x) == 0:
+        raise VaelabError(f"the {args.split} split of {args.run} is empty")
+    progress = not (args.quiet or args.json)
+    torch.manual_seed(args.seed)
+    ll = log_likelihood(model, x, args.k, progress=progress)
+    local = fit_local(model, x, steps=args.steps, lr=args.lr, k=args.samples, init="encoder",
+                      eval_samples=args.k, progress=progress)  # fmt: skip
+    log_p, local_elbo, amortized = ll.log_likelihood.mean().item(), local.elbo.mean().item(), ll.elbo.mean().item()
+    out = {
+        "log_likelihood": log_p,
+        "local_elbo": local_elbo,
+        "amortized_elbo": amortized,
+        "approximation_gap": log_p - local_elbo,
+        "amortization_gap": local_elbo - amortized,
+        "n_examples": len(x),
+        "posterior": "diagonal gaussian",
+        "k": args.k,
+        "steps": args.steps,
+    }
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.run}: gaps on {len(x)} {args.split} examples (Cremer et al. 2018, table 2), nats")
+    print(f"  {'':<22}{'q: diagonal Gaussian':>22}")
+    rows = (("log p(x)", log_p), ("L[q*]  (local)", local_elbo), ("L[q]   (amortized)", amortized),
+            ("approximation gap", out["approximation_gap"]), ("amortization gap", out["amortization_gap"]))  # fmt: skip
+    for label, value in rows:
+        print(f"  {label:<22}{value:>22.2f}")
+    print(f"log p(x): importance sampling, K={args.k}; L[q*]: {args.steps} Adam steps per example from the encoder's q")
+    return 0
+
+
 def _what_is_scored(config: cfg.RunConfig, split) -> str:
     """Says what the log-likelihood is a likelihood of, so no number is mistaken for another."""
     if config.data.binarize != "none":
@@ -349,6 +411,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "diagnose": cmd_diagnose,
+    "gaps": cmd_gaps,
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
 }

@@ -97,23 +97,26 @@ def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLE
 
 class CollapseMonitor:
     """Per-epoch monitor for the trainer: logs ``active_units``, ``kl_per_dim`` and
-    ``mutual_info`` (nats, on the validation set; I(x; z) on its first ``MI_EXAMPLES``) and warns, through the "vaelab" logger, when
-    the posterior collapses: no active unit, or a total KL below ``COLLAPSE_KL`` nats."""
+    ``mutual_info`` (nats, on the validation set; I(x; z) on its first ``MI_EXAMPLES``) and warns,
+    through the "vaelab" logger, when the posterior collapses: no active unit, or a total KL below
+    ``COLLAPSE_KL`` nats, in ``patience`` consecutive epochs (a fresh encoder is briefly
+    uninformative; a collapse persists). One warning per collapsed stretch."""
 
-    def __init__(self, max_examples: int = 10000) -> None:
+    def __init__(self, max_examples: int = 10000, patience: int = 2) -> None:
         self.max_examples = max_examples
-        self.collapsed = False
+        self.patience = patience
+        self.streak = 0
 
     def __call__(self, model: nn.Module, x: Tensor, epoch: int) -> dict[str, Any]:
         s = posterior_summary(model, x[: self.max_examples])
         collapsed = s["active_units"] == 0 or s["kl"] < COLLAPSE_KL
-        if collapsed and not self.collapsed:
+        self.streak = self.streak + 1 if collapsed else 0
+        if self.streak == self.patience:
             log.warning(
-                "posterior collapse at epoch %d: %d active units, KL %.3f nats, I(x;z) %.3f nats; "
+                "posterior collapse since epoch %d: %d active units, KL %.3f nats, I(x;z) %.3f nats; "
                 "q(z|x) is close to the prior for every x. Try --kl-warmup, --kl-cycles or --free-bits.",
-                epoch, s["active_units"], s["kl"], s["mutual_info"],
+                epoch - self.patience + 1, s["active_units"], s["kl"], s["mutual_info"],
             )  # fmt: skip
-        self.collapsed = collapsed
         return {"active_units": s["active_units"], "kl_per_dim": s["kl_per_dim"], "mutual_info": s["mutual_info"]}
 
 
