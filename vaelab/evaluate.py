@@ -13,8 +13,9 @@ shrinks as K grows. Work is vectorized over examples and particles and cut into 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -90,47 +91,57 @@ def log_likelihood(
         raise ConfigError(f"unknown proposal {proposal!r}; choose one of: {', '.join(PROPOSALS)}")
     bound_k = tuple(int(b) for b in bounds)
     if any(b < 1 or b > k for b in bound_k):
-        raise ConfigError(f"--bounds values must be between 1 and --k ({k}), got {','.join(map(str, bound_k))}")
+        raise ConfigError(
+            f"--bounds values must be at least 1 and at most --k ({k}), as they are cut from the same "
+            f"particles; got {','.join(map(str, bound_k))}"
+        )
     n = x.shape[0]
     per_pass, chunk = _chunking(n, k, rows)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     ll, se, rec, kl = (torch.empty(n, dtype=dtype) for _ in range(4))
     bnd, bnd_se = torch.empty(n, len(bound_k), dtype=dtype), torch.empty(n, len(bound_k), dtype=dtype)
     means: Tensor | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex") as bar:
-            lw = torch.empty(k, per_pass, dtype=dtype)  # (K, b), reused by every pass
-            lpx = torch.empty(k, per_pass, dtype=dtype)
-            for i in range(0, n, per_pass):
-                xb = x[i : i + per_pass]
-                b = xb.shape[0]
-                q = model.encode(xb) if proposal == "posterior" else model.prior().expand((b,))
-                for j in range(0, k, chunk):
-                    c = min(chunk, k - j)
-                    p = sample_particles(model, xb, c, q=q)
-                    lw[j : j + c, :b] = p.log_weights
-                    lpx[j : j + c, :b] = p.log_px_z
-                w = lw[:, :b]
-                lse = torch.logsumexp(w, dim=0)  # (b,)
-                ll[i : i + b] = lse - math.log(k)
-                # normalized weights r_k = w_k / mean(w) have mean 1; se(log mean w) = sd(r)/sqrt(K)
-                r = torch.exp(w - lse) * k
-                se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
-                rec[i : i + b] = lpx[:, :b].mean(0)
-                kl[i : i + b] = _kl(q, model, w, lpx[:, :b])
-                for j, kb in enumerate(bound_k):
-                    bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
-                if means is None:
-                    means = torch.empty(n, q.mean.shape[-1], dtype=dtype)
-                means[i : i + b] = q.mean
-                bar.update(b)
-    finally:
-        model.train(was_training)
+    bar = tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex")
+    with _eval_mode(model), torch.inference_mode(), bar:
+        lw = torch.empty(k, per_pass, dtype=dtype)  # (K, b), reused by every pass
+        lpx = torch.empty(k, per_pass, dtype=dtype)
+        for i in range(0, n, per_pass):
+            xb = x[i : i + per_pass]
+            b = xb.shape[0]
+            q = model.encode(xb) if proposal == "posterior" else model.prior().expand((b,))
+            for j in range(0, k, chunk):
+                c = min(chunk, k - j)
+                p = sample_particles(model, xb, c, q=q)
+                lw[j : j + c, :b] = p.log_weights
+                lpx[j : j + c, :b] = p.log_px_z
+            w = lw[:, :b]
+            lse = torch.logsumexp(w, dim=0)  # (b,)
+            ll[i : i + b] = lse - math.log(k)
+            # normalized weights r_k = w_k / mean(w) have mean 1; se(log mean w) = sd(r)/sqrt(K)
+            r = torch.exp(w - lse) * k
+            se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
+            rec[i : i + b] = lpx[:, :b].mean(0)
+            kl[i : i + b] = _kl(q, model, w, lpx[:, :b])
+            for j, kb in enumerate(bound_k):
+                bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
+            if means is None:
+                means = torch.empty(n, q.mean.shape[-1], dtype=dtype)
+            means[i : i + b] = q.mean
+            bar.update(b)
     return LogLikelihood(
         ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se
     )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _grouped_bound(log_w: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -200,11 +211,7 @@ def evaluate(
 def mean_bound(objective: Callable[..., NamedTuple], model: nn.Module, x: Tensor, *, batch: int = 100) -> tuple[float, float]:
     """Mean over x of an objective's ``bound`` (one draw per example), and its standard error
     across examples (which includes the spread of the data, not only Monte-Carlo noise)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         values = torch.cat([objective(model, x[i : i + batch]).bound for i in range(0, x.shape[0], batch)])
-    finally:
-        model.train(was_training)
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan

@@ -37,14 +37,6 @@ class VAE(nn.Module):
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Inference network (phi) and generative model (theta) parameters, for diagnostics."""
-        enc = {id(p) for p in self.encoder.parameters()}
-        return {
-            "encoder": list(self.encoder.parameters()),
-            "decoder": [p for p in self.parameters() if id(p) not in enc],
-        }
-
     def prior(self) -> Distribution:
         """p(z) = N(0, I); batch shape (), event shape (latent_dim,)."""
         return standard_normal(self.prior_loc, self.prior_scale)
