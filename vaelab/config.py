@@ -20,6 +20,9 @@ from . import data as _data
 from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
+from .models.vae import INFERENCE
+from .posteriors import FLOWS, check_posterior
+from .priors import check_prior
 from .nets import ACTIVATIONS, NETS
 from .estimators import GRAD_ESTIMATORS
 from .objectives import KL_MODES, OBJECTIVES, objective_options
@@ -71,6 +74,11 @@ class ModelConfig:
     hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
     activation: str = field(default="tanh", metadata=_help("activation between layers"))
     latent_dim: int = field(default=50, metadata=_help("dimension of the latent z"))
+    posterior: str = field(default="gaussian", metadata=_help("q(z|x): gaussian (diagonal) | full (Cholesky) | planar:K | iaf:K (K flow steps)"))
+    prior: str = field(default="standard", metadata=_help("p(z): standard (N(0, I)) | mog:K (learned mixture) | vamp:K (VampPrior, K pseudo-inputs)"))
+    inference: str = field(default="amortized", metadata=_help("amortized (an encoder) | local (no encoder: per-example q fitted by --local-steps of VI, variational EM)", choices=INFERENCE))
+    local_steps: int = field(default=20, metadata=_help("--inference local: Adam steps per example each time q is fitted"))
+    local_lr: float = field(default=0.1, metadata=_help("--inference local: initial learning rate of those steps (decays linearly to 0)"))
 
     def __post_init__(self) -> None:
         for registry, value in (
@@ -84,6 +92,25 @@ class ModelConfig:
             raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
         if self.latent_dim < 1:
             raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+        check_posterior(self.posterior)
+        prior, _ = check_prior(self.prior)
+        if self.inference not in INFERENCE:
+            raise ConfigError(f"unknown inference {self.inference!r}; choose one of: {', '.join(INFERENCE)}")
+        if self.inference == "local" and (self.posterior != "gaussian" or prior == "vamp"):
+            raise ConfigError(
+                "--inference local fits a diagonal Gaussian per example and has no encoder; "
+                "use it with --posterior gaussian and --prior standard or mog:K"
+            )
+        if prior == "vamp" and check_posterior(self.posterior)[0] in FLOWS:
+            raise ConfigError(
+                "--prior vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
+                "posteriors cannot do in closed form (planar) or cheaply (iaf); use --posterior "
+                "gaussian or full with it"
+            )
+        if self.local_steps < 1:
+            raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
+        if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
+            raise ConfigError(f"--local-lr must be a positive number, got {self.local_lr}")
         if not (self.obs_precision > 0 and math.isfinite(self.obs_precision)):
             raise ConfigError(f"--obs-precision must be a positive number, got {self.obs_precision}")
 
@@ -174,6 +201,27 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # combinations of model and training options that cannot work, refused before any run starts
+        m, t = self.model, self.train
+        posterior = check_posterior(m.posterior)[0]
+        if posterior in FLOWS and t.grad_estimator != "reparam":
+            raise ConfigError(
+                f"--grad-estimator {t.grad_estimator} is not implemented for flow posteriors "
+                f"(--posterior {m.posterior}); use --grad-estimator reparam"
+            )
+        if posterior in FLOWS and t.objective == "piwae":
+            raise ConfigError(
+                "--objective piwae trains the encoder through a detached log q, which flow posteriors "
+                f"do not provide; use iwae, miwae or ciwae with --posterior {m.posterior}"
+            )
+        factorized = posterior == "gaussian" and check_prior(m.prior)[0] == "standard"
+        if t.free_bits > 0 and not factorized:
+            raise ConfigError(
+                "--free-bits needs the KL per latent dimension: use --posterior gaussian and "
+                "--prior standard with it"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

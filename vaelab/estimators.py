@@ -44,6 +44,7 @@ class Particles:
     x: Tensor  # (B, *event)
     q: Distribution  # q(z|x), batch (B,)
     z: Tensor  # (k, B, D)
+    prior: Distribution | None = None  # p(z), when the caller already built it (else model.prior())
 
     @cached_property
     def likelihood(self) -> Distribution:
@@ -56,7 +57,8 @@ class Particles:
 
     @cached_property
     def log_pz(self) -> Tensor:  # (k, B)
-        return self.model.prior().log_prob(self.z)
+        prior = self.prior if self.prior is not None else self.model.prior()
+        return prior.log_prob(self.z)
 
     @cached_property
     def log_qz(self) -> Tensor:  # (k, B)
@@ -73,7 +75,13 @@ class Particles:
 
 
 def sample_particles(
-    model, x: Tensor, k: int = 1, q: Distribution | None = None, *, reparameterized: bool = True
+    model,
+    x: Tensor,
+    k: int = 1,
+    q: Distribution | None = None,
+    *,
+    reparameterized: bool = True,
+    prior: Distribution | None = None,
 ) -> Particles:
     """Draws k particles z ~ q(z|x) per example of x.
 
@@ -84,13 +92,15 @@ def sample_particles(
         q: a proposal to use instead of ``model.encode(x)`` (batch shape (B,)).
         reparameterized: draw z = g(eps, phi) with a gradient path to q's parameters (``rsample``);
             False draws z without one (``sample``), for the score-function estimator.
+        prior: p(z) if already built (a VampPrior runs the encoder to build it), else
+            ``model.prior()`` is called when log p(z) is first needed.
     Returns:
         ``Particles`` with z of shape (k, B, latent_dim).
     """
     if q is None:
         q = model.encode(x)
     z = q.rsample((k,)) if reparameterized else q.sample((k,))
-    return Particles(model=model, x=x, q=q, z=z)
+    return Particles(model=model, x=x, q=q, z=z, prior=prior)
 
 
 def log_weights(model, x: Tensor, k: int) -> Tensor:

@@ -108,10 +108,13 @@ def log_likelihood(
         for i in range(0, n, per_pass):
             xb = x[i : i + per_pass]
             b = xb.shape[0]
-            q = model.encode(xb) if proposal == "posterior" else model.prior().expand((b,))
+            prior = model.prior()
+            q = model.encode(xb) if proposal == "posterior" else prior.expand((b,))
             for j in range(0, k, chunk):
                 c = min(chunk, k - j)
-                p = sample_particles(model, xb, c, q=q)
+                # the prior needs no gradient path (a mixture prior has none); a flow
+                # posterior scores the samples it drew through rsample
+                p = sample_particles(model, xb, c, q=q, prior=prior, reparameterized=proposal == "posterior")
                 lw[j : j + c, :b] = p.log_weights
                 lpx[j : j + c, :b] = p.log_px_z
             w = lw[:, :b]
@@ -121,7 +124,7 @@ def log_likelihood(
             r = torch.exp(w - lse) * k
             se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
             rec[i : i + b] = lpx[:, :b].mean(0)
-            kl[i : i + b] = _kl(q, model, w, lpx[:, :b])
+            kl[i : i + b] = _kl(q, prior, w, lpx[:, :b])
             for j, kb in enumerate(bound_k):
                 bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
             if means is None:
@@ -152,11 +155,11 @@ def _grouped_bound(log_w: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return lk.mean(0), stderr
 
 
-def _kl(q, model: nn.Module, log_w: Tensor, log_px_z: Tensor) -> Tensor:
+def _kl(q, prior, log_w: Tensor, log_px_z: Tensor) -> Tensor:
     """KL(q || prior): the closed form where registered; otherwise the Monte-Carlo estimate from
     all K particles, mean_k[log q - log p(z)] = mean_k[log p(x|z) - log w]."""
     try:
-        return kl_to_prior(q, model.prior())
+        return kl_to_prior(q, prior)
     except NotImplementedError:
         return (log_px_z - log_w).mean(0)
 

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .distributions import diagonal_gaussian
 from .errors import ConfigError
 from .estimators import sample_particles
 from .objectives import kl_to_prior
+from .posteriors import DiagonalGaussianPosterior, Posterior
 
 INITS = ("encoder", "prior")
 
@@ -24,9 +24,10 @@ INITS = ("encoder", "prior")
 class LocalFit(NamedTuple):
     """Per-example variational posteriors found by ``fit_local``."""
 
-    q: torch.distributions.Distribution  # diagonal Gaussians, batch (B,), event (D,)
-    elbo: Tensor  # (B,) their ELBO, estimated with ``eval_samples`` particles and the KL in closed form
+    q: torch.distributions.Distribution  # batch (B,), event (D,), of the model's posterior family
+    elbo: Tensor  # (B,) their ELBO from ``eval_samples`` particles (nan when eval_samples=0)
     history: list[float]  # mean Monte-Carlo ELBO at each step (the optimizer's view, noisy)
+    params: Tensor  # (B, param_size): the optimized per-example parameters of the family
 
 
 def fit_local(
@@ -40,7 +41,13 @@ def fit_local(
     eval_samples: int = 1000,
     progress: bool = False,
 ) -> LocalFit:
-    """Optimizes a diagonal Gaussian q_i(z) = N(m_i, diag(s_i^2)) for every example of x.
+    """Optimizes a posterior q_i(z) for every example of x, within the model's posterior family.
+
+    The family is ``model.posterior`` (a ``posteriors.Posterior``: diagonal or full Gaussian,
+    planar or IAF flow) or, for models without one, the diagonal Gaussian. Each example gets its
+    own copy of the parameter vector the encoder would emit (for IAF: mean, scale and context;
+    the flow's shared networks stay as they are), optimized by Adam on the Monte-Carlo ELBO, with
+    the KL in closed form where one is registered and by Monte Carlo otherwise.
 
     Args:
         model: exposes ``prior()``, ``decode(z)`` (and ``encode(x)`` for init="encoder"); its own
@@ -50,45 +57,138 @@ def fit_local(
         lr: Adam's initial learning rate, decayed linearly to 0 over the steps.
         init: "encoder" (start from q(z|x)) or "prior" (start from N(0, I)).
         k: reparameterized samples per step.
-        eval_samples: particles for the final ELBO estimate.
+        eval_samples: particles for the final ELBO estimate (0: skip it).
     Returns:
         ``LocalFit`` with the optimized posteriors and their ELBO per example.
     """
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
-    if steps < 0 or k < 1:
-        raise ConfigError(f"fit_local needs steps >= 0 and k >= 1, got steps={steps}, k={k}")
+    if steps < 0 or k < 1 or eval_samples < 0:
+        raise ConfigError(
+            f"fit_local needs steps >= 0, k >= 1 and eval_samples >= 0, got steps={steps}, k={k}, "
+            f"eval_samples={eval_samples}"
+        )
+    family = getattr(model, "posterior", None)
+    if not isinstance(family, Posterior):
+        family = DiagonalGaussianPosterior(model.prior().event_shape[0])
+    dtype = next(model.parameters()).dtype
     with torch.no_grad():
-        if init == "encoder":
+        prior = model.prior()  # fixed while the local posteriors move
+        if init == "prior":
+            h = family.neutral(x.shape[0], dtype)
+        elif isinstance(getattr(model, "encoder", None), nn.Module) and family is getattr(model, "posterior", None):
+            h = model.encoder(x).clone()
+        elif getattr(model, "encoder", 0) is None:
+            raise ConfigError("this model has no encoder to start from; use init='prior'")
+        else:  # a model with its own diagonal Gaussian encode()
             q0 = model.encode(x)
-            mean, log_scale = q0.mean.clone(), q0.stddev.log().clone()
-        else:
-            d = model.prior().event_shape[0]
-            dtype = next(model.parameters()).dtype
-            mean = torch.zeros(x.shape[0], d, dtype=dtype)
-            log_scale = torch.zeros(x.shape[0], d, dtype=dtype)
-    mean.requires_grad_(True)
-    log_scale.requires_grad_(True)
-    optimizer = torch.optim.Adam([mean, log_scale], lr=lr)
+            h = torch.cat([q0.mean, 2 * q0.stddev.log()], dim=-1)
+    h.requires_grad_(True)
+    optimizer = torch.optim.Adam([h], lr=lr)
     # a learning rate decaying linearly to 0 lets the iterates settle despite the Monte-Carlo noise
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 - t / max(1, steps))
-    prior = model.prior()
     history = []
     for _ in tqdm(range(steps), disable=not progress, desc="local VI", leave=False):
-        q = diagonal_gaussian(mean, log_scale.exp())
-        p = sample_particles(model, x, k, q=q)
-        elbo = p.log_px_z.mean(0) - kl_to_prior(q, prior)
+        q = family(h)
+        p = sample_particles(model, x, k, q=q, prior=prior)
+        elbo = p.log_px_z.mean(0) - kl_to_prior(q, prior, p)
         loss = -elbo.sum()  # independent examples: the sum's gradient is each example's own
-        mean.grad, log_scale.grad = torch.autograd.grad(loss, [mean, log_scale])
+        (h.grad,) = torch.autograd.grad(loss, [h])
         optimizer.step()
         schedule.step()
         history.append(elbo.detach().mean().item())
+    h = h.detach()
     with torch.no_grad():
-        q = diagonal_gaussian(mean.detach(), log_scale.detach().exp())
-        rec = torch.zeros(x.shape[0], dtype=mean.dtype)
-        chunk = max(1, 10000 // max(1, x.shape[0]))
-        for j in range(0, eval_samples, chunk):
-            c = min(chunk, eval_samples - j)
-            rec += sample_particles(model, x, c, q=q).log_px_z.sum(0)
-        elbo = rec / eval_samples - kl_to_prior(q, prior)
-    return LocalFit(q, elbo, history)
+        q = family(h)
+        elbo = torch.full((x.shape[0],), torch.nan, dtype=dtype)
+        if eval_samples:
+            elbo = _elbo(model, x, q, prior, eval_samples)
+    return LocalFit(q, elbo, history, h)
+
+
+def _elbo(model: nn.Module, x: Tensor, q, prior, samples: int) -> Tensor:
+    """E_q[log p(x|z)] - KL(q || p) from ``samples`` particles per example (KL in closed form
+    where registered), in chunks of about 10,000 particles."""
+    try:
+        kl = kl_to_prior(q, prior)
+    except NotImplementedError:
+        kl = None
+    total = torch.zeros(x.shape[0], dtype=next(model.parameters()).dtype)
+    chunk = max(1, 10000 // max(1, x.shape[0]))
+    for j in range(0, samples, chunk):
+        p = sample_particles(model, x, min(chunk, samples - j), q=q, prior=prior)
+        total += (p.log_px_z if kl is not None else p.log_weights).sum(0)
+    return total / samples - (kl if kl is not None else 0)
+
+
+def gaps(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    k: int = 5000,
+    steps: int = 2000,
+    lr: float = 0.01,
+    samples: int = 10,
+    progress: bool = False,
+) -> dict:
+    """The inference gaps of Cremer et al. (2018) on examples x, means in nats:
+
+    - ``log_likelihood``: log p(x), importance sampling with K=k from the encoder's q;
+    - ``local_elbo``: L[q*], the best bound within the encoder's posterior family, each example's
+      parameters optimized from the encoder's output (``fit_local``, ``steps`` Adam steps,
+      ``samples`` particles per step, the bound estimated from k particles);
+    - ``amortized_elbo``: L[q], the encoder's own bound (from the same K particles as log p);
+    - ``approximation_gap`` = log p - L[q*], ``amortization_gap`` = L[q*] - L[q].
+
+    For a posterior other than the diagonal Gaussian (flows, full covariance), also
+    ``local_elbo_gaussian``: L[q*] of the diagonal Gaussian family under the same decoder, fitted
+    from N(0, I) (Cremer et al.'s L[q*_FFG] row), so the two families' approximation gaps can be
+    compared on one model.
+    """
+    from .evaluate import log_likelihood
+
+    ll = log_likelihood(model, x, k, progress=progress)
+    local = fit_local(model, x, steps=steps, lr=lr, k=samples, init="encoder", eval_samples=k, progress=progress)
+    log_p, local_elbo, amortized = ll.log_likelihood.mean().item(), local.elbo.mean().item(), ll.elbo.mean().item()
+    family = getattr(model, "posterior", None)
+    out = {
+        "log_likelihood": log_p,
+        "local_elbo": local_elbo,
+        "amortized_elbo": amortized,
+        "approximation_gap": log_p - local_elbo,
+        "amortization_gap": local_elbo - amortized,
+        "n_examples": int(x.shape[0]),
+        "posterior": family_name(model),
+        "log_likelihood_stderr": (ll.stderr.square().sum().sqrt() / x.shape[0]).item(),
+    }
+    if family is not None and not isinstance(family, DiagonalGaussianPosterior):
+        fit = fit_local(_DiagonalView(model), x, steps=steps, lr=lr, k=samples, init="prior", eval_samples=k, progress=progress)
+        out["local_elbo_gaussian"] = fit.elbo.mean().item()
+    return out
+
+
+def family_name(model: nn.Module) -> str:
+    """A readable name of the model's posterior family."""
+    family = getattr(model, "posterior", None)
+    names = {"DiagonalGaussianPosterior": "diagonal Gaussian", "FullGaussianPosterior": "full-covariance Gaussian",
+             "PlanarPosterior": "planar flow", "IAFPosterior": "inverse autoregressive flow"}  # fmt: skip
+    if family is None or not isinstance(family, Posterior):
+        return "diagonal Gaussian"
+    name = names.get(type(family).__name__, type(family).__name__)
+    flows = getattr(family, "flows", None)
+    return f"{name} ({flows} steps)" if flows else name
+
+
+class _DiagonalView(nn.Module):
+    """The same decoder and prior, with the diagonal Gaussian as posterior family."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.posterior = DiagonalGaussianPosterior(model.latent_dim)
+
+    def prior(self):
+        return self.model.prior()
+
+    def decode(self, z: Tensor):
+        return self.model.decode(z)

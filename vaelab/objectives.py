@@ -127,8 +127,8 @@ def elbo(
     check_estimator(grad_estimator, "elbo", GRAD_ESTIMATORS)
     _check_remedies(kl_scale, free_bits)
     weight = beta * kl_scale
-    p = sample_particles(model, x, k, reparameterized=grad_estimator != "score")
     prior = model.prior()
+    p = sample_particles(model, x, k, reparameterized=grad_estimator != "score", prior=prior)
     reconstruction = p.log_px_z.mean(0)
     if kl == "analytic":
         kl_term = kl_to_prior(p.q, prior, p)
@@ -173,8 +173,8 @@ def _weighted(
         raise ConfigError(f"--k and --m must be at least 1, got k={k}, m={m}")
     if not 0.0 <= beta <= 1.0:
         raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {beta}")
-    p = sample_particles(model, x, m * k)
     prior = model.prior()
+    p = sample_particles(model, x, m * k, prior=prior)
     # With a detached log q (stl, dreg, and piwae, whose encoder and decoder weights differ),
     # phi is reached only through z, where route_path_gradient can reweight it.
     path = grad_estimator != "reparam" or pooled_decoder

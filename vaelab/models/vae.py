@@ -8,49 +8,89 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..distributions import Observation, build_observation, diagonal_gaussian, standard_normal
+from ..distributions import Observation, build_observation
+from ..errors import ConfigError
 from ..nets import NETS, NetSpec
+from ..posteriors import DiagonalGaussianPosterior, Posterior, build_posterior
+from ..priors import Prior, StandardNormalPrior, build_prior
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+INFERENCE = ("amortized", "local")
 
 
 class VAE(nn.Module):
-    """A VAE with prior N(0, I), a diagonal Gaussian encoder and any observation model.
+    """A VAE: prior p(z), an encoder network with a posterior family q(z|x), a decoder and any
+    observation model p(x|z).
 
     Args:
-        encoder: maps ``(B, *event_shape)`` to ``(B, 2 * latent_dim)`` (mean, log-variance).
+        encoder: maps ``(B, *event_shape)`` to ``(B, posterior.param_size)``.
         decoder: maps ``(N, latent_dim)`` to ``(N, params_per_dim, *event_shape)``.
         observation: turns decoder outputs into p(x|z).
         latent_dim: size of z.
+        posterior: turns encoder outputs into q(z|x) (``posteriors``); default diagonal Gaussian.
+        prior: p(z) (``priors``); default N(0, I).
     """
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, observation: Observation, latent_dim: int
+        self,
+        encoder: nn.Module | None,
+        decoder: nn.Module,
+        observation: Observation,
+        latent_dim: int,
+        posterior: Posterior | None = None,
+        prior: Prior | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.observation = observation
         self.latent_dim = latent_dim
-        # Buffers, not parameters: the prior is fixed, but it must follow the model's device/dtype.
-        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
+        self.posterior = posterior if posterior is not None else DiagonalGaussianPosterior(latent_dim)
+        self.latent_prior = prior if prior is not None else StandardNormalPrior(latent_dim)
 
     def prior(self) -> Distribution:
-        """p(z) = N(0, I); batch shape (), event shape (latent_dim,)."""
-        return standard_normal(self.prior_loc, self.prior_scale)
+        """p(z); batch shape (), event shape (latent_dim,)."""
+        return self.latent_prior(self)
 
     def encode(self, x: Tensor) -> Distribution:
         """q(z|x) for x of shape (B, *event_shape); batch shape (B,), event shape (latent_dim,)."""
-        mean, log_var = self.encoder(x).chunk(2, dim=-1)
-        return diagonal_gaussian(mean, (0.5 * log_var).exp())
+        return self.posterior(self.encoder(x))
 
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) for z of shape (*S, latent_dim); batch shape S, event shape = data shape."""
         lead = z.shape[:-1]
         out = self.decoder(z.reshape(-1, self.latent_dim))  # (N, params, *event)
         return self.observation(out.view(*lead, *out.shape[1:]))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Inference parameters (encoder and posterior, e.g. IAF's networks) against generative
+        ones (decoder, observation, prior)."""
+        inference = [*self.posterior.parameters()]
+        if self.encoder is not None:
+            inference = [*self.encoder.parameters(), *inference]
+        ids = {id(p) for p in inference}
+        return {"encoder": inference, "decoder": [p for p in self.parameters() if id(p) not in ids]}
+
+
+class LocalVAE(VAE):
+    """A decoder without an encoder: q(z|x) is found for each example by classical variational
+    inference (``local.fit_local`` from N(0, I), ``steps`` Adam steps), every time ``encode`` is
+    called. Trained by the usual objectives, this is stochastic variational EM: each minibatch
+    gets a fresh E-step (local q_i) and one M-step (a gradient step on the decoder with q_i
+    held fixed)."""
+
+    def __init__(self, decoder: nn.Module, observation: Observation, latent_dim: int,
+                 prior: Prior | None = None, *, steps: int = 20, lr: float = 0.1) -> None:  # fmt: skip
+        super().__init__(None, decoder, observation, latent_dim, None, prior)
+        self.steps, self.lr = steps, lr
+
+    def encode(self, x: Tensor) -> Distribution:
+        from ..local import fit_local  # local imports objectives, which import models
+
+        with torch.enable_grad():
+            fit = fit_local(self, x, self.steps, self.lr, init="prior", eval_samples=0)
+        return fit.q
 
 
 @MODELS.register("vae")
@@ -63,21 +103,38 @@ def build_vae(
     activation: str = "tanh",
     latent_dim: int = 50,
     obs_precision: float = 100.0,
+    posterior: str = "gaussian",
+    prior: str = "standard",
+    inference: str = "amortized",
+    local_steps: int = 20,
+    local_lr: float = 0.1,
     **unused: Any,
 ) -> VAE:
     """Builds a VAE from the fields of ``config.ModelConfig`` (same defaults: Burda et al.'s
-    200-200 tanh MLP, 50 latent dimensions, Bernoulli likelihood)."""
+    200-200 tanh MLP, 50 latent dimensions, Bernoulli likelihood, diagonal Gaussian posterior,
+    N(0, I) prior, amortized inference)."""
+    if inference not in INFERENCE:
+        raise ConfigError(f"unknown inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
     observation = build_observation(likelihood, len(event_shape), obs_precision=obs_precision)
+    q = build_posterior(posterior, latent_dim)
     spec = NetSpec(
         event_shape=tuple(event_shape),
         latent_dim=latent_dim,
-        encoder_out=2 * latent_dim,
+        encoder_out=q.param_size,
         params_per_dim=observation.params_per_dim,
         hidden=tuple(hidden),
         activation=activation,
     )
     encoder, decoder = NETS[net](spec)
-    return VAE(encoder, decoder, observation, latent_dim)
+    if inference == "local":
+        if posterior != "gaussian" or prior.partition(":")[0] == "vamp":
+            raise ConfigError(
+                "--inference local fits a diagonal Gaussian per example and has no encoder; "
+                "use it with --posterior gaussian and a prior other than vamp"
+            )
+        return LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
+                        steps=local_steps, lr=local_lr)  # fmt: skip
+    return VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
 
 
 def build_model(name: str, event_shape: tuple[int, ...], **options: Any) -> nn.Module:
