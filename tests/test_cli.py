@@ -13,6 +13,7 @@ import torch
 
 import vaelab
 from vaelab.cli import main
+from vaelab.local import fit_local
 
 SMALL = ["--hidden", "32", "--latent-dim", "2", "--epochs", "2", "--limit", "300", "--quiet"]
 
@@ -319,3 +320,99 @@ def test_gaps_on_a_trained_run(run_dir, capsys):
     assert main(["gaps", str(run_dir), "--limit", "5", "--k", "50", "--steps", "10", "--quiet"]) == 0
     assert "amortization gap" in capsys.readouterr().out
     assert_one_line_error(run_cli("gaps", str(run_dir), "--steps", "0"), "--steps")
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "planar"
+    args = ["train", "--data", "digits", "--binarize", "threshold", "--out", str(out),
+            "--posterior", "planar:2", "--prior", "mog:3", *SMALL]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_flow_posterior_and_mixture_prior_run_end_to_end(flow_run, tmp_path, capsys):
+    config = json.loads((flow_run / "config.json").read_text())
+    assert config["model"]["posterior"] == "planar:2" and config["model"]["prior"] == "mog:3"
+    record = json.loads((flow_run / "metrics.jsonl").read_text().splitlines()[-1])
+    # a planar flow scores only its own samples: no I(x; z), no KL per dimension (null, not NaN)
+    assert record["mutual_info"] is None and record["kl_per_dim"] is None
+    assert math.isfinite(record["valid_bound"])
+    weights = vaelab.files.load_tensors(flow_run / "model.safetensors")[0]
+    assert {"latent_prior.means", "latent_prior.logits", "latent_prior.log_scales"} <= set(weights)
+    assert main(["evaluate", str(flow_run), "--k", "300", "--limit", "20", "--bounds", "1,30", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["elbo"] < out["log_likelihood"] and out["bounds"]["1"] < out["bounds"]["30"]
+    assert main(["gaps", str(flow_run), "--limit", "10", "--k", "300", "--steps", "100", "--json", "--quiet"]) == 0
+    gaps = json.loads(capsys.readouterr().out)
+    assert gaps["posterior"] == "planar flow (2 steps)" and "local_elbo_gaussian" in gaps
+    assert main(["gaps", str(flow_run), "--limit", "5", "--k", "50", "--steps", "10", "--quiet"]) == 0
+    assert "L[q*] diagonal Gaussian" in capsys.readouterr().out
+    for command in (["sample", str(flow_run), "-o", str(tmp_path / "s.png")],
+                    ["reconstruct", str(flow_run), "-o", str(tmp_path / "r.png")]):  # fmt: skip
+        assert main(command) == 0
+    capsys.readouterr()
+
+
+def test_vamp_prior_with_a_full_covariance_posterior(tmp_path, capsys):
+    out = tmp_path / "vamp"
+    args = ["--data", "digits", "--binarize", "threshold", "--prior", "vamp:10", "--posterior", "full", *SMALL]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    capsys.readouterr()
+    weights = vaelab.files.load_tensors(out / "model.safetensors")[0]
+    assert weights["latent_prior.pseudo_inputs"].shape == (10, 1, 8, 8)
+    # the pseudo-inputs are trained: they moved from their initialization (rebuilt with the run's seed)
+    config, shape = vaelab.runs.read_config(out)
+    torch.manual_seed(config.train.seed)
+    initial = vaelab.runs.model_from_config(config, shape).latent_prior.pseudo_inputs.detach()
+    moved = (weights["latent_prior.pseudo_inputs"] - initial).abs()
+    assert float(moved.max()) > 1e-3 and float(moved.min()) < float(moved.max())
+    assert main(["evaluate", str(out), "--k", "200", "--limit", "20", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # no closed-form KL between a Gaussian and a VampPrior: the evaluator's Monte-Carlo KL is used
+    assert result["elbo"] < result["log_likelihood"] and math.isfinite(result["kl"]) and result["kl"] > 0
+
+
+def test_local_inference_trains_a_decoder_without_an_encoder(tmp_path, capsys):
+    out = tmp_path / "local"
+    args = ["train", "--data", "digits", "--binarize", "threshold", "--out", str(out), "--inference", "local",
+            "--local-steps", "5", "--hidden", "32", "--latent-dim", "4", "--epochs", "4", "--limit", "300", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    weights = vaelab.files.load_tensors(out / "model.safetensors")[0]
+    assert weights and not any(key.startswith("encoder.") for key in weights)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # variational EM improves the decoder: the validation bound (with freshly fitted q_i) rises
+    assert records[-1]["valid_bound"] > records[0]["valid_bound"] + 1.0
+    model = vaelab.load(out)
+    x = vaelab.runs.load_data(vaelab.runs.read_config(out)[0], "test", limit=20).fixed()
+    torch.manual_seed(0)
+    more = fit_local(model, x, steps=200, lr=0.1, init="prior", eval_samples=500).elbo.mean()
+    torch.manual_seed(0)
+    fewer = fit_local(model, x, steps=5, lr=0.1, init="prior", eval_samples=500).elbo.mean()
+    assert more > fewer  # the E-step is real optimization: more steps, a better bound
+    assert main(["evaluate", str(out), "--k", "200", "--limit", "20", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["elbo"] < result["log_likelihood"]
+    assert_one_line_error(run_cli("gaps", str(out)), "no encoder")
+    assert_one_line_error(run_cli("diagnose", str(out)), "--inference local")
+
+
+def test_issue_4_options_are_checked(tmp_path):
+    out = str(tmp_path / "z")
+    cases = [
+        (["--posterior", "planar"], ("number of flow steps",)),
+        (["--posterior", "iaf:0"], ("positive integer",)),
+        (["--posterior", "spline:3"], ("gaussian", "planar", "iaf")),
+        (["--prior", "vamp"], ("number of components",)),
+        (["--prior", "vamp:5", "--posterior", "planar:2"], ("--prior vamp", "gaussian or full")),
+        (["--objective", "iwae", "--k", "2", "--grad-estimator", "dreg", "--posterior", "iaf:2"], ("reparam",)),
+        (["--objective", "piwae", "--posterior", "planar:2"], ("piwae", "iwae")),
+        (["--free-bits", "0.5", "--prior", "mog:3"], ("--free-bits", "--prior standard")),
+        (["--inference", "local", "--posterior", "full"], ("--inference local",)),
+        (["--inference", "psychic"], ("invalid choice", "local")),
+        (["--local-steps", "0"], ("--local-steps",)),
+    ]
+    for flags, needles in cases:
+        assert_one_line_error(run_cli("train", *flags, "--out", out), *needles)
+    assert not (tmp_path / "z").exists()

@@ -89,7 +89,7 @@ def test_iaf_step_log_det_matches_the_jacobian_and_is_triangular():
         z = torch.randn(4, dtype=torch.float64)
         ours = step(z.unsqueeze(0))[1].squeeze(0)
         torch.testing.assert_close(ours, _log_det_autograd(step, z), rtol=1e-10, atol=1e-10)
-        jac = torch.autograd.functional.jacobian(lambda v: step(v.unsqueeze(0))[0].squeeze(0), z)
+        jac = torch.autograd.functional.jacobian(lambda v, f=step: f(v.unsqueeze(0))[0].squeeze(0), z)
         if k == 0:  # autoregressive: output d depends on z_1..z_d only (later steps see z reversed)
             assert torch.equal(jac.triu(1), torch.zeros_like(jac))
 
@@ -100,7 +100,7 @@ def test_whole_flow_density_matches_the_change_of_variables():
         assert isinstance(q, FlowDistribution)
         z0 = torch.randn(4, dtype=torch.float64)
 
-        def whole(v):
+        def whole(v, q=q):
             out = v.unsqueeze(0)
             for step in q.steps:
                 out = step(out)[0]
@@ -329,3 +329,15 @@ def test_local_vi_improves_on_the_encoder_within_its_family(posterior):
     assert float((fit.elbo - start.elbo).mean()) > 0.5
     exact = log_likelihood(model, x, 200_000, proposal="prior")  # 2-D latent: naive MC is accurate
     assert bool((fit.elbo < exact.log_likelihood + 4.5 * exact.stderr + 0.1).all())
+
+
+def test_collapse_diagnostics_on_other_families():
+    from vaelab.diagnostics import posterior_summary
+
+    x = torch.randn(300, 6, dtype=torch.float64)
+    full = posterior_summary(_small_vae(posterior="full"), x)
+    # a full-covariance posterior: no KL per dimension, but the KL and I(x; z) in [0, log N]
+    assert full["kl_per_dim"] is None and full["kl"] > 0 and 0 < full["mutual_info"] < math.log(300)
+    flow = posterior_summary(_small_vae(posterior="planar:2", prior="mog:2"), x)
+    assert flow["kl_per_dim"] is None and math.isnan(flow["kl"]) and math.isnan(flow["mutual_info"])
+    assert flow["active_units"] in (0, 1, 2)

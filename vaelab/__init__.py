@@ -9,7 +9,7 @@ The public API:
     bound = vaelab.elbo(model, x)                    # per-example ELBO and its parts
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 import logging as _logging
 
@@ -22,7 +22,10 @@ from .errors import VaelabError
 from .diagnostics import gradient_snr, mutual_information, posterior_summary, snr_sweep
 from .estimators import GRAD_ESTIMATORS, effective_sample_size, log_weights
 from .evaluate import active_units, evaluate, log_likelihood
-from .models import VAE, LinearGaussian, build_model
+from .local import fit_local, gaps
+from .models import VAE, GaussianMixture, LinearGaussian, build_model
+from .posteriors import POSTERIORS, build_posterior
+from .priors import PRIORS, build_prior
 from .objectives import OBJECTIVES, ciwae, elbo, get_objective, iwae, miwae, piwae
 from .runs import load
 from .train import Trainer
@@ -30,6 +33,13 @@ from .train import Trainer
 __all__ = [
     "GRAD_ESTIMATORS",
     "OBJECTIVES",
+    "POSTERIORS",
+    "PRIORS",
+    "GaussianMixture",
+    "build_posterior",
+    "build_prior",
+    "fit_local",
+    "gaps",
     "ciwae",
     "effective_sample_size",
     "get_objective",

@@ -260,7 +260,7 @@ def _describe_objective(config: cfg.RunConfig) -> str:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import torch
 
-    from .diagnostics import snr_sweep
+    from .diagnostics import parameter_groups, snr_sweep
     from .objectives import OBJECTIVES, objective_options
     from .report import snr_figure
     from .runs import load, load_data, read_config
@@ -277,6 +277,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise VaelabError(f"--beta is not used by --objective {args.objective}")
     config, _ = read_config(args.run)
     model = load(args.run)
+    parameter_groups(model)  # a model without an encoder is refused before any work starts
     split = load_data(config, args.split, limit=args.batch)
     if len(split) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty")
@@ -335,7 +336,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     for label, value in rows:
         print(f"  {label:<24}{value:>36.2f}")
     print(f"log p(x): importance sampling, K={args.k}; L[q*]: {args.steps} Adam steps per example from the "
-          f"encoder's q (the diagonal Gaussian row, when shown: from N(0, I))")  # fmt: skip
+          f"encoder's q (the diagonal Gaussian row, when shown: from the encoder's moments)")  # fmt: skip
     return 0
 
 

@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .estimators import effective_sample_size, log_weights
 from .evaluate import active_units
 from .objectives import get_objective, kl_to_prior
+from .posteriors import FlowDistribution
 
 log = logging.getLogger("vaelab")
 
@@ -93,10 +94,12 @@ def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLE
     out["kl_per_dim"] = per_dim.tolist() if per_dim is not None else None
     if not _diagonal_gaussian(q):  # log q(z_i|x_j) by broadcasting: keep N^2 evaluations small
         mi_examples = min(mi_examples, MI_EXAMPLES_OTHER)
-    try:
-        out["mutual_info"] = mutual_information(q if x.shape[0] <= mi_examples else model.encode(x[:mi_examples]))
-    except ConfigError:  # a posterior that scores only its own samples (planar flows)
+    if isinstance(q, FlowDistribution):
+        # log q(z_i|x_j) for every pair needs the flow's inverse: none for planar flows, one
+        # network pass per latent dimension for IAF (minutes per epoch); not estimated
         out["mutual_info"] = math.nan
+    else:
+        out["mutual_info"] = mutual_information(q if x.shape[0] <= mi_examples else model.encode(x[:mi_examples]))
     return out
 
 
@@ -138,7 +141,13 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     (generative model, theta): the model's own ``parameter_groups()`` if it has one, otherwise
     its ``encoder`` submodule against everything else."""
     if hasattr(model, "parameter_groups"):
-        return model.parameter_groups()
+        groups = model.parameter_groups()
+        if not groups["encoder"]:
+            raise ConfigError(
+                "this model has no inference parameters (trained with --inference local: each q is "
+                "fitted per example), so there is no encoder gradient to measure"
+            )
+        return groups
     if not isinstance(getattr(model, "encoder", None), nn.Module):
         raise ConfigError(f"{type(model).__name__} has no encoder to tell apart from the decoder")
     enc = {id(p) for p in model.encoder.parameters()}

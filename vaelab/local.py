@@ -36,7 +36,7 @@ def fit_local(
     steps: int = 500,
     lr: float = 0.05,
     *,
-    init: str = "encoder",
+    init: str | Tensor = "encoder",
     k: int = 1,
     eval_samples: int = 1000,
     progress: bool = False,
@@ -55,13 +55,14 @@ def fit_local(
         x: a batch (B, *event_shape).
         steps: Adam steps on the summed ELBO (the examples are independent, so this optimizes each).
         lr: Adam's initial learning rate, decayed linearly to 0 over the steps.
-        init: "encoder" (start from q(z|x)) or "prior" (start from N(0, I)).
+        init: "encoder" (start from q(z|x)), "prior" (start from N(0, I)), or a tensor
+            (B, param_size) of starting parameters in the family's layout.
         k: reparameterized samples per step.
         eval_samples: particles for the final ELBO estimate (0: skip it).
     Returns:
         ``LocalFit`` with the optimized posteriors and their ELBO per example.
     """
-    if init not in INITS:
+    if not isinstance(init, Tensor) and init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     if steps < 0 or k < 1 or eval_samples < 0:
         raise ConfigError(
@@ -74,7 +75,13 @@ def fit_local(
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         prior = model.prior()  # fixed while the local posteriors move
-        if init == "prior":
+        if isinstance(init, Tensor):
+            if init.shape != (x.shape[0], family.param_size):
+                raise ConfigError(
+                    f"init parameters must have shape ({x.shape[0]}, {family.param_size}), got {tuple(init.shape)}"
+                )
+            h = init.detach().to(dtype).clone()
+        elif init == "prior":
             h = family.neutral(x.shape[0], dtype)
         elif isinstance(getattr(model, "encoder", None), nn.Module) and family is getattr(model, "posterior", None):
             h = model.encoder(x).clone()
@@ -96,8 +103,9 @@ def fit_local(
         (h.grad,) = torch.autograd.grad(loss, [h])
         optimizer.step()
         schedule.step()
-        history.append(elbo.detach().mean().item())
+        history.append(elbo.detach().mean())  # kept as tensors: no synchronization per step
     h = h.detach()
+    history = torch.stack(history).tolist() if history else []
     with torch.no_grad():
         q = family(h)
         elbo = torch.full((x.shape[0],), torch.nan, dtype=dtype)
@@ -142,11 +150,17 @@ def gaps(
 
     For a posterior other than the diagonal Gaussian (flows, full covariance), also
     ``local_elbo_gaussian``: L[q*] of the diagonal Gaussian family under the same decoder, fitted
-    from N(0, I) (Cremer et al.'s L[q*_FFG] row), so the two families' approximation gaps can be
+    from the Gaussian with the mean and variances of 256 draws from the encoder's q (Cremer et
+    al.'s L[q*_FFG] row), so the two families' approximation gaps can be
     compared on one model.
     """
     from .evaluate import log_likelihood
 
+    if getattr(model, "encoder", 0) is None:
+        raise ConfigError(
+            "this model has no encoder (trained with --inference local), so it has no amortized q "
+            "and no amortization gap; gaps needs a run with an encoder"
+        )
     ll = log_likelihood(model, x, k, progress=progress)
     local = fit_local(model, x, steps=steps, lr=lr, k=samples, init="encoder", eval_samples=k, progress=progress)
     log_p, local_elbo, amortized = ll.log_likelihood.mean().item(), local.elbo.mean().item(), ll.elbo.mean().item()
@@ -161,8 +175,12 @@ def gaps(
         "posterior": family_name(model),
         "log_likelihood_stderr": (ll.stderr.square().sum().sqrt() / x.shape[0]).item(),
     }
-    if family is not None and not isinstance(family, DiagonalGaussianPosterior):
-        fit = fit_local(_DiagonalView(model), x, steps=steps, lr=lr, k=samples, init="prior", eval_samples=k, progress=progress)
+    if isinstance(family, Posterior) and not isinstance(family, DiagonalGaussianPosterior):
+        with torch.no_grad():  # start from the diagonal Gaussian matching the encoder's moments
+            z = model.encode(x).rsample((256,))  # (256, B, D)
+            start = torch.cat([z.mean(0), z.var(0).log()], dim=-1)
+        diagonal = _DiagonalView(model)
+        fit = fit_local(diagonal, x, steps=steps, lr=lr, k=samples, init=start, eval_samples=k, progress=progress)
         out["local_elbo_gaussian"] = fit.elbo.mean().item()
     return out
 

@@ -88,7 +88,9 @@ class LocalVAE(VAE):
     def encode(self, x: Tensor) -> Distribution:
         from ..local import fit_local  # local imports objectives, which import models
 
-        with torch.enable_grad():
+        # the fit needs autograd even when the caller evaluates without it (no_grad, inference_mode)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.clone() if x.is_inference() else x
             fit = fit_local(self, x, self.steps, self.lr, init="prior", eval_samples=0)
         return fit.q
 
