@@ -35,10 +35,10 @@ import vaelab
 from vaelab import config as cfg
 from vaelab.diagnostics import snr_sweep
 from vaelab.evaluate import log_likelihood, summarize
-from vaelab.files import CHECKPOINT_DIR, CHECKPOINT_FILE, read_metrics
+from vaelab.files import read_metrics
 from vaelab.report import snr_figure
 from vaelab.runs import load, load_data
-from vaelab.train import resume_run, start_run
+from vaelab.train import complete_run
 
 MODELS = {  # label -> [train] options (Rainforth et al. 2018's settings)
     "VAE": {"objective": "elbo"},
@@ -62,14 +62,7 @@ def train(label: str, options: dict, args: argparse.Namespace) -> Path:
         "model": {},  # the defaults are Burda et al.'s MLP
         "train": {**options, "epochs": args.epochs, "patience": 0, "seed": args.seed},
     })  # fmt: skip
-    if (run / CHECKPOINT_DIR / CHECKPOINT_FILE).exists():
-        try:
-            resume_run(run, progress=not args.quiet)
-        except vaelab.VaelabError as err:
-            if "already finished" not in str(err):
-                raise
-    else:
-        start_run(config, run, progress=not args.quiet)
+    complete_run(config, run, progress=not args.quiet)  # reuses a finished run, resumes an interrupted one
     return run
 
 

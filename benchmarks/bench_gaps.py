@@ -34,10 +34,10 @@ import torch
 import vaelab
 from vaelab import config as cfg
 from vaelab.evaluate import log_likelihood, summarize
-from vaelab.files import CHECKPOINT_DIR, CHECKPOINT_FILE, read_metrics
+from vaelab.files import read_metrics
 from vaelab.local import gaps
 from vaelab.runs import load, load_data
-from vaelab.train import resume_run, start_run
+from vaelab.train import complete_run
 
 CREMER_FASHION_FFG = {"log_likelihood": -97.47, "local_elbo": -100.53, "amortized_elbo": -104.75}
 
@@ -49,14 +49,7 @@ def train(name: str, model_options: dict, args: argparse.Namespace) -> Path:
         "model": {"hidden": (200, 200), "activation": "elu", "latent_dim": 50, **model_options},
         "train": {"epochs": args.epochs, "kl_warmup": args.warmup, "patience": 0, "seed": args.seed},
     })  # fmt: skip
-    if (run / CHECKPOINT_DIR / CHECKPOINT_FILE).exists():
-        try:
-            resume_run(run, progress=not args.quiet)
-        except vaelab.VaelabError as err:
-            if "already finished" not in str(err):
-                raise
-    else:
-        start_run(config, run, progress=not args.quiet)
+    complete_run(config, run, progress=not args.quiet)  # reuses a finished run, resumes an interrupted one
     return run
 
 

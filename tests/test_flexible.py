@@ -309,12 +309,17 @@ def test_every_objective_trains_every_family(options):
 
 
 def test_parameter_groups_put_flow_networks_with_the_encoder_and_pseudo_inputs_with_the_decoder():
-    model = _small_vae(posterior="iaf:2", prior="vamp:3")
+    model = _small_vae(posterior="iaf:2", prior="mog:3")
     groups = model.parameter_groups()
     enc, dec = {id(p) for p in groups["encoder"]}, {id(p) for p in groups["decoder"]}
     assert not enc & dec and enc | dec == {id(p) for p in model.parameters()}
     assert {id(p) for p in model.posterior.parameters()} <= enc
-    assert id(model.latent_prior.pseudo_inputs) in dec
+    assert {id(p) for p in model.latent_prior.parameters()} <= dec
+    vamp = _small_vae(posterior="full", prior="vamp:3").parameter_groups()
+    assert id(vamp["decoder"][-1]) != id(vamp["encoder"][-1])
+    assert any(p.shape == (3, 6) for p in vamp["decoder"]) and not any(p.shape == (3, 6) for p in vamp["encoder"])
+    with pytest.raises(ConfigError, match="--prior vamp"):
+        _small_vae(posterior="iaf:2", prior="vamp:3")
 
 
 @pytest.mark.parametrize("posterior", ["full", "planar:3", "iaf:2"])

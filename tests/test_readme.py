@@ -61,3 +61,19 @@ def test_python_examples_run(tmp_path, monkeypatch):
 def test_benchmark_table_is_filled_in():
     for placeholder in ("BENCHMARK_TABLE", "BOUNDS_TABLE", "GAPS_TABLE", "GAPS_DISCUSSION", "VAMP_STEP"):
         assert placeholder not in README, "run the benchmarks and put their tables in the README"
+
+
+def test_every_readme_train_command_is_a_valid_configuration():
+    """Each `vaelab train ...` line in the README parses and builds a valid configuration (the
+    run itself is not started)."""
+    import shlex
+
+    from vaelab.cli import _build_parser, _config_from_args
+
+    parser = _build_parser()
+    lines = [line.split("#")[0].strip() for code in blocks("bash") for line in code.splitlines()]
+    commands = [line for line in lines if line.startswith("vaelab train") and "--resume" not in line]
+    assert len(commands) >= 5
+    for line in commands:
+        args = parser.parse_args(shlex.split(line)[1:])
+        _config_from_args(args)  # raises ConfigError on an impossible combination

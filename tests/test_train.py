@@ -231,3 +231,28 @@ def test_denormals_are_flushed_while_training_only(digits):
     Trainer(small_vae(), objective, train, None, tcfg(epochs=1), progress=False).fit()
     assert seen and all(v == 0.0 for v in seen)
     assert (tiny * 1.0).item() != 0.0
+
+
+def test_complete_run_starts_resumes_and_reuses(tmp_path):
+    from vaelab.train import complete_run
+
+    config = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200},
+                        "model": {"hidden": (16,), "latent_dim": 2},
+                        "train": {"epochs": 2, "patience": 0}})  # fmt: skip
+    run = tmp_path / "r"
+    first = complete_run(config, run, progress=False)
+    assert first is not None and first.epochs == 2
+    weights = (run / "model.safetensors").read_bytes()
+    assert complete_run(config, run, progress=False) is None  # finished: left alone
+    assert (run / "model.safetensors").read_bytes() == weights
+    other = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200},
+                       "model": {"hidden": (16,), "latent_dim": 3}, "train": {"epochs": 2}})  # fmt: skip
+    with pytest.raises(RunError, match="different configuration"):
+        complete_run(other, run, progress=False)
+    # interrupted after its configuration was written, before any checkpoint: resumed from scratch
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_bytes((run / "config.json").read_bytes())
+    again = complete_run(config, fresh, progress=False)
+    assert again is not None and again.epochs == 2
+    assert (fresh / "model.safetensors").read_bytes() == weights

@@ -20,7 +20,7 @@ from . import data as _data
 from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
-from .models.vae import INFERENCE
+from .models.vae import INFERENCE, check_combination
 from .posteriors import FLOWS, check_posterior
 from .priors import check_prior
 from .nets import ACTIVATIONS, NETS
@@ -92,21 +92,7 @@ class ModelConfig:
             raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
         if self.latent_dim < 1:
             raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
-        check_posterior(self.posterior)
-        prior, _ = check_prior(self.prior)
-        if self.inference not in INFERENCE:
-            raise ConfigError(f"unknown inference {self.inference!r}; choose one of: {', '.join(INFERENCE)}")
-        if self.inference == "local" and (self.posterior != "gaussian" or prior == "vamp"):
-            raise ConfigError(
-                "--inference local fits a diagonal Gaussian per example and has no encoder; "
-                "use it with --posterior gaussian and --prior standard or mog:K"
-            )
-        if prior == "vamp" and check_posterior(self.posterior)[0] in FLOWS:
-            raise ConfigError(
-                "--prior vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
-                "posteriors cannot do in closed form (planar) or cheaply (iaf); use --posterior "
-                "gaussian or full with it"
-            )
+        check_combination(self.posterior, self.prior, self.inference)
         if self.local_steps < 1:
             raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):

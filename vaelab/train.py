@@ -421,6 +421,23 @@ def resume_run(run_dir: str | Path, *, progress: bool = True) -> TrainResult:
     return trainer.fit()
 
 
+def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult | None:
+    """Brings ``run_dir`` to the end of its training: starts it if it is new, resumes it if it was
+    interrupted, and leaves it alone (returns None) if it already finished. A run directory that
+    holds a different configuration is an error, so results are never silently reused for
+    another setting. Benchmarks and sweeps that may be restarted use this."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        return start_run(config, run_dir, progress=progress)
+    saved, _ = read_config(run_dir)
+    if saved != config:
+        raise RunError(f"{run_dir} holds a run with a different configuration; choose another directory")
+    path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if path.exists() and json.loads(load_tensors(path)[1]["state"]).get("finished"):
+        return None
+    return resume_run(run_dir, progress=progress)
+
+
 def _truncate_metrics(path: Path, keep: int) -> None:
     """Drops metric lines written after the checkpoint (an epoch that will be redone)."""
     if not path.exists():

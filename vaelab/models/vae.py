@@ -11,8 +11,8 @@ from torch.distributions import Distribution
 from ..distributions import Observation, build_observation
 from ..errors import ConfigError
 from ..nets import NETS, NetSpec
-from ..posteriors import DiagonalGaussianPosterior, Posterior, build_posterior
-from ..priors import Prior, StandardNormalPrior, build_prior
+from ..posteriors import FLOWS, DiagonalGaussianPosterior, Posterior, build_posterior, check_posterior
+from ..priors import Prior, StandardNormalPrior, build_prior, check_prior
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -95,6 +95,25 @@ class LocalVAE(VAE):
         return fit.q
 
 
+def check_combination(posterior: str, prior: str, inference: str) -> None:
+    """Refuses posterior, prior and inference settings that cannot work together (ConfigError)."""
+    family, _ = check_posterior(posterior)
+    prior_name, _ = check_prior(prior)
+    if inference not in INFERENCE:
+        raise ConfigError(f"unknown inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
+    if inference == "local" and (family != "gaussian" or prior_name == "vamp"):
+        raise ConfigError(
+            "--inference local fits a diagonal Gaussian per example and has no encoder; "
+            "use it with --posterior gaussian and --prior standard or mog:K"
+        )
+    if prior_name == "vamp" and family in FLOWS:
+        raise ConfigError(
+            "--prior vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
+            "posteriors cannot do in closed form (planar) or cheaply (iaf); use --posterior "
+            "gaussian or full with it"
+        )
+
+
 @MODELS.register("vae")
 def build_vae(
     event_shape: tuple[int, ...],
@@ -115,8 +134,7 @@ def build_vae(
     """Builds a VAE from the fields of ``config.ModelConfig`` (same defaults: Burda et al.'s
     200-200 tanh MLP, 50 latent dimensions, Bernoulli likelihood, diagonal Gaussian posterior,
     N(0, I) prior, amortized inference)."""
-    if inference not in INFERENCE:
-        raise ConfigError(f"unknown inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
+    check_combination(posterior, prior, inference)
     observation = build_observation(likelihood, len(event_shape), obs_precision=obs_precision)
     q = build_posterior(posterior, latent_dim)
     spec = NetSpec(
@@ -129,11 +147,6 @@ def build_vae(
     )
     encoder, decoder = NETS[net](spec)
     if inference == "local":
-        if posterior != "gaussian" or prior.partition(":")[0] == "vamp":
-            raise ConfigError(
-                "--inference local fits a diagonal Gaussian per example and has no encoder; "
-                "use it with --posterior gaussian and a prior other than vamp"
-            )
         return LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
                         steps=local_steps, lr=local_lr)  # fmt: skip
     return VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
