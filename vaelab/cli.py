@@ -106,8 +106,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("gaps", help="approximation and amortization gaps (Cremer et al. 2018)",
-                       description="On N test examples: log p(x) by importance sampling, L[q*] (the ELBO of "
-                       "a diagonal Gaussian optimized per example, started from the encoder's q) and L[q] "
+                       description="On N test examples: log p(x) by importance sampling, L[q*] (the best ELBO "
+                       "within the encoder's posterior family, optimized per example from the encoder's "
+                       "output; for other families also the best diagonal Gaussian's) and L[q] "
                        "(the encoder's own ELBO); approximation gap log p(x) - L[q*], amortization gap "
                        "L[q*] - L[q]. Means in nats.")  # fmt: skip
     p.add_argument("run", metavar="RUN")

@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from .distributions import kl_per_dimension
+from .distributions import diagonal_gaussian_log_prob_matrix, is_diagonal_gaussian, kl_per_dimension
 from .errors import ConfigError
 from .estimators import effective_sample_size, log_weights
 from .evaluate import active_units
@@ -52,13 +52,10 @@ def pairwise_log_q(q: Distribution, z: Tensor, chunk: int = 1000) -> Tensor:
     A diagonal Gaussian takes two matrix products in float64; other posteriors broadcast
     ``log_prob`` in chunks of rows.
     """
-    if _diagonal_gaussian(q):
-        mu, var = q.base_dist.loc.double(), q.base_dist.scale.double().square()  # (N, D)
-        zz = z.double()
-        prec = 1.0 / var
-        const = -0.5 * ((mu.square() * prec).sum(1) + var.log().sum(1) + mu.shape[1] * math.log(2 * math.pi))
-        out = -0.5 * zz.square() @ prec.T + zz @ (mu * prec).T + const  # (N_z, N)
-        return out.to(z.dtype)
+    if is_diagonal_gaussian(q):
+        base = q.base_dist
+        out = diagonal_gaussian_log_prob_matrix(z.double(), base.loc.double(), base.scale.double())
+        return out.to(z.dtype)  # (N_z, N)
     rows = [q.log_prob(z[i : i + chunk].unsqueeze(1)) for i in range(0, z.shape[0], chunk)]
     return torch.cat(rows)
 
@@ -92,7 +89,7 @@ def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLE
         kl = math.nan
     out: dict[str, Any] = {"active_units": active_units(q.mean), "kl": kl}
     out["kl_per_dim"] = per_dim.tolist() if per_dim is not None else None
-    if not _diagonal_gaussian(q):  # log q(z_i|x_j) by broadcasting: keep N^2 evaluations small
+    if not is_diagonal_gaussian(q):  # log q(z_i|x_j) by broadcasting: keep N^2 evaluations small
         mi_examples = min(mi_examples, MI_EXAMPLES_OTHER)
     if isinstance(q, FlowDistribution):
         # log q(z_i|x_j) for every pair needs the flow's inverse: none for planar flows, one
@@ -102,9 +99,6 @@ def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLE
         out["mutual_info"] = mutual_information(q if x.shape[0] <= mi_examples else model.encode(x[:mi_examples]))
     return out
 
-
-def _diagonal_gaussian(q: Distribution) -> bool:
-    return isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1
 
 
 class CollapseMonitor:

@@ -146,6 +146,23 @@ def _(q: MultivariateNormal) -> Distribution:
     return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
 
 
+def is_diagonal_gaussian(q: Distribution) -> bool:
+    """Whether q is a Gaussian with diagonal covariance over a latent vector (``diagonal_gaussian``)."""
+    return isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1
+
+
+def diagonal_gaussian_log_prob_matrix(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """log N(z_i; mu_k, diag(s_k^2)) for every z_i (N, D) and every (mu_k, s_k) (K, D): shape (N, K).
+
+    The square expanded into two matrix products, -1/2 [z^2 . p_k - 2 z . (mu_k p_k) + mu_k^2 . p_k]
+    - sum log s_k - D/2 log 2 pi with p_k = 1/s_k^2: O((N + K) D) memory instead of the (N, K, D)
+    tensor of differences that broadcasting ``log_prob`` builds. Computed in the inputs' dtype.
+    """
+    prec = scale.pow(-2)  # (K, D)
+    const = (loc.square() * prec).sum(-1) + 2 * scale.log().sum(-1) + loc.shape[-1] * math.log(2 * math.pi)
+    return -0.5 * (z.square() @ prec.T - 2 * z @ (loc * prec).T + const)
+
+
 def kl_per_dimension(q: Distribution, prior: Distribution) -> Tensor:
     """KL(q(z_d|x) || p(z_d)) for each latent dimension d, shape (B, D).
 
