@@ -1,4 +1,4 @@
-"""VampPrior training step: vaelab's mixture density (two matrix products) against
+"""VampPrior training step: vaelab's mixture density (one float64 matrix product) against
 ``torch.distributions.MixtureSameFamily`` on the same model, alternating in one process.
 
     python benchmarks/bench_vamp.py --components 500 --steps 50 --rounds 5

@@ -1,7 +1,7 @@
 """Observation models, priors and posteriors, all as ``torch.distributions`` objects.
 
 Every distribution here is built with ``validate_args=False``: argument validation costs about
-0.5 ms per forward pass (PERFORMANCE.md), and the networks that produce the parameters already
+0.5 ms per forward pass on our CPUs, and the networks that produce the parameters already
 guarantee their ranges (logits are unconstrained, scales come from ``exp`` or ``softplus``).
 """
 
@@ -151,16 +151,72 @@ def is_diagonal_gaussian(q: Distribution) -> bool:
     return isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1
 
 
-def diagonal_gaussian_log_prob_matrix(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """log N(z_i; mu_k, diag(s_k^2)) for every z_i (N, D) and every (mu_k, s_k) (K, D): shape (N, K).
+_DEVICES_WITHOUT_FLOAT64 = frozenset({"mps"})
 
-    The square expanded into two matrix products, -1/2 [z^2 . p_k - 2 z . (mu_k p_k) + mu_k^2 . p_k]
-    - sum log s_k - D/2 log 2 pi with p_k = 1/s_k^2: O((N + K) D) memory instead of the (N, K, D)
-    tensor of differences that broadcasting ``log_prob`` builds. Computed in the inputs' dtype.
+
+def diagonal_gaussian_log_prob_matrix(
+    z: Tensor, loc: Tensor, scale: Tensor, *, float64: bool | None = None
+) -> Tensor:
+    """log N(z_i; mu_k, diag(s_k^2)) for every z_i (..., D) and every (mu_k, s_k) (K, D): shape (..., K).
+
+    The square is expanded, sum_d (z_d - mu_kd)^2 p_kd = z^2 . p_k - 2 z . (mu_k p_k) + mu_k^2 . p_k
+    with p_k = 1/s_k^2, so the whole matrix is one matrix product over 2D features plus a
+    per-component constant: O((N + K) D) memory instead of the (N, K, D) tensor of differences
+    that broadcasting ``Normal.log_prob`` builds, and a fraction of its time.
+
+    The expansion cancels: near a component its terms are of size sum_d (z_d^2 + mu_d^2) / s_d^2
+    while their sum is of size D, so float32 arithmetic loses about 6e-8 of the terms' size, which
+    grows to whole nats once posteriors sharpen (with 50 latents and 500 components: 0.002 nats
+    at scale 0.1, 0.3 at 0.01, 2.5 at 0.003). The product is
+    therefore formed in float64 (absolute error about 1e-16 of the terms' size, negligible unless
+    |mu| / s approaches 1e6) and only the result is rounded to the inputs' dtype: in float32 the
+    entries agree with a float64 evaluation to float32 rounding. float64 also keeps the product
+    away from reduced-precision matrix units (TF32, autocast), which would make the cancellation
+    worse; autocast leaves float64 operands alone.
+
+    Args:
+        z: points, shape (..., D).
+        loc: component means, shape (K, D).
+        scale: component standard deviations, shape (K, D), positive.
+        float64: True: the float64 product above; False: the differences (z_i - mu_k) / s_k in
+            chunks of components, in at least float32: as accurate as broadcasting
+            ``Normal.log_prob`` without needing float64, but several times slower (far more on
+            large batches); None (default): float64 except on devices without it (Apple MPS).
+
+    Returns:
+        Log-densities of shape (..., K), in the promoted dtype of the inputs, on their device.
     """
+    dtype = torch.promote_types(torch.promote_types(z.dtype, loc.dtype), scale.dtype)
+    if float64 is None:
+        float64 = z.device.type not in _DEVICES_WITHOUT_FLOAT64
+    dim = loc.shape[-1]
+    if not float64:
+        return _log_prob_matrix_by_differences(z, loc, scale).to(dtype)
+    z, loc, scale = z.double(), loc.double(), scale.double()
     prec = scale.pow(-2)  # (K, D)
-    const = (loc.square() * prec).sum(-1) + 2 * scale.log().sum(-1) + loc.shape[-1] * math.log(2 * math.pi)
-    return -0.5 * (z.square() @ prec.T - 2 * z @ (loc * prec).T + const)
+    loc_prec = loc * prec
+    const = -0.5 * (loc_prec * loc).sum(-1) - scale.log().sum(-1) - 0.5 * dim * math.log(2 * math.pi)  # (K,)
+    features = torch.cat([z.square(), z], -1).reshape(-1, 2 * dim)  # (N, 2D)
+    weights = torch.cat([-0.5 * prec, loc_prec], -1)  # (K, 2D)
+    out = torch.addmm(const, features, weights.T)  # (N, K)
+    return out.view(*z.shape[:-1], loc.shape[0]).to(dtype)
+
+
+def _log_prob_matrix_by_differences(z: Tensor, loc: Tensor, scale: Tensor, budget: int = 1 << 22) -> Tensor:
+    """``diagonal_gaussian_log_prob_matrix`` from standardized differences, at most ``budget``
+    elements of the (..., K, D) tensor at a time; computed in float32 or wider."""
+    work = torch.promote_types(torch.promote_types(z.dtype, loc.dtype), scale.dtype)
+    work = torch.promote_types(work, torch.float32)
+    z, loc, scale = z.to(work), loc.to(work), scale.to(work)
+    inv_scale = scale.reciprocal()  # (K, D)
+    const = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # (K,)
+    chunk = max(1, budget // max(1, z[..., :1].numel() * loc.shape[-1]))
+    z = z.unsqueeze(-2)  # (..., 1, D)
+    parts = [
+        -0.5 * ((z - m) * r).square().sum(-1) - c  # (..., chunk)
+        for m, r, c in zip(loc.split(chunk), inv_scale.split(chunk), const.split(chunk))
+    ]
+    return torch.cat(parts, -1)
 
 
 def kl_per_dimension(q: Distribution, prior: Distribution) -> Tensor:
