@@ -1,6 +1,6 @@
 """Speed of vaelab's trainer and evaluator against minimal plain-PyTorch code, side by side.
 
-Protocol (PERFORMANCE.md): Burda et al.'s one-stochastic-layer MLP VAE (784-200-200-50, tanh,
+Protocol: Burda et al.'s one-stochastic-layer MLP VAE (784-200-200-50, tanh,
 Bernoulli logits) on all 60,000 Fashion-MNIST training images, dynamic binarization, batch 100,
 Adam 1e-3; evaluation = importance-sampled log p(x) at K=5000 on the first 1000 test images.
 

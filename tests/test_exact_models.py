@@ -132,3 +132,27 @@ def test_gmm_errors():
         GaussianMixture.fit(torch.randn(3, 2), 5)
     with pytest.raises(ConfigError, match="do not fit together"):
         GaussianMixture(torch.ones(2) / 2, torch.zeros(2, 3), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 200])
+def test_gmm_fit_history_ends_with_the_returned_model(max_iter, digits):
+    """``FitResult.log_likelihood[-1]`` is the mean log p(x) of the mixture ``fit`` returns, whether
+    EM stopped at ``max_iter`` or converged; ``iterations`` counts the EM steps taken, and the
+    history holds the start plus one entry per step."""
+    x = torch.tensor(PCA(n_components=4).fit_transform(digits.numpy()))
+    model, result = GaussianMixture.fit(x, 5, max_iter=max_iter, tol=1e-6)
+    assert result.log_likelihood[-1] == pytest.approx(model.log_prob(x).mean().item(), rel=1e-12, abs=1e-12)
+    assert len(result.log_likelihood) == result.iterations + 1
+    if max_iter == 200:  # converges after 27 steps
+        assert result.converged and result.iterations < max_iter
+        assert result.log_likelihood[-1] - result.log_likelihood[-2] < 1e-6
+    else:  # stopped by max_iter: every step counted, the last one's likelihood recorded
+        assert not result.converged and result.iterations == max_iter
+    assert all(b >= a - 1e-9 for a, b in zip(result.log_likelihood, result.log_likelihood[1:]))
+
+
+def test_gmm_fit_with_no_iterations_returns_the_k_means_start(digits):
+    x = torch.tensor(PCA(n_components=4).fit_transform(digits.numpy()))
+    model, result = GaussianMixture.fit(x, 5, max_iter=0)
+    assert result.iterations == 0 and not result.converged
+    assert result.log_likelihood == [pytest.approx(model.log_prob(x).mean().item(), rel=1e-12)]

@@ -256,3 +256,95 @@ def test_complete_run_starts_resumes_and_reuses(tmp_path):
     again = complete_run(config, fresh, progress=False)
     assert again is not None and again.epochs == 2
     assert (fresh / "model.safetensors").read_bytes() == weights
+
+
+def test_validation_uses_the_kl_scale_of_the_epochs_last_step(digits):
+    """Under cyclical annealing an epoch can end exactly on a cycle boundary, where the schedule
+    restarts at 0; validation must use the options of the epoch's last training step, which are
+    the ones logged, so valid_loss = -(valid_reconstruction - kl_scale * valid_kl) (ELBO, beta 1)."""
+    from vaelab.schedules import kl_schedule
+
+    train, valid = digits
+    kl_scale = kl_schedule(cycles=2, epochs=4)  # cycles restart at t = 2 and 4: epoch ends
+    trainer = Trainer(small_vae(), get_objective("elbo"), train, valid, tcfg(epochs=4), progress=False,
+                      schedule=lambda t: {"kl_scale": kl_scale(t)})  # fmt: skip
+    history = trainer.fit().history
+    n_batches = math.ceil(len(train) / 50)
+    for r in history:
+        assert r["kl_scale"] == kl_scale(r["epoch"] - 1 + (n_batches - 1) / n_batches)
+        want = -(r["valid_reconstruction"] - r["kl_scale"] * r["valid_kl"])
+        assert r["valid_loss"] == pytest.approx(want, rel=1e-5), r["epoch"]
+    assert [r["kl_scale"] for r in history if r["epoch"] % 2 == 0] == [1.0, 1.0]  # not the restart's 0
+
+
+def nan_when_validating(objective):
+    """An objective whose bound (and objective) is NaN in eval mode only: training stays finite,
+    validation never produces a number."""
+
+    def wrapped(model, x, **options):
+        result = objective(model, x, **options)
+        if model.training:
+            return result
+        return type(result)(*(t * float("nan") for t in result))
+
+    return wrapped
+
+
+def test_a_run_whose_validation_is_always_nan_still_writes_its_weights(tmp_path, monkeypatch):
+    """No validation bound beats another when all are NaN, so no epoch is ever 'best'; the run must
+    still end with model.safetensors (the last weights), loadable by vaelab.load, and say why."""
+    import vaelab
+    import vaelab.train as train_module
+
+    real = train_module.get_objective
+    monkeypatch.setattr(train_module, "get_objective", lambda *a, **kw: nan_when_validating(real(*a, **kw)))
+    config = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200},
+                        "model": {"hidden": [16], "latent_dim": 2}, "train": {"epochs": 3, "patience": 2}})  # fmt: skip
+    run = tmp_path / "r"
+    result = start_run(config, run, progress=False)
+    assert all(math.isnan(r["valid_bound"]) for r in result.history)
+    assert result.epochs == 2  # early stopping still counts the epochs without a better bound
+    assert result.best_epoch == 0 and math.isnan(result.best_bound)
+    assert "never finite" in result.stop_reason and "last epoch" in result.stop_reason
+    model = vaelab.load(run)
+    saved, _ = load_tensors(run / "model.safetensors")
+    final, _ = load_tensors(run / "checkpoint" / "state.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]) and torch.equal(value, final[f"model.{key}"]), key
+    _, meta = load_tensors(run / "checkpoint" / "state.safetensors")
+    assert json.loads(meta["state"])["stop_reason"] == result.stop_reason
+
+
+def test_resume_is_exact_when_validation_is_nan(digits, tmp_path):
+    """With no best epoch, model.safetensors holds the latest weights after every epoch, so a run
+    killed at any point has one, and resuming ends bitwise-identical to an uninterrupted run."""
+    train, valid = digits
+    objective = nan_when_validating(get_objective("elbo"))
+
+    def crashing(crash_at):
+        calls = {"n": 0}
+
+        def f(model, x):
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == crash_at:
+                    raise KeyboardInterrupt
+            return objective(model, x)
+
+        return f
+
+    full = Trainer(small_vae(), objective, train, valid, tcfg(epochs=3), run_dir=tmp_path / "full", progress=False)
+    full.fit()
+    crashed = Trainer(small_vae(), crashing(13), train, valid, tcfg(epochs=3), run_dir=tmp_path / "c", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    assert (tmp_path / "c" / "model.safetensors").exists()  # written at the end of epoch 1
+    resumed = Trainer(small_vae(), objective, train, valid, tcfg(epochs=3), run_dir=tmp_path / "c", progress=False)
+    resumed.load_checkpoint()
+    assert resumed.state.epoch == 1
+    result = resumed.fit()
+    assert result.best_epoch == 0 and "never finite" in result.stop_reason
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "c" / "model.safetensors").read_bytes()
+    a, meta_a = load_tensors(tmp_path / "full" / "checkpoint" / "state.safetensors")
+    b, meta_b = load_tensors(tmp_path / "c" / "checkpoint" / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and meta_a == meta_b

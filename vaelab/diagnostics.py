@@ -66,8 +66,11 @@ def mutual_information(q: Distribution) -> float:
         I = E_x E_q(z|x) [log q(z|x) - log q(z)],   q(z) = (1/N) sum_j q(z|x_j)
 
     estimated with one z_i ~ q(z|x_i) per example (Hoffman & Johnson 2016). The aggregate
-    posterior is an exact mixture over the N examples, so the estimate lies in [0, log N]: a
-    code that tells the N examples apart scores log N.
+    posterior is an exact mixture over the N examples, so I itself lies in [0, log N]: a code
+    that tells the N examples apart scores log N. The estimate never exceeds log N either, since
+    q(z_i) >= q(z_i|x_i) / N for every draw, but it is not bounded below by 0: near collapse,
+    where q(z|x) hardly depends on x, it scatters around the small true value and can be
+    slightly negative.
     """
     z = q.sample()  # (N, D)
     n = z.shape[0]

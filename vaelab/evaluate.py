@@ -8,7 +8,7 @@ log p(x) is estimated by importance sampling with the encoder as proposal (Burda
 with every constant kept. The estimate is a lower bound in expectation (Jensen) whose gap
 shrinks as K grows. Work is vectorized over examples and particles and cut into chunks of about
 ``rows`` decoder rows, written into preallocated tensors, so memory stays bounded for any K
-(PERFORMANCE.md: keeping per-chunk results in Python lists blew memory up to 6.6 GB).
+(keeping per-chunk results in Python lists once blew memory up to 6.6 GB).
 """
 
 from __future__ import annotations

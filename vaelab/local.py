@@ -55,8 +55,10 @@ def fit_local(
         x: a batch (B, *event_shape).
         steps: Adam steps on the summed ELBO (the examples are independent, so this optimizes each).
         lr: Adam's initial learning rate, decayed linearly to 0 over the steps.
-        init: "encoder" (start from q(z|x)), "prior" (start from N(0, I)), or a tensor
-            (B, param_size) of starting parameters in the family's layout.
+        init: "encoder" (start from q(z|x)), "prior" (start from ``family.neutral``: N(0, I)
+            for the Gaussians and planar flows; for IAF the base N(0, I) pushed through the
+            shared flow, which is not the identity), or a tensor (B, param_size) of starting
+            parameters in the family's layout.
         k: reparameterized samples per step.
         eval_samples: particles for the final ELBO estimate (0: skip it).
     Returns:
@@ -82,7 +84,7 @@ def fit_local(
                 )
             h = init.detach().to(dtype).clone()
         elif init == "prior":
-            h = family.neutral(x.shape[0], dtype)
+            h = family.neutral(x.shape[0], dtype, x.device)
         elif isinstance(getattr(model, "encoder", None), nn.Module) and family is getattr(model, "posterior", None):
             h = model.encoder(x).clone()
         elif getattr(model, "encoder", 0) is None:

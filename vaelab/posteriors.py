@@ -3,7 +3,7 @@
 The encoder emits ``param_size`` numbers per example; a ``Posterior`` module turns them into a
 ``torch.distributions`` object with batch shape (B,) and event shape (latent_dim,). Every
 objective, the evaluator and the diagnostics see only that object, so a new family changes
-nothing else (DESIGN.md). Families (``--posterior``):
+nothing else. Families (``--posterior``):
 
 - ``gaussian``: diagonal Gaussian, parameters (mean, log variance) - the default.
 - ``full``: full-covariance Gaussian N(mu, L L^T) with a Cholesky factor L: diagonal
@@ -46,10 +46,12 @@ class Posterior(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    def neutral(self, batch: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Parameters (batch, param_size) of the family member closest to N(0, I): all zeros
-        (mean 0, log variance 0, flows off). ``fit_local(init="prior")`` starts here."""
-        return torch.zeros(batch, self.param_size, dtype=dtype)
+    def neutral(self, batch: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """Parameters (batch, param_size) that start ``fit_local(init="prior")``: all zeros, i.e.
+        mean 0 and log variance 0 (N(0, I) for the Gaussians; planar flows with u = w = b = 0
+        are the identity). IAF is the exception (``IAFPosterior.neutral``): its flow steps are
+        shared networks, not per-example parameters, so its start is not N(0, I)."""
+        return torch.zeros(batch, self.param_size, dtype=dtype, device=device)
 
 
 def parse_spec(spec: str, what: str = "posterior") -> tuple[str, int | None]:
@@ -115,7 +117,7 @@ class FullGaussianPosterior(Posterior):
     def forward(self, h: Tensor) -> Distribution:
         d = self.latent_dim
         mean, log_var, below = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
-        tril = torch.zeros(*h.shape[:-1], d, d, dtype=h.dtype)
+        tril = h.new_zeros(*h.shape[:-1], d, d)
         tril[..., self.rows, self.cols] = below
         tril = tril + torch.diag_embed((0.5 * log_var).exp())
         return MultivariateNormal(mean, scale_tril=tril, validate_args=False)
@@ -302,6 +304,13 @@ class IAFPosterior(Posterior):
         self.param_size = 2 * latent_dim + self.context
         hidden = hidden or max(64, 4 * latent_dim)
         self.made = nn.ModuleList(MADE(latent_dim, self.context, hidden) for _ in range(flows))
+
+    def neutral(self, batch: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """Zeros: base N(0, I) and a zero context. The MADE networks are shared across examples,
+        not per-example parameters, so this cannot switch the flow off: the distribution it
+        gives is N(0, I) pushed through the flow (with forget_bias 1 each step contracts z
+        towards the MADE's output), not N(0, I) itself."""
+        return super().neutral(batch, dtype, device)
 
     def _step(self, k: int, context: Tensor) -> FlowStep:
         made = self.made[k]

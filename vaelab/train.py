@@ -56,7 +56,9 @@ class TrainState:
     """Where training stands at an epoch boundary (everything but the tensors)."""
 
     epoch: int = 0  # epochs completed
-    best_epoch: int = 0  # epoch of the best validation bound (0: none yet)
+    # epoch of the best validation bound; 0 while none has been above -inf (all NaN or -inf so
+    # far), and then the latest weights are the ones kept
+    best_epoch: int = 0
     best_bound: float = -math.inf
     bad_epochs: int = 0  # epochs since the best one, for early stopping
     metrics_lines: int = 0  # lines of metrics.jsonl that belong to the completed epochs
@@ -69,9 +71,10 @@ class TrainResult:
     """What ``Trainer.fit`` returns."""
 
     epochs: int  # epochs completed
-    best_epoch: int
-    best_bound: float  # best validation bound (nan without validation)
-    stop_reason: str
+    best_epoch: int  # epoch whose weights were kept: the last one without validation; 0 when
+    # validation never gave a bound above -inf, and the last epoch's weights were kept
+    best_bound: float  # best validation bound (nan without validation, or when best_epoch is 0)
+    stop_reason: str  # why training stopped, and that validation never gave a number if so
     history: list[dict]
 
 
@@ -88,8 +91,9 @@ class Trainer:
         run_dir: where checkpoints, metrics and weights go; None trains in memory only.
         progress: show a progress bar on stderr.
         schedule: maps training time t in epochs (fractional, step by step) to keyword options
-            passed to the objective, e.g. ``{"kl_scale": min(1, t / 10)}``; its values at the end
-            of an epoch are logged. The trainer does not interpret them.
+            passed to the objective, e.g. ``{"kl_scale": min(1, t / 10)}``. The options of an
+            epoch's last training step are logged and are the ones its validation uses. The
+            trainer does not interpret them.
         monitors: called after each epoch with (model, data, epoch), where data is the fixed
             validation set (or the first examples of the training set without one); the dicts
             they return are added to the epoch's metrics record.
@@ -122,7 +126,7 @@ class Trainer:
             lr=config.lr,
             betas=tuple(config.adam_betas),
             eps=config.adam_eps,
-            # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs (PERFORMANCE.md).
+            # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
             fused=True,
         )
         self.state = TrainState()
@@ -202,11 +206,16 @@ class Trainer:
                 record.update(self._monitor(epoch))
             self._select(epoch, record)
             self.history.append(record)
+        if self.valid is not None and self.state.epoch > 0 and self.state.best_epoch == 0:
+            self.state.stop_reason += (
+                "; the validation bound was never finite (NaN or -inf in every epoch), so the last "
+                "epoch's weights were kept: check the model and objective in eval mode"
+            )
         self._finish()
         return TrainResult(
             epochs=self.state.epoch,
             best_epoch=self.state.best_epoch,
-            best_bound=self.state.best_bound if self.valid is not None else math.nan,
+            best_bound=self.state.best_bound if self.valid is not None and self.state.best_epoch else math.nan,
             stop_reason=self.state.stop_reason,
             history=self.history,
         )
@@ -215,7 +224,7 @@ class Trainer:
         """One pass over the training data; returns the epoch's metrics record (train_* keys)."""
         model, opt = self.model, self.optimizer
         model.train()
-        n_batches = math.ceil(len(self.train) / self.config.batch_size)
+        n_batches = self._steps_per_epoch()
         bar = tqdm(
             total=n_batches,
             desc=f"epoch {epoch}/{self.config.epochs}",
@@ -230,8 +239,7 @@ class Trainer:
         batches = self.train.batches(self.config.batch_size, generator=self.generator, shuffle=True)
         options: dict[str, Any] = {}
         for step, x in enumerate(batches, 1):
-            if self.schedule is not None:
-                options = self.schedule(epoch - 1 + (step - 1) / n_batches)
+            options = self._options(epoch, step)
             result = self.objective(model, x, **options)
             loss = -result.objective.mean()
             # A bool() on a CPU scalar costs microseconds; checking before the step means a
@@ -255,6 +263,16 @@ class Trainer:
         record.update(_named_means("train", names, sums / seen))
         return record
 
+    def _steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.config.batch_size)
+
+    def _options(self, epoch: int, step: int) -> dict[str, Any]:
+        """The objective's options at a training step (both counted from 1): the schedule at
+        t = epoch - 1 + (step - 1) / steps per epoch."""
+        if self.schedule is None:
+            return {}
+        return self.schedule(epoch - 1 + (step - 1) / self._steps_per_epoch())
+
     @torch.no_grad()
     def _validate(self, epoch: int) -> dict:
         """Validation bound on fixed data with fixed noise, so epochs are compared fairly; the
@@ -262,7 +280,10 @@ class Trainer:
         self.model.eval()
         sums, names, seen = None, (), 0
         x_all = self.valid.fixed()
-        options = self.schedule(float(epoch)) if self.schedule is not None else {}
+        # The options of the epoch's last training step, which its record logs. Not the
+        # schedule's value at t = epoch: a cyclical schedule restarts there at kl_scale = 0. A
+        # pure function of the position, so a resumed run validates exactly as an uninterrupted one.
+        options = self._options(epoch, self._steps_per_epoch())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
             for i in range(0, len(x_all), 1000):
@@ -286,7 +307,11 @@ class Trainer:
         return record
 
     def _select(self, epoch: int, record: dict) -> None:
-        """Keeps the best weights by validation bound, logs the epoch, then checkpoints."""
+        """Keeps the best weights by validation bound, logs the epoch, then checkpoints.
+
+        NaN never beats the best bound. While no epoch has had a bound above -inf, the latest
+        weights stand in for the best: model.safetensors holds them after every epoch, so a
+        finished (or interrupted) run always has weights to load."""
         if self.valid is not None:
             bound = record["valid_bound"]
             if bound > self.state.best_bound:
@@ -301,7 +326,7 @@ class Trainer:
         self.state.epoch = epoch
         if self.run_dir is None:
             return
-        if self.state.best_epoch == epoch:
+        if self.state.best_epoch in (epoch, 0):
             save_model(self.run_dir / MODEL_FILE, self.model)
         # The metrics line is on disk before the checkpoint that counts it; on resume, lines
         # beyond the checkpoint's count (an epoch that was redone) are dropped.
@@ -314,7 +339,8 @@ class Trainer:
             self.model.load_state_dict(self.best_weights)
         self.state.finished = True
         if self.run_dir is not None:
-            # model.safetensors already holds these weights: _select wrote it when they were best.
+            # model.safetensors already holds these weights: _select wrote it when they were best
+            # (or, without a best epoch, when they were the latest).
             self.save_checkpoint()
 
     def _diverged_message(self, epoch: int, step: int) -> str:

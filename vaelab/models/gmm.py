@@ -25,9 +25,11 @@ COVARIANCE_TYPES = ("full", "diag")
 class FitResult:
     """What ``GaussianMixture.fit`` did."""
 
-    iterations: int
-    converged: bool
-    log_likelihood: list[float]  # mean log p(x) at each E step (never decreases); the last is the returned fit's
+    iterations: int  # EM steps (an E step, then an M step) taken after the k-means++ start
+    converged: bool  # the last step improved the mean log-likelihood by less than ``tol``
+    # mean log p(x) of the k-means++ start, then after each EM step: iterations + 1 values that
+    # never decrease; the last is the returned mixture's, whether EM converged or hit max_iter
+    log_likelihood: list[float]
 
 
 class GaussianMixture(nn.Module):
@@ -113,12 +115,12 @@ class GaussianMixture(nn.Module):
             x: data (N, D); computed in float64.
             n_components: K.
             covariance_type: "full" or "diag".
-            max_iter: EM iterations at most.
+            max_iter: EM steps at most (0 returns the k-means++ start).
             tol: stop when the mean log-likelihood improves by less than this (nats per example).
             reg_covar: added to the covariance diagonals, keeping them positive definite.
             seed: for the k-means++ start.
         Returns:
-            The fitted mixture and a ``FitResult``.
+            The fitted mixture and a ``FitResult``, whose last log-likelihood is this mixture's.
         """
         x = x.flatten(1).double() if x.dim() != 2 else x.double()
         n, d = x.shape
@@ -129,21 +131,25 @@ class GaussianMixture(nn.Module):
         g = torch.Generator().manual_seed(seed)
         resp = torch.nn.functional.one_hot(_kmeans(x, n_components, g), n_components).double()
         model = cls(*_m_step(x, resp, covariance_type, reg_covar), covariance_type)
-        history: list[float] = []
+        joint = model.joint_log_prob(x)  # (N, K); its normalizer is log p(x) under the current fit
+        ll = torch.logsumexp(joint, -1)  # (N,)
+        history = [ll.mean().item()]
         converged = False
-        for _ in range(max_iter):
-            joint = model.joint_log_prob(x)  # E step; its normalizer is log p(x) under the current fit
-            ll = torch.logsumexp(joint, -1)
-            history.append(ll.mean().item())
-            if len(history) > 1 and history[-1] - history[-2] < tol:
-                converged = True
-                break
-            resp = (joint - ll.unsqueeze(-1)).exp()
+        iterations = 0
+        while iterations < max_iter and not converged:
+            resp = (joint - ll.unsqueeze(-1)).exp()  # E step
             weights, means, covs = _m_step(x, resp, covariance_type, reg_covar)  # M step
             model.weights.copy_(weights)
             model.means.copy_(means)
             model.covariances.copy_(covs)
-        return model, FitResult(len(history), converged, history)
+            iterations += 1
+            # the next E step's joint also scores the fit just made, so the history always ends
+            # with the returned model's likelihood
+            joint = model.joint_log_prob(x)
+            ll = torch.logsumexp(joint, -1)
+            history.append(ll.mean().item())
+            converged = history[-1] - history[-2] < tol
+        return model, FitResult(iterations, converged, history)
 
 
 def _m_step(x: Tensor, resp: Tensor, covariance_type: str, reg: float) -> tuple[Tensor, Tensor, Tensor]:
