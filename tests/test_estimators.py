@@ -12,6 +12,7 @@ import torch
 from vaelab.diagnostics import gradient_snr, parameter_groups
 from vaelab.errors import ConfigError
 from vaelab.estimators import GRAD_ESTIMATORS, effective_sample_size, sample_particles
+from vaelab.models import build_model
 from vaelab.objectives import OBJECTIVES, elbo, get_objective
 
 from conftest import closed_form_elbo, make_linear
@@ -204,3 +205,37 @@ def test_every_objective_returns_the_common_result(name, model, x):
     assert all(t.shape == (x.shape[0],) for t in res)
     res.objective.mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("precision", [1.0, 100.0, 1000.0])
+@pytest.mark.parametrize("estimator", ["reparam", "stl", "dreg"])
+def test_piwae_keeps_every_groups_encoder_gradient_in_float32(precision, estimator):
+    """With a Gaussian likelihood the M groups' log-sum-exps spread over tens to hundreds of nats
+    at initialisation, so a group's share of the pooled L_MK weights underflows in float32 (below
+    ~1e-38, 87 nats). PIWAE must still give the encoder MIWAE(M, K)'s gradient of every group
+    (the rescaling once lost 27% of it at precision 100 and 81% at 1000) and the decoder
+    IWAE(MK)'s, on the same particles."""
+    torch.manual_seed(0)
+    model = build_model("vae", (20,), likelihood="gaussian", obs_precision=precision, hidden=(32,), latent_dim=4)
+    x = torch.rand(64, 20)
+    m, k = 4, 4
+    groups = parameter_groups(model)
+
+    def grads(name: str, **options) -> dict[str, torch.Tensor]:
+        torch.manual_seed(7)
+        value = get_objective(name, grad_estimator=estimator, **options)(model, x).objective.mean()
+        out = {}
+        for group, ps in groups.items():
+            out[group] = torch.cat([g.flatten() for g in torch.autograd.grad(value, ps, retain_graph=True)])
+        return out
+
+    with torch.no_grad():  # the situation of the bug: group log-sum-exps far apart
+        torch.manual_seed(7)
+        lw = sample_particles(model, x, m * k).log_weights.view(m, k, -1)
+        spread = torch.logsumexp(lw, 1).max(0).values - torch.logsumexp(lw, 1).min(0).values
+    piwae, miwae, iwae = grads("piwae", m=m, k=k), grads("miwae", m=m, k=k), grads("iwae", k=m * k)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(piwae["encoder"], miwae["encoder"]) < 1e-4, (spread.max(), rel(piwae["encoder"], miwae["encoder"]))
+    assert rel(piwae["decoder"], iwae["decoder"]) < 1e-5
+    if precision >= 100:
+        assert spread.max() > 87  # the test exercises underflow where it claims to

@@ -2,14 +2,17 @@
 drawn and scored.
 
 Every bound in ``objectives`` and the evaluator's log-likelihood estimate are reductions of the
-log-weights log w_k = log p(x, z_k) - log q(z_k | x) computed here (DESIGN.md).
+log-weights log w_k = log p(x, z_k) - log q(z_k | x) computed here .
 
 Gradient estimators (``GRAD_ESTIMATORS``) differ only in how the encoder parameters phi receive
 gradient; the decoder always gets the plain (reparameterized) gradient of the objective:
 
 - ``reparam``: the total derivative of log w_k through z_k = g(eps, phi) and through q's density.
 - ``stl``: "sticking the landing" (Roeder et al. 2017): log q is evaluated with phi detached, so
-  phi gets gradient only along the path through z_k; the dropped score term has expectation zero.
+  phi gets gradient only along the path through z_k. The dropped score term has expectation zero
+  for the ELBO, so there STL is unbiased; inside an importance-weighted bound (K > 1) each score
+  is multiplied by a weight that depends on the particles, the term no longer averages to zero,
+  and STL is biased (Tucker et al. 2018).
 - ``dreg``: doubly reparameterized (Tucker et al. 2018): the path derivative with the importance
   weights w~_k replaced by w~_k^2 (``route_path_gradient``), unbiased for the IWAE encoder
   gradient and with a signal-to-noise ratio that does not vanish as K grows.
@@ -128,17 +131,26 @@ def route_path_gradient(p: Particles, weights: Tensor, encoder_weights: Tensor) 
     gradient sum_k e_k (d log w_k / d z_k)(d z_k / d phi), while the decoder keeps a_k. One
     forward and one backward pass; DReG uses e_k = w~_k^2 where a_k = w~_k.
 
+    The rescaling is exact only where a_k carries the signal: a particle whose a_k is 0 (or
+    underflows) passes no gradient to rescale, so callers must keep a_k > 0 wherever e_k matters
+    (``objectives`` floors the pooled weights of PIWAE for this reason).
+
     Args:
         p: particles whose z carries the reparameterization path (no-op without one).
         weights: a_k, shape (k, B), the weights the objective's gradient gives log w_k.
-        encoder_weights: e_k, shape (k, B), the weights the encoder's path gradient should have.
+        encoder_weights: e_k, shape (k, B), or (k, B, D) to weight each latent coordinate of
+            the path separately (free bits leaves some coordinates without a score term).
     """
     if not p.z.requires_grad:
         return
     a, e = weights.detach(), encoder_weights.detach()
-    # Where a_k underflowed to 0 the incoming gradient is 0 too; such particles carry no signal.
-    ratio = torch.where(a > 0, e / a.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(a))
-    p.z.register_hook(lambda grad: grad * ratio.unsqueeze(-1))
+    if e.dim() == a.dim() + 1:
+        a = a.unsqueeze(-1)
+    # Where a_k is 0 the incoming gradient is 0 too; such particles carry no signal.
+    ratio = torch.where(a > 0, e / a.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(e))
+    if ratio.dim() == p.z.dim() - 1:
+        ratio = ratio.unsqueeze(-1)
+    p.z.register_hook(lambda grad: grad * ratio)
 
 
 def score_function_surrogate(f: Tensor, log_q: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Bounds and losses as pure functions of (model, x): each returns per-example tensors [B].
 
-Reduction to a scalar happens in one place, the trainer (DESIGN.md). Every result is a ``Bound``
+Reduction to a scalar happens in one place, the trainer. Every result is a ``Bound``
 with ``objective`` (what training maximizes, and whose gradient is the chosen estimator's) and
 ``bound`` (the true lower bound on log p(x) that is logged and used for model selection); they
 differ for beta != 1, during KL warm-up, with free bits, and for PIWAE's encoder.
@@ -25,14 +25,13 @@ import functools
 import inspect
 from typing import Callable, NamedTuple
 
-from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
-
 import math
 
 import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
 
-from .distributions import kl_per_dimension
+from .distributions import kl_per_dimension, stop_gradient
 from .errors import ConfigError
 from .estimators import (
     GRAD_ESTIMATORS,
@@ -60,15 +59,30 @@ class Bound(NamedTuple):
 ELBO = Bound  # the name the foundation release used
 
 
-def kl_to_prior(q: Distribution, prior: Distribution, particles: Particles | None = None) -> Tensor:
-    """KL(q || p) in closed form through the ``kl_divergence`` registry, or, where no closed form
-    is registered, the Monte-Carlo estimate mean_k[log q(z_k) - log p(z_k)] over ``particles``."""
+def closed_form_kl(q: Distribution, prior: Distribution) -> Tensor | None:
+    """KL(q || p) through the ``kl_divergence`` registry, or None where no closed form is
+    registered (flows, mixture priors)."""
     try:
         return kl_divergence(q, prior)
     except NotImplementedError:
-        if particles is None:
-            raise
-        return (particles.log_qz - particles.log_pz).mean(0)
+        return None
+
+
+def kl_to_prior(q: Distribution, prior: Distribution, particles: Particles | None = None) -> Tensor:
+    """KL(q || p) in closed form through the ``kl_divergence`` registry, or, where no closed form
+    is registered, the Monte-Carlo estimate mean_k[log q(z_k) - log p(z_k)] over ``particles``."""
+    kl = closed_form_kl(q, prior)
+    if kl is not None:
+        return kl
+    if particles is None:
+        raise NotImplementedError(f"no closed-form KL between {type(q).__name__} and {type(prior).__name__}")
+    return (particles.log_qz - particles.log_pz).mean(0)
+
+
+def free_dimensions(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
+    """The latent dimensions free bits exempts from the KL: KL_d, the batch mean of
+    KL(q(z_d|x) || p(z_d)), below lambda. Boolean, shape (D,)."""
+    return kl_per_dimension(q, prior).detach().mean(0) < free_bits
 
 
 def free_bits_correction(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
@@ -77,7 +91,9 @@ def free_bits_correction(q: Distribution, prior: Distribution, free_bits: float)
     With KL_d the batch mean of KL(q(z_d|x) || p(z_d)), free bits replaces the KL by
     sum_d max(lambda, KL_d). Per example i this adds sum_{d: KL_d < lambda} (KL_id - lambda) to
     an objective that contains -KL_i, so the batch mean is exactly the free-bits objective and
-    dimensions below lambda feel no pressure toward the prior. Shape [B].
+    dimensions below lambda feel no pressure toward the prior. Shape [B]. (For the ELBO, whose
+    KL is a sum over dimensions; the importance-weighted objectives define free bits inside
+    their log-weights, see ``_weighted``.)
     """
     per_dim = kl_per_dimension(q, prior)  # (B, D)
     below = per_dim.detach().mean(0) < free_bits  # (D,)
@@ -114,8 +130,9 @@ def elbo(
         kl: "analytic" (closed form, falling back to Monte Carlo where none is registered) or "mc".
         grad_estimator: "reparam", "stl" (path derivative of the Monte-Carlo form; "dreg" is the
             same estimator for a single-sample bound), or "score" (REINFORCE with a
-            leave-one-out baseline when k > 1; with kl="analytic" only the reconstruction term
-            uses it, the KL's gradient is exact).
+            leave-one-out baseline when k > 1; where the KL is in closed form only the
+            reconstruction term uses it and the KL's gradient is exact, otherwise (kl="mc", or a
+            mixture prior or flow without a closed form) the whole Monte-Carlo integrand does).
         kl_scale: extra factor on the KL weight (set by warm-up and cyclical schedules).
         free_bits: lambda, nats per latent dimension (0: off).
     Returns:
@@ -130,10 +147,8 @@ def elbo(
     prior = model.prior()
     p = sample_particles(model, x, k, reparameterized=grad_estimator != "score", prior=prior)
     reconstruction = p.log_px_z.mean(0)
-    if kl == "analytic":
-        kl_term = kl_to_prior(p.q, prior, p)
-    else:
-        kl_term = (p.log_qz - p.log_pz).mean(0)
+    closed = closed_form_kl(p.q, prior) if kl == "analytic" else None
+    kl_term = closed if closed is not None else (p.log_qz - p.log_pz).mean(0)
     objective = reconstruction - weight * kl_term
     if grad_estimator in ("stl", "dreg"):
         # value as above; gradient from the path derivative of the Monte-Carlo beta-ELBO
@@ -141,7 +156,9 @@ def elbo(
         objective = objective.detach() + (s - s.detach())
     elif grad_estimator == "score":
         # z carries no path: the decoder learns from log p(x|z), q's parameters from the score
-        f = p.log_px_z if kl == "analytic" else p.log_px_z + weight * (p.log_pz - p.log_qz)
+        # of everything whose expectation over q is not differentiated exactly: a Monte-Carlo
+        # KL's gradient at fixed z misses how q moves the particles, so its integrand joins f
+        f = p.log_px_z if closed is not None else p.log_px_z + weight * (p.log_pz - p.log_qz)
         objective = objective + score_function_surrogate(f, p.q.log_prob(p.z))
     if free_bits > 0:
         objective = objective + weight * free_bits_correction(p.q, prior, free_bits)
@@ -166,6 +183,13 @@ def _weighted(
     Every member trains its encoder on beta ELBO + (1 - beta) MIWAE(M, K): iwae is (beta 0, M 1),
     miwae (beta 0), ciwae (M 1). The decoder trains on the same bound, except with
     ``pooled_decoder`` (piwae), where it trains on L_MK over all M K particles.
+
+    The objective's log-weights are log p(x|z_k) + s [log p(z_k) - log q(z_k|x)] with s =
+    ``kl_scale``. Free bits (lambda > 0) exempts the latent dimensions whose batch-mean KL is
+    below lambda: their coordinates leave the ratio p(z)/q(z|x) of the objective's log-weights,
+    and each costs a constant lambda instead, so nothing in the objective pulls them toward the
+    prior (with K = 1 this is the free-bits ELBO with a Monte-Carlo KL). ``bound`` is always the
+    true bound, from the unmodified log-weights.
     """
     check_estimator(grad_estimator, name, ("reparam", "stl", "dreg"))
     _check_remedies(kl_scale, free_bits)
@@ -178,40 +202,106 @@ def _weighted(
     # With a detached log q (stl, dreg, and piwae, whose encoder and decoder weights differ),
     # phi is reached only through z, where route_path_gradient can reweight it.
     path = grad_estimator != "reparam" or pooled_decoder
-    log_ratio = p.log_pz - (p.log_qz_path if path else p.log_qz)  # (MK, B)
-    lw = (p.log_px_z + kl_scale * log_ratio).view(m, k, -1)  # (M, K, B) scaled log-weights
-    reduce = _pooled_bound if pooled_decoder else functools.partial(_mixed_bound, beta=beta)
-    value = reduce(lw)
+    free = free_dimensions(p.q, prior, free_bits) if free_bits > 0 else None  # (D,) or None
+    if free is None:
+        log_ratio = p.log_pz - (p.log_qz_path if path else p.log_qz)  # (MK, B)
+    else:
+        q = stop_gradient(p.q) if path else p.q
+        per_dim = prior.base_dist.log_prob(p.z) - q.base_dist.log_prob(p.z)  # (MK, B, D)
+        log_ratio = per_dim.masked_fill(free, 0.0).sum(-1) - free_bits * free.sum()
+    lw = (p.log_px_z + kl_scale * log_ratio).view(m, k, -1)  # (M, K, B) the objective's log-weights
     with torch.no_grad():
-        bound = reduce((p.log_px_z + log_ratio).view(m, k, -1))
-    if p.z.requires_grad and (pooled_decoder or grad_estimator == "dreg"):
-        with torch.no_grad():
-            w = torch.softmax(lw, dim=1)  # (M, K, B) normalized within each group
-            uniform = beta / (m * k)  # the ELBO part's weight on every particle
-            encoder = uniform + (1 - beta) * w / m  # d (encoder's bound) / d log w_k
-            if pooled_decoder:
-                decoder = torch.softmax(lw.flatten(0, 1), 0).view_as(lw)
-            else:
-                decoder = encoder
-            if grad_estimator == "dreg":
-                # The score term -sum_k w~_k grad_phi log q(z_k) of an importance-weighted bound
-                # equals in expectation -sum_k (w~_k - w~_k^2) d log w_k/dz dz/dphi (Tucker et al.
-                # 2018, eq. 6); the KL part of the scaled log-weights carries kl_scale s, so the
-                # path derivative's weights become (1 - s) w~_k + s w~_k^2. The ELBO part's
-                # score term has expectation zero on its own: there DReG is STL.
-                encoder = uniform + (1 - beta) * ((1 - kl_scale) * w + kl_scale * w.square()) / m
-        route_path_gradient(p, decoder.flatten(0, 1), encoder.flatten(0, 1))
-        if pooled_decoder and grad_estimator == "reparam":
-            # the score part of the encoder's reparameterization gradient, dropped by log_qz_path
-            direct = -kl_scale * p.q.log_prob(p.z.detach())  # (MK, B)
-            d = (encoder.flatten(0, 1) * direct).sum(0)
-            value = value + (d - d.detach())
-    if free_bits > 0:
-        value = value + kl_scale * free_bits_correction(p.q, prior, free_bits)
+        bound = (_pooled_bound if pooled_decoder else functools.partial(_mixed_bound, beta=beta))(
+            p.log_weights.view(m, k, -1)
+        )
+    if not p.z.requires_grad:  # no gradient wanted (evaluation): the value is all
+        value = _pooled_bound(lw) if pooled_decoder else _mixed_bound(lw, beta)
+    elif pooled_decoder:
+        value = _pooled_objective(model, p, lw, grad_estimator, kl_scale, free)
+    else:
+        value = _mixed_bound(lw, beta)
+        if grad_estimator == "dreg":
+            with torch.no_grad():
+                w = torch.softmax(lw, dim=1)  # (M, K, B) normalized within each group
+                uniform = beta / (m * k)  # the ELBO part's weight on every particle
+                plain = uniform + (1 - beta) * w / m  # d value / d log w_k
+                encoder = uniform + (1 - beta) * _dreg_weights(w, kl_scale) / m
+            route_path_gradient(p, plain.flatten(0, 1), _per_coordinate(encoder, plain, free))
     with torch.no_grad():
         kl_term = kl_to_prior(p.q, prior, p)
         reconstruction = p.log_px_z.mean(0)
     return Bound(objective=value, bound=bound, reconstruction=reconstruction, kl=kl_term)
+
+
+def _dreg_weights(w: Tensor, kl_scale: float) -> Tensor:
+    """The path-derivative weights that replace w~_k in DReG (Tucker et al. 2018, eq. 6-7).
+
+    The score term -sum_k w~_k grad_phi log q(z_k) of an importance-weighted bound equals in
+    expectation -sum_k (w~_k - w~_k^2) d log w_k/dz dz/dphi; the KL part of the scaled
+    log-weights carries kl_scale s, so the path derivative's weights become
+    (1 - s) w~_k + s w~_k^2 (s = 1 is Tucker's w~_k^2). The ELBO part's score term has
+    expectation zero on its own: there DReG is STL.
+    """
+    return (1 - kl_scale) * w + kl_scale * w.square()
+
+
+def _per_coordinate(encoder: Tensor, plain: Tensor, free: Tensor | None) -> Tensor:
+    """Encoder weights (M, K, B) -> (MK, B), or (MK, B, D) under free bits: coordinates exempted
+    by free bits have no log q in the objective, hence no score term for DReG to rewrite, and
+    keep the ``plain`` path weights."""
+    if free is None:
+        return encoder.flatten(0, 1)
+    return torch.where(free, plain.unsqueeze(-1), encoder.unsqueeze(-1)).flatten(0, 1)
+
+
+def _pooled_objective(
+    model, p: Particles, lw: Tensor, grad_estimator: str, kl_scale: float, free: Tensor | None
+) -> Tensor:
+    """PIWAE's training value, L_MK of the log-weights lw (M, K, B), with gradients routed so the
+    decoder gets L_MK's and the encoder MIWAE(M, K)'s (Rainforth et al. 2018).
+
+    Particle k of group m has weight a_k = w~_k G_m in L_MK (w~_k normalized within its group,
+    G_m the group's share of the pooled sum) and e_k = w~_k / M in MIWAE. The encoder's gradient
+    reaches z_k scaled by a_k and is rescaled to e_k there (``route_path_gradient``). When a
+    group's log-sum-exp lies far below another's (common with a Gaussian likelihood), G_m
+    underflows and with it the group's whole encoder gradient; so the decoder's weights are
+    floored at w~_k max(G_m, eps^2), eps the dtype's machine epsilon. That changes the decoder's
+    gradient by less than eps^2 M times a group's gradient, far below the rounding of the sum,
+    and keeps every group's encoder gradient exact.
+    """
+    m, k = lw.shape[:2]
+    with torch.no_grad():
+        log_w = torch.log_softmax(lw, dim=1)  # (M, K, B) within each group
+        log_share = torch.log_softmax(torch.logsumexp(lw, dim=1), dim=0)  # (M, B): log G_m
+        floor = 2 * math.log(torch.finfo(lw.dtype).eps)
+        decoder = (log_w + log_share.clamp_min(floor).unsqueeze(1)).exp().flatten(0, 1)  # (MK, B)
+        w = log_w.exp()
+        plain = w / m  # MIWAE's weights
+        encoder = _dreg_weights(w, kl_scale) / m if grad_estimator == "dreg" else plain
+    flat = lw.flatten(0, 1)
+    value = _pooled_bound(lw).detach() + (decoder * (flat - flat.detach())).sum(0)
+    route_path_gradient(p, decoder, _per_coordinate(encoder, plain, free))
+    plain = plain.flatten(0, 1)
+    if grad_estimator == "reparam":
+        # the score part of the encoder's reparameterization gradient, which the detached log q
+        # leaves out: -s sum_k e_k grad_phi log q(z_k) at fixed z_k (only the coordinates whose
+        # log q is in the objective under free bits)
+        z = p.z.detach()
+        if free is None:
+            log_q = p.q.log_prob(z)
+        else:
+            log_q = p.q.base_dist.log_prob(z).masked_fill(free, 0.0).sum(-1)
+        d = -kl_scale * (plain * log_q).sum(0)
+        value = value + (d - d.detach())
+    through = getattr(model, "prior_through_encoder", None)
+    prior = through() if through is not None else None
+    if prior is not None:
+        # A prior built by the encoder (VampPrior) depends on phi directly, outside z; that
+        # gradient arrived with the decoder's weights a_k and must have MIWAE's e_k. The prior
+        # rebuilt with its own parameters detached carries the difference to phi only.
+        d = kl_scale * ((plain - decoder) * prior.log_prob(p.z.detach())).sum(0)
+        value = value + (d - d.detach())
+    return value
 
 
 def _mixed_bound(lw: Tensor, beta: float) -> Tensor:

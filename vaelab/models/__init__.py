@@ -1,5 +1,5 @@
 """Latent variable models. Each exposes ``prior()``, ``encode(x)`` and ``decode(z)`` as
-``torch.distributions`` objects (DESIGN.md) and registers a builder in ``MODELS``."""
+``torch.distributions`` objects and registers a builder in ``MODELS``."""
 
 from .gmm import GaussianMixture
 from .linear import LinearGaussian

@@ -53,6 +53,11 @@ class VAE(nn.Module):
         """p(z); batch shape (), event shape (latent_dim,)."""
         return self.latent_prior(self)
 
+    def prior_through_encoder(self) -> Distribution | None:
+        """p(z) with the prior's own parameters detached, when the encoder builds the prior
+        (VampPrior): its gradient reaches only the encoder. None for other priors."""
+        return self.latent_prior.through_encoder(self)
+
     def encode(self, x: Tensor) -> Distribution:
         """q(z|x) for x of shape (B, *event_shape); batch shape (B,), event shape (latent_dim,)."""
         return self.posterior(self.encoder(x))
