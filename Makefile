@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp clean
+.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-gaps: $(STAMP)
 
 bench-vamp: $(STAMP)
 	$(BIN)/python benchmarks/bench_vamp.py --json benchmarks/results/vamp_step.json
+
+bench-correctness: $(STAMP)
+	$(BIN)/python benchmarks/bench_correctness.py --json benchmarks/results/correctness.json
 
 clean:
 	rm -rf $(VENV) runs/demo build *.egg-info

@@ -1,0 +1,265 @@
+"""The guard: every combination the configuration accepts (posterior x prior x objective x
+gradient estimator x KL mode x free bits, Bernoulli and Gaussian likelihoods) trains on the
+gradient it claims and reports the bound it claims.
+
+For each accepted combination, on a tiny float64 VAE:
+- the expected encoder and decoder gradients of the objective, as the trainer builds it, equal
+  the expected gradients of a plain reparameterized estimate of the same objective written out
+  here from its definition (for PIWAE: L_MK for the decoder, MIWAE(M, K) for the encoder), within
+  a tolerance from the Monte-Carlo error of both;
+- the reported ``bound``, ``reconstruction`` and ``kl`` equal their definitions on the same
+  particles.
+The list of combinations comes from the configuration itself, so a combination that becomes
+accepted is checked here without a change to this file; one that cannot pass must be refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from vaelab import config as cfg
+from vaelab.diagnostics import parameter_groups
+from vaelab.errors import ConfigError
+from vaelab.estimators import GRAD_ESTIMATORS, sample_particles
+from vaelab.objectives import KL_MODES, OBJECTIVES, get_objective
+from vaelab.runs import model_from_config
+
+POSTERIORS = ("gaussian", "full", "planar:2", "iaf:2")
+PRIORS = ("standard", "mog:3", "vamp:3")
+LIKELIHOODS = ("bernoulli", "gaussian")
+FREE_BITS = (0.0, 1.0)  # 1.0 stands for "on": each model gets a lambda between its two dimensions' KLs
+SHAPES = {"elbo": {"k": 3}, "iwae": {"k": 3}, "miwae": {"m": 2, "k": 2}, "ciwae": {"k": 3, "beta": 0.4},
+          "piwae": {"m": 2, "k": 2}}  # fmt: skip
+KL_SCALE = 0.7  # a KL schedule's value mid-way: the general case of every formula that uses it
+EVENT, LATENT, BATCH = (6,), 2, 3
+
+
+def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits) -> cfg.RunConfig:
+    train = {"objective": objective, "grad_estimator": estimator, "free_bits": free_bits, **SHAPES[objective]}
+    if kl != "analytic":
+        train["kl"] = kl
+    model = {"likelihood": likelihood, "posterior": posterior, "prior": prior, "hidden": [8], "latent_dim": LATENT}
+    return cfg.build({"model": model, "train": train})
+
+
+def _combinations():
+    accepted, refused = [], []
+    for combo in itertools.product(LIKELIHOODS, POSTERIORS, PRIORS, OBJECTIVES.names(), GRAD_ESTIMATORS,
+                                   KL_MODES, FREE_BITS):  # fmt: skip
+        try:
+            _config(*combo)
+        except ConfigError:
+            refused.append(combo)
+        else:
+            accepted.append(combo)
+    return accepted, refused
+
+
+ACCEPTED, REFUSED = _combinations()
+
+
+def _name(combo) -> str:
+    likelihood, posterior, prior, objective, estimator, kl, free_bits = combo
+    return "-".join([likelihood, posterior, prior, objective, estimator, kl] + (["freebits"] if free_bits else []))
+
+
+def _setup(combo):
+    """The model (float64, encoder moved off the prior), data, the objective as the trainer
+    builds it, and free bits' lambda for this model."""
+    config = _config(*combo)
+    torch.manual_seed(1)
+    model = model_from_config(config, EVENT).double()
+    with torch.no_grad():  # a posterior that is not the prior: larger encoder outputs
+        last = [mod for mod in model.encoder.modules() if isinstance(mod, torch.nn.Linear)][-1]
+        last.weight.mul_(3.0)
+        last.bias.normal_(0.0, 0.5)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(BATCH, *EVENT, generator=g, dtype=torch.float64)
+    if combo[0] == "bernoulli":
+        x = (x < 0.5).double()
+    options = config.train.objective_options()
+    lam = 0.0
+    if options["free_bits"] > 0:
+        with torch.no_grad():
+            q, prior = model.encode(x), model.prior()
+            per_dim = kl_divergence(q.base_dist, prior.base_dist).mean(0)
+        lam = per_dim.mean().item()  # one dimension below lambda, one above
+        assert per_dim.min() < lam < per_dim.max()
+        options["free_bits"] = lam
+    objective = get_objective(config.train.objective, **options)
+    return config, model, x, objective, lam
+
+
+def _detached(q):
+    """q with its parameters cut from the graph (the density STL evaluates)."""
+    if isinstance(q, MultivariateNormal):
+        return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach())
+    return Independent(Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach()), 1)
+
+
+def _reference(config, model, x, lam):
+    """The objective written out from its definition, reparameterized, with no estimator tricks:
+    returns (encoder's objective, decoder's objective), per example.
+
+    STL inside an importance-weighted bound (K > 1) is a biased estimator by definition (the
+    README says so): its expectation is the gradient of the bound with log q's parameters
+    detached, which is what the reference computes for it. Its decoder gradient is the bound's.
+    """
+    t = config.train
+    m, k = t.m if t.objective in ("miwae", "piwae") else 1, t.k
+    beta = t.beta if t.beta is not None else {"elbo": 1.0, "ciwae": 0.5}.get(t.objective, 0.0)
+    prior = model.prior()
+    q = model.encode(x)
+    z = q.rsample((m * k,))  # (MK, B, D)
+    log_px = model.decode(z).log_prob(x)
+    q_density = _detached(q) if t.grad_estimator == "stl" and t.objective != "elbo" else q
+    log_pz, log_qz = prior.log_prob(z), q_density.log_prob(z)
+    if t.objective == "elbo":
+        rec = log_px.mean(0)
+        try:
+            kl = kl_divergence(q, prior) if t.kl == "analytic" else None
+        except NotImplementedError:
+            kl = None
+        kl = kl if kl is not None else (log_qz - log_pz).mean(0)
+        if lam > 0:  # sum_d max(lambda, KL_d), KL_d the batch mean of each dimension's KL
+            per_dim = kl_divergence(q.base_dist, prior.base_dist)  # (B, D)
+            free = per_dim.detach().mean(0) < lam
+            kl = kl - (per_dim - lam).masked_fill(~free, 0.0).sum(-1)
+        value = rec - beta * KL_SCALE * kl
+        return value, value
+    if lam > 0:  # the free dimensions' coordinates leave log p(z) - log q(z|x), lambda each instead
+        per_dim = kl_divergence(q.base_dist, prior.base_dist).detach().mean(0)
+        free = per_dim < lam
+        ratio = (prior.base_dist.log_prob(z) - q_density.base_dist.log_prob(z)).masked_fill(free, 0.0).sum(-1)
+        ratio = ratio - lam * free.sum()
+    else:
+        ratio = log_pz - log_qz
+    lw = (log_px + KL_SCALE * ratio).view(m, k, -1)
+    miwae = (torch.logsumexp(lw, 1) - math.log(k)).mean(0)
+    if t.objective == "piwae":
+        return miwae, torch.logsumexp(lw.flatten(0, 1), 0) - math.log(m * k)
+    value = beta * lw.mean((0, 1)) + (1 - beta) * miwae
+    return value, value
+
+
+def _gradients(model, values, groups) -> dict[str, torch.Tensor]:
+    """Flattened gradient of each group's own objective (encoder, decoder) w.r.t. its parameters."""
+    out = {}
+    for name, value in zip(("encoder", "decoder"), values):
+        ps = groups[name]
+        grads = torch.autograd.grad(value.mean(), ps, retain_graph=True, allow_unused=True)
+        out[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, ps)])
+    return out
+
+
+def _expected_gradients(draw, groups: int, replicas: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and standard error of a gradient estimator, from ``groups`` independent batch means
+    of ``replicas`` draws each (the data repeated ``replicas`` times)."""
+    torch.manual_seed(seed)
+    samples = [draw(replicas) for _ in range(groups)]
+    out = {}
+    for name in samples[0]:
+        g = torch.stack([s[name] for s in samples])  # (groups, n_params)
+        out[name] = (g.mean(0), g.std(0) / math.sqrt(groups))
+    return out
+
+
+GROUPS = 16
+REPLICAS = {"score": 8000}  # draws per group; the score function's variance is far larger
+REPLICAS_DEFAULT = 1000
+
+
+@pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])
+def test_expected_gradients_are_those_of_the_bound(combo):
+    config, model, x, objective, lam = _setup(combo)
+    groups = parameter_groups(model)
+    replicas = REPLICAS.get(config.train.grad_estimator, REPLICAS_DEFAULT)
+
+    def estimator(n):
+        value = objective(model, x.repeat(n, 1), kl_scale=KL_SCALE).objective
+        return _gradients(model, (value, value), groups)
+
+    def reference(n):
+        return _gradients(model, _reference(config, model, x.repeat(n, 1), lam), groups)
+
+    got = _expected_gradients(estimator, GROUPS, replicas, seed=10)
+    want = _expected_gradients(reference, GROUPS, REPLICAS_DEFAULT, seed=20)
+    for name in ("encoder", "decoder"):
+        (mean_a, se_a), (mean_b, se_b) = got[name], want[name]
+        distance = (mean_a - mean_b).square().sum()
+        # E[distance] = sum of the two estimates' variances when both estimate the same vector;
+        # 16 times that is beyond any chi-square tail we would see by chance (P < 1e-4 for one
+        # degree of freedom, far smaller for the dozens here)
+        noise = (se_a.square() + se_b.square()).sum()
+        relative = (distance.sqrt() / mean_b.norm()).item()
+        assert distance <= 16 * noise + 1e-20, (name, relative, (noise.sqrt() / mean_b.norm()).item())
+
+
+@pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])
+def test_reported_bound_is_its_definition(combo):
+    config, model, x, objective, _ = _setup(combo)
+    t = config.train
+    m, k = t.m if t.objective in ("miwae", "piwae") else 1, t.k
+    beta = t.beta if t.beta is not None else 0.5
+    torch.manual_seed(3)
+    res = objective(model, x, kl_scale=KL_SCALE)
+    torch.manual_seed(3)
+    p = sample_particles(model, x, m * k, reparameterized=t.grad_estimator != "score")
+    with torch.no_grad():
+        prior = model.prior()
+        q = p.q
+        log_px = model.decode(p.z).log_prob(x)
+        lw = (log_px + prior.log_prob(p.z) - q.log_prob(p.z)).view(m, k, -1)
+        try:
+            closed = kl_divergence(q, prior)
+        except NotImplementedError:
+            closed = None
+        mc_kl = -(lw.flatten(0, 1) - log_px).mean(0)
+        if t.objective == "elbo":
+            kl = closed if closed is not None and t.kl == "analytic" else mc_kl
+            bound = log_px.mean(0) - kl
+        else:
+            kl = closed if closed is not None else mc_kl
+            l_k = (torch.logsumexp(lw, 1) - math.log(k)).mean(0)
+            bound = {
+                "iwae": l_k,
+                "miwae": l_k,
+                "ciwae": beta * lw.mean((0, 1)) + (1 - beta) * l_k,
+                "piwae": torch.logsumexp(lw.flatten(0, 1), 0) - math.log(m * k),
+            }[t.objective]
+    torch.testing.assert_close(res.bound.detach(), bound)
+    torch.testing.assert_close(res.reconstruction.detach(), log_px.mean(0))
+    torch.testing.assert_close(res.kl.detach(), kl)
+
+
+def test_the_matrix_covers_every_family_and_refuses_what_cannot_work():
+    """Every posterior, prior, objective, estimator and KL mode appears in some accepted
+    combination, and the refused ones are exactly those the library cannot estimate."""
+    for i, values in enumerate((LIKELIHOODS, POSTERIORS, PRIORS, OBJECTIVES.names(), GRAD_ESTIMATORS, KL_MODES, FREE_BITS)):
+        assert {c[i] for c in ACCEPTED} == set(values)
+    for likelihood, posterior, prior, objective, estimator, kl, free_bits in REFUSED:
+        flow = posterior.split(":")[0] in ("planar", "iaf")
+        assert (
+            (kl != "analytic" and objective != "elbo")
+            or (estimator == "score" and objective != "elbo")
+            or (flow and (estimator != "reparam" or objective == "piwae" or prior.startswith("vamp")))
+            or (free_bits and (posterior != "gaussian" or prior != "standard"))
+        ), (posterior, prior, objective, estimator, kl, free_bits)
+
+
+@pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])
+def test_every_combination_keeps_its_tensors_on_the_models_device(combo):
+    """Forward and backward on the ``meta`` device: a tensor created on the CPU by mistake (which
+    would break every GPU run of this combination) fails here."""
+    config = _config(*combo)
+    model = model_from_config(config, EVENT).to("meta")
+    x = torch.empty(BATCH, *EVENT, device="meta")
+    result = get_objective(config.train.objective, **config.train.objective_options())(model, x, kl_scale=KL_SCALE)
+    result.objective.mean().backward()
+    assert result.bound.device.type == "meta"
+    assert all(p.grad is None or p.grad.device.type == "meta" for p in model.parameters())
