@@ -3,6 +3,17 @@
 Backbones know nothing about distributions. An encoder maps data ``(B, *event_shape)`` to
 ``(B, out_features)``; a decoder maps latents ``(N, latent_dim)`` to
 ``(N, params_per_dim, *event_shape)``, the layout that ``distributions.Observation`` reads.
+
+The backbones in ``NETS`` (``--net``):
+
+- ``mlp``: fully connected layers of ``--hidden`` widths, any data shape.
+- ``conv``: two stride-2 convolutions and a dense layer of ``--hidden[0]`` units; images whose
+  height and width are multiples of 4.
+- ``resnet``: stride-2 convolutions and ``--res-blocks`` residual blocks of ``--channels``
+  channels (the VQ-VAE backbone of van den Oord et al. 2017) with a dense layer to and from the
+  latent; images whose height and width are multiples of 4. Its grid-level halves,
+  ``resnet_encoder_grid`` and ``resnet_decoder_grid``, map feature maps to feature maps for
+  models with spatial latents.
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ class NetSpec:
     params_per_dim: int  # numbers the decoder emits per data dimension (observation model)
     hidden: tuple[int, ...]  # hidden layer widths
     activation: str  # name in ACTIVATIONS
+    channels: int = 64  # resnet: channels of the convolutional stages
+    res_blocks: int = 2  # resnet: residual blocks per side
 
 
 NETS: Registry[Callable[[NetSpec], tuple[nn.Module, nn.Module]]] = Registry("net")
@@ -106,4 +119,99 @@ def conv_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
         nn.ConvTranspose2d(32, spec.params_per_dim * c, 4, stride=2, padding=1),
         _Unflatten((spec.params_per_dim, c, h, w)),
     )  # fmt: skip
+    return encoder, decoder
+
+
+# --- residual backbone (van den Oord et al. 2017, "Neural Discrete Representation Learning", 4.1)
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv1x1(relu(conv3x3(relu(x))))``, ``channels`` in, hidden and out, spatial size kept.
+
+    Always ReLU, as in the VQ-VAE paper, whatever ``--activation`` says (its default, tanh, suits
+    the MLP of Burda et al., not deep convolutional stacks). Nothing is applied after the sum, so
+    the block is exactly the identity when its last convolution outputs zero.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.branch(x)
+
+
+def _check_resnet(channels: int, res_blocks: int) -> None:
+    if channels < 1:
+        raise ConfigError(f"--channels must be at least 1 for --net resnet, got {channels}")
+    if res_blocks < 0:
+        raise ConfigError(f"--res-blocks must be 0 or more for --net resnet, got {res_blocks}")
+
+
+def resnet_encoder_grid(in_channels: int, channels: int, res_blocks: int, out_channels: int) -> nn.Module:
+    """Feature maps ``(B, in_channels, H, W)`` to ``(B, out_channels, H/4, W/4)`` (H and W
+    multiples of 4): two 4x4 stride-2 convolutions with ReLU, a 3x3 convolution, ``res_blocks``
+    residual blocks, ReLU and a 1x1 convolution to ``out_channels`` (no activation after it).
+    All inner stages have ``channels`` channels. Raises ConfigError for ``channels < 1`` or
+    ``res_blocks < 0``."""
+    _check_resnet(channels, res_blocks)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        *(ResidualBlock(channels) for _ in range(res_blocks)),
+        nn.ReLU(),
+        nn.Conv2d(channels, out_channels, 1),
+    )  # fmt: skip
+
+
+def resnet_decoder_grid(in_channels: int, channels: int, res_blocks: int, out_channels: int) -> nn.Module:
+    """Feature maps ``(B, in_channels, h, w)`` to ``(B, out_channels, 4h, 4w)``: a 3x3 convolution
+    to ``channels``, ``res_blocks`` residual blocks, ReLU, then two 4x4 stride-2 transposed
+    convolutions (ReLU between them, none after the last, which emits ``out_channels``).
+    Raises ConfigError for ``channels < 1`` or ``res_blocks < 0``."""
+    _check_resnet(channels, res_blocks)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1),
+        *(ResidualBlock(channels) for _ in range(res_blocks)),
+        nn.ReLU(),
+        nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1),
+    )  # fmt: skip
+
+
+@NETS.register("resnet")
+def resnet_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
+    """The VQ-VAE backbone (van den Oord et al. 2017) around a vector latent: the encoder is
+    ``resnet_encoder_grid`` (``spec.channels`` channels, ``spec.res_blocks`` residual blocks) then
+    a dense layer from the flattened ``(channels, H/4, W/4)`` maps to ``encoder_out``; the decoder
+    is a dense layer from z to such maps then ``resnet_decoder_grid``. Needs images ``(C, H, W)``
+    with H and W divisible by 4. Uses ReLU throughout (``spec.activation`` and ``spec.hidden`` are
+    not used)."""
+    if len(spec.event_shape) != 3 or spec.event_shape[1] % 4 or spec.event_shape[2] % 4:
+        raise ConfigError(
+            f"--net resnet needs images whose height and width are multiples of 4, got data of "
+            f"shape {spec.event_shape}; use --net mlp for this data"
+        )
+    _check_resnet(spec.channels, spec.res_blocks)
+    c, h, w = spec.event_shape
+    ch = spec.channels
+    feat = (ch, h // 4, w // 4)
+    n_feat = math.prod(feat)
+    encoder = nn.Sequential(
+        resnet_encoder_grid(c, ch, spec.res_blocks, ch),
+        nn.Flatten(1),
+        nn.Linear(n_feat, spec.encoder_out),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(spec.latent_dim, n_feat),
+        _Unflatten(feat),
+        resnet_decoder_grid(ch, ch, spec.res_blocks, spec.params_per_dim * c),
+        _Unflatten((spec.params_per_dim, c, h, w)),
+    )
     return encoder, decoder
