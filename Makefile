@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness clean
+.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-gaps: $(STAMP)
 
 bench-vamp: $(STAMP)
 	$(BIN)/python benchmarks/bench_vamp.py --json benchmarks/results/vamp_step.json
+
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/bench_quality.py --budget 420 --out benchmarks/runs/quality \
+	  --json benchmarks/results/quality.json --figure benchmarks/results/quality_samples.png
 
 bench-correctness: $(STAMP)
 	$(BIN)/python benchmarks/bench_correctness.py --json benchmarks/results/correctness.json

@@ -91,7 +91,11 @@ def test_build_model_defaults_are_the_configuration_defaults():
     from vaelab.config import ModelConfig
     from vaelab.models.vae import build_vae
 
-    params = inspect.signature(build_vae).parameters
-    for f in dataclasses.fields(ModelConfig):
-        if f.name != "model":
-            assert params[f.name].default == f.default, f.name
+    from vaelab.config import VAE_ONLY, VQ_ONLY
+    from vaelab.models.vqvae import build_vqvae
+
+    for builder, config, other in ((build_vae, ModelConfig(), VQ_ONLY), (build_vqvae, ModelConfig(model="vqvae"), VAE_ONLY)):
+        params = inspect.signature(builder).parameters
+        for f in dataclasses.fields(ModelConfig):
+            if f.name != "model" and f.name not in other:
+                assert params[f.name].default == getattr(config, f.name), (builder.__name__, f.name)

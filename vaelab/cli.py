@@ -132,11 +132,50 @@ def _build_parser() -> argparse.ArgumentParser:
                    "the training data (ex-post density estimation, Ghosh et al. 2020) (default: prior)")  # fmt: skip
     p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm (default: 10)")
 
+    p = sub.add_parser("prior", help="train the learned prior (gated PixelCNN) over a VQ-VAE's code grids",
+                       description="Fits a gated PixelCNN (van den Oord et al. 2016) to the code grids "
+                       "z_q(x) of the run's training data, in RUN/prior/; run the same command again to "
+                       "continue an interrupted one. `vaelab sample` and `vaelab evaluate` then use it.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--epochs", type=int, default=30, help="maximum passes over the code grids (default: 30)")
+    p.add_argument("--layers", type=int, default=8, help="gated layers (default: 8)")
+    p.add_argument("--channels", type=int, default=64, help="channels of each stack (default: 64)")
+    p.add_argument("--batch-size", type=int, default=128, help="code grids per step (default: 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without a better validation log-likelihood (0: never; default: 10)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
+
+    p = sub.add_parser("quality", help="sample quality: Frechet distance, precision/recall, density/coverage, classifier score",
+                       description="Scores samples against the dataset's first N test images in the features of a "
+                       "small classifier trained on its labelled training images (on first use, then cached): "
+                       "Frechet distance (Heusel et al. 2017), precision and recall (Kynkaanniemi et al. 2019), "
+                       "density and coverage (Naeem et al. 2020), classifier score (Salimans et al. 2016), beside "
+                       "the same metrics for N real training images (the reference a perfect model would reach). "
+                       "Either RUN (its own samples) or --data NAME --samples FILE.npy (samples from any generator).")  # fmt: skip
+    p.add_argument("run", metavar="RUN", nargs="?", help="a run directory whose model draws the samples")
+    p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 10000)")
+    p.add_argument("--sampler", choices=("prior", "gmm"),
+                   help="RUN: z from the prior, or from a Gaussian mixture fitted to the encoder means of the "
+                   "training data (Ghosh et al. 2020) (default: prior)")  # fmt: skip
+    p.add_argument("--components", type=int, help="RUN: mixture components for --sampler gmm (default: 10)")
+    p.add_argument("--sample-pixels", action="store_true", default=None,
+                   help="RUN: score draws x ~ p(x|z) instead of the decoder means")  # fmt: skip
+    p.add_argument("--seed", type=int, help="RUN: seed of the samples (default: 0)")
+    p.add_argument("--data", metavar="NAME", help="the dataset that --samples are compared with (digits, "
+                   "fashion-mnist, mnist, or a .npz with x_train, y_train, x_test, y_test)")  # fmt: skip
+    p.add_argument("--samples", metavar="FILE.npy", help="with --data: an N x C x H x W (or N x H x W) float array "
+                   "in [0, 1], from any generator")  # fmt: skip
+    p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, searched first (default for a "
+                   "RUN: its own)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -207,6 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(split) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
     x = split.fixed()
+    if config.model.model == "vqvae":
+        return _evaluate_vqvae(args, config, model, split)
     torch.manual_seed(args.seed)
     summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds,
                        proposal=args.proposal)  # fmt: skip
@@ -238,6 +279,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
     print(f"  KL              {s['kl']:.3f} nats")
     print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    return 0
+
+
+def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, split) -> int:
+    """``vaelab evaluate`` of a VQ-VAE: the bound log p(x|z_q(x)) + log p(z_q(x)), exact given x."""
+    import torch
+
+    from .evaluate import vq_summary
+
+    summary = vq_summary(model, split.fixed())
+    if split.dequantize:
+        dims = math.prod(split.event_shape)
+        bound = summary["elbo"] - dims * math.log(split.levels)
+        summary["discrete_log_likelihood_bound"] = bound
+        summary["bits_per_dim"] = -bound / (dims * math.log(2))
+    torch.manual_seed(args.seed)  # unused: the VQ bound has no sampling; kept for a uniform interface
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    s = summary
+    print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data}, VQ-VAE with the {s['prior']} prior over codes")
+    print("  log-likelihood  not estimated: q(z|x) is one-hot on the nearest codes, so importance sampling has nothing to sample")
+    print(f"  ELBO            {s['elbo']:.3f} +- {s['elbo_stderr']:.3f} nats (log p(x|z_q) + log p(z_q), +- standard error over examples)")
+    if split.dequantize:
+        print(f"  discrete data   >= {s['discrete_log_likelihood_bound']:.3f} nats ({s['bits_per_dim']:.4f} bits/dim)")
+    print(f"  reconstruction  {s['reconstruction']:.3f} nats")
+    print(f"  KL (rate)       {s['kl']:.3f} nats (-log p(z_q))")
+    print(f"  codebook        perplexity {s['codebook_perplexity']:.1f}, {s['codes_used']} of {model.codebook_size} codes used")
     return 0
 
 
@@ -363,16 +432,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load(args.run)
     sampler, label = None, "p(z)"
     if args.sampler == "gmm":
-        import torch
-
-        from .models import GaussianMixture
         from .runs import load_data, read_config
+        from .sampling import fit_latent_gmm
 
         config, _ = read_config(args.run)
         x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
-        with torch.no_grad():
-            means = torch.cat([model.encode(x[i : i + 1000]).mean for i in range(0, len(x), 1000)])
-        sampler, _ = GaussianMixture.fit(means, args.components, seed=args.seed, tol=1e-4, max_iter=100)
+        sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
     path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed,
                           latent_sampler=sampler, label=label)  # fmt: skip
@@ -393,14 +458,100 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quality(args: argparse.Namespace) -> int:
+    from .errors import DataError
+    from .quality import QualityScorer, check_samples, read_samples
+
+    progress = not args.json
+    if args.run is not None and args.data is not None:
+        raise VaelabError("give RUN (to score its samples) or --data NAME --samples FILE.npy, not both")
+    if args.run is None:
+        if args.data is None:
+            if args.samples is not None:
+                raise VaelabError("--samples needs --data NAME, the dataset the samples are compared with")
+            raise VaelabError("give a RUN directory, or --data NAME --samples FILE.npy")
+        if args.samples is None:
+            raise VaelabError("--data needs --samples FILE.npy, the samples to score (or give a RUN instead)")
+        run_only = {"--n": args.n, "--sampler": args.sampler, "--components": args.components,
+                    "--sample-pixels": args.sample_pixels, "--seed": args.seed}  # fmt: skip
+        given = [flag for flag, value in run_only.items() if value is not None]
+        if given:
+            raise VaelabError(f"{given[0]} applies to a RUN's own samples; with --samples every row of the file is scored")
+        scorer = QualityScorer(args.data, data_dir=args.data_dir, progress=progress)
+        samples = check_samples(read_samples(args.samples), scorer.event_shape, args.data)
+        scorer.check_n(len(samples))
+        what = f"{len(samples)} samples from {args.samples}"
+    else:
+        from .runs import load, load_data, read_config
+        from .sampling import sample_images
+
+        if args.samples is not None:
+            raise VaelabError("--samples is scored with --data NAME; a RUN draws its own samples: drop --samples")
+        n = 10000 if args.n is None else args.n
+        sampler = args.sampler or "prior"
+        components = 10 if args.components is None else args.components
+        _positive("--components", components)
+        config, event_shape = read_config(args.run)
+        name = config.data.data
+        if name.lower().endswith(".npy"):
+            raise DataError(f"{args.run} was trained on {name}, a .npy file without labels; quality trains its feature "
+                            "classifier on labelled images (digits, fashion-mnist, mnist, or a .npz with x_train, "
+                            "y_train, x_test, y_test)")  # fmt: skip
+        scorer = QualityScorer(name, data_dir=args.data_dir or config.data.data_dir, progress=progress)
+        if tuple(event_shape) != scorer.event_shape:
+            raise DataError(f"{args.run} models data of shape {list(event_shape)}, but {name} now holds images of shape "
+                            f"{list(scorer.event_shape)}")  # fmt: skip
+        scorer.check_n(n)
+        model = load(args.run)
+        own = hasattr(model, "sample_images")
+        train_x = load_data(config, "train", limit=GMM_EXAMPLES).fixed() if sampler == "gmm" and not own else None
+        samples = sample_images(model, n, sampler=sampler, components=components, sample_pixels=bool(args.sample_pixels),
+                                seed=args.seed or 0, train_x=train_x)  # fmt: skip
+        pixels = "draws from p(x|z)" if args.sample_pixels else "means of p(x|z)"
+        latent = ("codes from the learned prior" if own else "z ~ p(z)" if sampler == "prior"
+                  else f"z from a GMM({components}) of encoder means")  # fmt: skip
+        what = f"{n} samples of {args.run} ({pixels}, {latent})"
+    result = scorer.score(samples)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    c = scorer.classifier
+    how = f"trained now in {c.seconds:.0f} s" if c.trained else "from the cache"
+    print(f"{what} against the first {result['n_samples']} test images of {result['dataset']}")
+    print(f"feature classifier: test accuracy {c.accuracy:.4f} ({how}: {c.path})")
+    print(f"  {'':<18}{'samples':>10}{'reference':>12}")
+    better = {"fd": "lower is better", "precision": "fidelity", "recall": "diversity", "density": "fidelity, ~1 for real data",
+              "coverage": "diversity", "classifier_score": f"1 to {int(scorer.train.y.max()) + 1}, higher is better"}  # fmt: skip
+    for key, note in better.items():
+        print(f"  {key.replace('_', ' '):<18}{result[key]:>10.4f}{result['reference'][key]:>12.4f}   {note}")
+    print(f"reference: {result['n_samples']} real training images in place of the samples, what a model drawing "
+          "from the data distribution would score")  # fmt: skip
+    return 0
+
+
 GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to
+
+def cmd_prior(args: argparse.Namespace) -> int:
+    from .codeprior import PriorConfig, fit_code_prior
+    from .report import write_run_figures
+
+    config = PriorConfig(layers=args.layers, channels=args.channels, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, patience=args.patience, seed=args.seed)  # fmt: skip
+    result = fit_code_prior(args.run, config, progress=not args.quiet)
+    write_run_figures(args.run)  # samples.png, now that there is a prior to draw from
+    best = f", best validation log p(z) {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
+    print(f"trained the code prior for {result.epochs} epochs ({result.stop_reason}){best}; in {Path(args.run) / 'prior'}")
+    return 0
+
 
 COMMANDS = {
     "train": cmd_train,
+    "prior": cmd_prior,
     "evaluate": cmd_evaluate,
     "diagnose": cmd_diagnose,
     "gaps": cmd_gaps,
     "sample": cmd_sample,
+    "quality": cmd_quality,
     "reconstruct": cmd_reconstruct,
 }
 

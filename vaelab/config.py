@@ -21,6 +21,7 @@ from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
 from .models.vae import INFERENCE, check_combination
+from .models.vqvae import check_vqvae
 from .posteriors import FLOWS, check_posterior
 from .priors import check_prior
 from .nets import ACTIVATIONS, NETS
@@ -63,6 +64,11 @@ class DataConfig:
             raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
 
 
+# model options that belong to one family; the other family refuses non-default values
+VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr")
+VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The model's architecture and observation model."""
@@ -70,7 +76,9 @@ class ModelConfig:
     model: str = field(default="vae", metadata=_help("model family"))
     likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
-    net: str = field(default="mlp", metadata=_help("backbone: mlp | conv"))
+    net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
+    channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
+    res_blocks: int = field(default=2, metadata=_help("--net resnet: residual blocks after the downsampling (and before the upsampling) stages"))
     hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
     activation: str = field(default="tanh", metadata=_help("activation between layers"))
     latent_dim: int = field(default=50, metadata=_help("dimension of the latent z"))
@@ -79,8 +87,16 @@ class ModelConfig:
     inference: str = field(default="amortized", metadata=_help("amortized (an encoder) | local (no encoder: per-example q fitted by --local-steps of VI, variational EM)", choices=INFERENCE))
     local_steps: int = field(default=20, metadata=_help("--inference local: Adam steps per example each time q is fitted"))
     local_lr: float = field(default=0.1, metadata=_help("--inference local: initial learning rate of those steps (decays linearly to 0)"))
+    codebook_size: int = field(default=512, metadata=_help("--model vqvae: number of codebook vectors K"))
+    code_dim: int = field(default=64, metadata=_help("--model vqvae: dimension of each codebook vector"))
+    commitment: float = field(default=0.25, metadata=_help("--model vqvae: weight beta of the commitment loss beta ||z_e - sg[e]||^2"))
+    codebook_update: str = field(default="loss", metadata=_help("--model vqvae: loss (codebook loss ||sg[z_e] - e||^2) | ema (exponential moving averages)", choices=("loss", "ema")))
+    ema_decay: float = field(default=0.99, metadata=_help("--model vqvae --codebook-update ema: decay of the moving averages"))
+    dead_code_restart: int = field(default=0, metadata=_help("--model vqvae: re-initialise a code unused for this many training steps from an encoder output of the batch (0: off)"))
 
     def __post_init__(self) -> None:
+        if self.net is None:  # resolved here, so config.json always names the backbone
+            object.__setattr__(self, "net", "resnet" if self.model == "vqvae" else "mlp")
         for registry, value in (
             (MODELS, self.model),
             (OBSERVATIONS, self.likelihood),
@@ -93,6 +109,22 @@ class ModelConfig:
         if self.latent_dim < 1:
             raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
         check_combination(self.posterior, self.prior, self.inference)
+        if self.channels < 1 or self.res_blocks < 0:
+            raise ConfigError(f"--channels must be at least 1 and --res-blocks at least 0, got {self.channels} and {self.res_blocks}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.model == "vqvae":
+            check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
+                        self.ema_decay, self.dead_code_restart)  # fmt: skip
+            for name in VAE_ONLY:  # options the VQ-VAE would silently ignore
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} does not apply to --model vqvae (its latent is a grid of "
+                        f"--codebook-size codes of --code-dim numbers); drop it"
+                    )
+        else:
+            for name in VQ_ONLY:
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(f"--{name.replace('_', '-')} applies to --model vqvae only; drop it or add --model vqvae")
         if self.local_steps < 1:
             raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
@@ -191,6 +223,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         # combinations of model and training options that cannot work, refused before any run starts
         m, t = self.model, self.train
+        if m.model == "vqvae":
+            defaults = {f.name: f.default for f in dataclasses.fields(t)}
+            for name in ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits"):
+                if getattr(t, name) != defaults[name]:
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} does not apply to --model vqvae: it trains on its own loss "
+                        f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
+                        f"posterior, so there is no KL to schedule or importance-weight; drop it"
+                    )
         posterior = check_posterior(m.posterior)[0]
         if posterior in FLOWS and t.grad_estimator != "reparam":
             raise ConfigError(

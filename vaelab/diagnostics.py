@@ -130,6 +130,17 @@ class CollapseMonitor:
         return {"active_units": s["active_units"], "kl_per_dim": s["kl_per_dim"], "mutual_info": None if math.isnan(mi) else mi}
 
 
+class CodebookMonitor:
+    """Per-epoch monitor for a VQ-VAE: ``codebook_perplexity`` and ``codes_used`` of the code
+    grids of the validation set (a codebook that collapses onto few codes shows here first)."""
+
+    def __call__(self, model: nn.Module, x: Tensor, epoch: int) -> dict[str, Any]:
+        from .models.vqvae import codebook_usage
+
+        codes = torch.cat([model.codes(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+        return codebook_usage(codes, model.codebook_size)
+
+
 # -- gradient signal-to-noise ---------------------------------------------------------------
 
 

@@ -218,3 +218,31 @@ def mean_bound(objective: Callable[..., NamedTuple], model: nn.Module, x: Tensor
         values = torch.cat([objective(model, x[i : i + batch]).bound for i in range(0, x.shape[0], batch)])
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
+
+
+@torch.no_grad()
+def vq_summary(model: nn.Module, x: Tensor, *, batch: int = 500) -> dict:
+    """A VQ-VAE's scores on x (``vaelab evaluate --json`` keys): ``elbo`` = log p(x|z_q(x)) +
+    log p(z_q(x)) (a lower bound on log p(x), since q(z|x) is one-hot; exact given x, no
+    sampling), its standard error over examples, ``reconstruction``, ``kl`` (= -log p(z_q), the
+    rate), ``codebook_perplexity``, ``codes_used``; ``log_likelihood`` is None (nothing to
+    importance-sample)."""
+    from .models.vqvae import codebook_usage
+    from .objectives import vq
+
+    with _eval_mode(model):
+        parts = [vq(model, x[i : i + batch]) for i in range(0, x.shape[0], batch)]
+        codes = torch.cat([model.codes(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    bound = torch.cat([p.bound for p in parts])
+    n = bound.shape[0]
+    return {
+        "log_likelihood": None,
+        "log_likelihood_stderr": None,
+        "elbo": bound.mean().item(),
+        "elbo_stderr": (bound.std().item() / math.sqrt(n)) if n > 1 else math.nan,
+        "reconstruction": torch.cat([p.reconstruction for p in parts]).mean().item(),
+        "kl": torch.cat([p.kl for p in parts]).mean().item(),
+        **codebook_usage(codes, model.codebook_size),
+        "prior": "pixelcnn" if getattr(model, "code_prior", None) is not None else "uniform",
+        "n_examples": n,
+    }

@@ -379,3 +379,39 @@ def get_objective(name: str, **options: object) -> Callable[..., NamedTuple]:
     accepted = objective_options(name)
     bound = {k: v for k, v in options.items() if k in accepted}
     return functools.partial(OBJECTIVES[name], **bound)
+
+
+class VQBound(NamedTuple):
+    """Per-example results of the VQ-VAE objective, each of shape [B]."""
+
+    objective: Tensor  # log p(x|z_q) - codebook loss - beta commitment loss (what training maximizes)
+    bound: Tensor  # log p(x|z_q(x)) + log p(z_q(x)): a lower bound on log p(x) (q is one-hot)
+    reconstruction: Tensor  # log p(x|z_q(x))
+    kl: Tensor  # -log p(z_q(x)), the rate in nats (KL(q || p) for the one-hot q)
+    codebook_loss: Tensor  # sum over positions of ||sg[z_e] - e||^2
+    commitment_loss: Tensor  # sum over positions of ||z_e - sg[e]||^2
+
+
+def vq(model, x: Tensor) -> VQBound:
+    """The VQ-VAE objective (van den Oord et al. 2017, eq. 3) and its bound.
+
+    objective = log p(x|z_q) - ||sg[z_e] - e||^2 - beta ||z_e - sg[e]||^2, with the straight-
+    through gradient from z_q to z_e; with an EMA codebook the codebook loss is left out (the
+    moving averages move the codes). bound = log p(x|z_q(x)) + log p(z_q(x)) with the model's
+    prior over code grids (uniform, rate h w log K, until one is learned), a lower bound on
+    log p(x) because q(z|x) is one-hot on z_q(x) and has entropy 0.
+    """
+    quantized = model.quantize(x)
+    reconstruction = model.decode_grid(quantized.z_q).log_prob(x)  # (B,)
+    with torch.no_grad():
+        log_prior = model.log_prior(quantized.codes)
+    codebook = quantized.codebook_loss if model.quantizer.update == "loss" else quantized.codebook_loss.detach()
+    objective = reconstruction - codebook - model.commitment * quantized.commitment_loss
+    return VQBound(
+        objective=objective,
+        bound=reconstruction.detach() + log_prior,
+        reconstruction=reconstruction.detach(),
+        kl=-log_prior,
+        codebook_loss=quantized.codebook_loss.detach(),
+        commitment_loss=quantized.commitment_loss.detach(),
+    )

@@ -88,6 +88,11 @@ def samples_figure(
     returning (z, ...)) and shows the mean of p(x|z) for each (the usual way to show samples)."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
         torch.manual_seed(seed)
+        if hasattr(model, "sample_images") and latent_sampler is None:  # a VQ-VAE with its code prior
+            images = _as_images(model.sample_images(n, generator=torch.Generator().manual_seed(seed)))
+            ncols = min(n, max(1, math.ceil(math.sqrt(n))))
+            title = f"{n} samples: mean of p(x|z), code grids z from the learned prior"
+            return save_figure(_grid_figure(tile(images, ncols), title), path)
         if latent_sampler is None:
             z = model.prior().sample((n,))
         else:
@@ -100,8 +105,9 @@ def samples_figure(
 
 @torch.no_grad()
 def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols: int = 8) -> Path:
-    """Alternating rows of data and reconstructions (mean of p(x|z) at z = E_q[z|x])."""
-    recon = model.decode(model.encode(x).mean).mean
+    """Alternating rows of data and reconstructions (mean of p(x|z) at z = E_q[z|x], or at the
+    nearest codes z_q(x) for a VQ-VAE)."""
+    recon = model.reconstruct(x) if hasattr(model, "reconstruct") else model.decode(model.encode(x).mean).mean
     data, rec = _as_images(x), _as_images(recon)
     rows = []
     for start in range(0, len(data), ncols):
@@ -173,14 +179,17 @@ def snr_figure(result: dict, path: str | Path, title: str | None = None) -> Path
 
 def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32) -> list[Path]:
     """Writes ``samples.png``, ``reconstructions.png`` and, for a 2-D latent, ``latent.png``
-    (test data, up to 5000 points) into a run directory."""
+    (test data, up to 5000 points) into a run directory. A VQ-VAE gets ``samples.png`` only once
+    ``vaelab prior`` has trained its prior over code grids."""
     from .runs import load, load_data, read_config
 
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
     model = load(run_dir)
     test = load_data(config, "test", limit=5000)
-    written = [samples_figure(model, run_dir / "samples.png", n=n_samples)]
+    written = []
+    if getattr(model, "code_prior", True) is not None:  # a VQ-VAE samples once its prior is trained
+        written.append(samples_figure(model, run_dir / "samples.png", n=n_samples))
     written.append(reconstructions_figure(model, test.fixed()[:n_reconstructions], run_dir / "reconstructions.png"))
     if getattr(model, "latent_dim", None) == 2:
         written.append(latent_figure(model, test.fixed(), test.y, run_dir / "latent.png"))

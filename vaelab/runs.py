@@ -78,8 +78,10 @@ def read_config(run_dir: str | Path) -> tuple[cfg.RunConfig, tuple[int, ...]]:
         raise RunError(str(err)) from None
 
 
-def load(run_dir: str | Path) -> nn.Module:
-    """The trained model of a run directory, as an ``nn.Module`` in eval mode.
+def load(run_dir: str | Path, *, code_prior: bool = True) -> nn.Module:
+    """The trained model of a run directory, as an ``nn.Module`` in eval mode. A VQ-VAE comes
+    with its learned prior over code grids when ``vaelab prior`` has trained one (unless
+    ``code_prior=False``).
 
     Example:
         >>> model = vaelab.load("runs/demo")
@@ -96,5 +98,9 @@ def load(run_dir: str | Path) -> nn.Module:
             f"(resume it with: vaelab train --resume {run_dir})"
         )
     load_weights(model, weights)
+    if code_prior:
+        from .codeprior import attach_code_prior  # codeprior trains with train.py, which imports this module
+
+        attach_code_prior(model, run_dir)
     return model.eval()
 

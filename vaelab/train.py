@@ -36,8 +36,9 @@ from .files import (
     save_model,
     save_tensors,
 )
-from .diagnostics import CollapseMonitor
-from .objectives import get_objective
+from .diagnostics import CodebookMonitor, CollapseMonitor
+from .models.vqvae import VQVAE
+from .objectives import get_objective, vq
 from .schedules import kl_schedule
 from .runs import check_compatible, load_data, model_from_config, read_config
 
@@ -400,12 +401,16 @@ def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Train
     torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
     model = model_from_config(config, train.event_shape)
     t = config.train
-    objective = get_objective(t.objective, **t.objective_options())
+    # a model with its own training loss (the VQ-VAE) names it; config refuses other objectives for it
+    objective = vq if isinstance(model, VQVAE) else get_objective(t.objective, **t.objective_options())
     schedule = None
     if t.kl_warmup or t.kl_cycles:
         kl_scale = kl_schedule(warmup=t.kl_warmup, cycles=t.kl_cycles, epochs=t.epochs)
         schedule = lambda time: {"kl_scale": kl_scale(time)}
-    monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
+    if isinstance(model, VQVAE):
+        monitors = [CodebookMonitor()]
+    else:
+        monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
     return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
                    schedule=schedule, monitors=monitors)  # fmt: skip
 

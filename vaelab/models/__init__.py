@@ -4,5 +4,6 @@
 from .gmm import GaussianMixture
 from .linear import LinearGaussian
 from .vae import MODELS, VAE, build_model
+from .vqvae import VQVAE, VectorQuantizer
 
-__all__ = ["MODELS", "VAE", "GaussianMixture", "LinearGaussian", "build_model"]
+__all__ = ["MODELS", "VAE", "VQVAE", "GaussianMixture", "LinearGaussian", "VectorQuantizer", "build_model"]

@@ -125,6 +125,8 @@ def build_vae(
     *,
     likelihood: str = "bernoulli",
     net: str = "mlp",
+    channels: int = 64,
+    res_blocks: int = 2,
     hidden: tuple[int, ...] = (200, 200),
     activation: str = "tanh",
     latent_dim: int = 50,
@@ -149,6 +151,8 @@ def build_vae(
         params_per_dim=observation.params_per_dim,
         hidden=tuple(hidden),
         activation=activation,
+        channels=channels,
+        res_blocks=res_blocks,
     )
     encoder, decoder = NETS[net](spec)
     if inference == "local":

@@ -1,0 +1,115 @@
+"""Images from a trained model, for figures and for scoring their quality.
+
+Two latent samplers for a VAE: the prior p(z), or a Gaussian mixture fitted to the encoder means
+of the training data ("ex-post density estimation", Ghosh et al. 2020, "From variational to
+deterministic autoencoders"), which fills the holes between the aggregate posterior and the prior.
+A model with a latent of its own kind (a VQ-VAE with a learned prior over code grids) provides a
+``sample_images(n, *, sample_pixels, generator)`` method, which is used instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .models import GaussianMixture
+
+__all__ = ["SAMPLERS", "fit_latent_gmm", "sample_images"]
+
+SAMPLERS = ("prior", "gmm")
+CHUNK = 1000  # images decoded at a time
+
+
+def _device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def fit_latent_gmm(model: nn.Module, train_x: Tensor, components: int, *, seed: int = 0) -> GaussianMixture:
+    """A Gaussian mixture fitted by EM to the encoder means E_q[z|x] of ``train_x``.
+
+    Args:
+        model: a VAE (``encode(x)`` returns q(z|x) with a ``mean``).
+        train_x: training data ``(N, *event)``, as the model was trained on (e.g. binarized).
+        components: mixture components K (at most N).
+        seed: the k-means++ start of EM.
+
+    Returns:
+        the mixture, in float64 on the CPU (its ``sample(n, generator)`` draws ``(z, component)``).
+    """
+    device = _device(model)
+    means = torch.cat([model.encode(train_x[i : i + CHUNK].to(device)).mean.cpu() for i in range(0, len(train_x), CHUNK)])
+    mixture, _ = GaussianMixture.fit(means, components, seed=seed, tol=1e-4, max_iter=100)
+    return mixture
+
+
+@torch.no_grad()
+def sample_images(
+    model: nn.Module,
+    n: int,
+    *,
+    sampler: str = "prior",
+    components: int = 10,
+    sample_pixels: bool = False,
+    seed: int = 0,
+    train_x: Tensor | None = None,
+) -> Tensor:
+    """n images from a trained model, clamped to [0, 1].
+
+    A model with a ``sample_images(n, *, sample_pixels, generator)`` method (a VQ-VAE with a
+    learned prior) draws its own; otherwise z comes from ``model.prior()`` (``sampler="prior"``)
+    or from a Gaussian mixture fitted to the encoder means of ``train_x`` (``sampler="gmm"``,
+    Ghosh et al. 2020), and each image is the mean of p(x|z), or one draw from it with
+    ``sample_pixels``. Decoded in chunks of 1000, without gradients. The same seed gives the same
+    images; the caller's random state is left as it was.
+
+    Args:
+        model: a trained model, in eval mode.
+        n: number of images (>= 1).
+        sampler: "prior" or "gmm".
+        components: mixture components for ``sampler="gmm"``.
+        sample_pixels: draw x ~ p(x|z) instead of taking its mean.
+        seed: seeds the latent draws, the mixture fit and the pixel draws.
+        train_x: training data whose encoder means the mixture is fitted to (``sampler="gmm"``).
+
+    Returns:
+        ``(n, *event)`` tensor on the model's device, in [0, 1]: a Gaussian decoder's mean or
+        draw can leave the unit interval, and is clamped to it, as images are.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive number of images, got {n!r}")
+    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+        raise ConfigError(f"components must be a positive integer, got {components!r}")
+    own = getattr(model, "sample_images", None)
+    if own is not None and sampler == "gmm":
+        raise ConfigError("--sampler gmm needs a VAE's continuous latent")
+    if own is None and sampler == "gmm" and train_x is None:
+        raise ConfigError("sampler='gmm' fits a mixture to the encoder means of training data; pass train_x")
+    device = _device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    chunks: list[Tensor] = []
+    if own is not None:
+        for start in range(0, n, CHUNK):
+            chunks.append(own(min(CHUNK, n - start), sample_pixels=sample_pixels, generator=generator))
+        return torch.cat(chunks).clamp_(0.0, 1.0)
+    mixture = fit_latent_gmm(model, train_x, components, seed=seed) if sampler == "gmm" else None
+    # prior().sample() and the decoder's .sample() take no generator: fork the global streams
+    # (those of the model's device too), seed them, and put them back afterwards.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        cpu = torch.Generator().manual_seed(seed)
+        for start in range(0, n, CHUNK):
+            b = min(CHUNK, n - start)
+            if mixture is None:
+                z = model.prior().sample((b,))  # (b, latent)
+            else:
+                z = mixture.sample(b, generator=cpu)[0]  # float64, CPU
+                z = z.to(device=device, dtype=next(model.parameters()).dtype)
+            p = model.decode(z)
+            chunks.append(p.sample() if sample_pixels else p.mean)
+    return torch.cat(chunks).clamp_(0.0, 1.0)
