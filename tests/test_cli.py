@@ -41,7 +41,8 @@ def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
                         "active_units", "n_examples", "k", "bounds", "bounds_stderr", "trained_objective",
-                        "trained_bound", "trained_bound_stderr", "proposal"}
+                        "trained_bound", "trained_bound_stderr", "proposal", "khat_mean", "khat_above_0_7",
+                        "khat_worst"}
     assert out["trained_objective"] == "elbo(k=1, beta=1)"
     assert out["n_examples"] == 50 and out["k"] == 500
     assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
@@ -63,6 +64,33 @@ def test_evaluate_prints_a_readable_table(run_dir, capsys):
     text = capsys.readouterr().out
     for word in ("log-likelihood", "+-", "ELBO", "reconstruction", "KL", "active units"):
         assert word in text
+
+
+def test_evaluate_reports_pareto_khat_and_warns_on_heavy_tails(run_dir, capsys, monkeypatch):
+    """k-hat of every example's weights in the JSON and the table; a warning line on stderr when
+    more than KHAT_WARN_FRACTION of the examples exceed 0.7 (forced here: on this run the share
+    is 0 of 50 at K=500)."""
+    evaluate_module = sys.modules["vaelab.evaluate"]  # vaelab.evaluate is the function
+    args = ["evaluate", str(run_dir), "--k", "500", "--limit", "50", "--quiet"]
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert -1 < out["khat_mean"] < 0.7 and out["khat_above_0_7"] <= 0.05
+    worst = [w["khat"] for w in out["khat_worst"]]
+    assert len(worst) == 5 and worst == sorted(worst, reverse=True) and worst[0] >= out["khat_mean"]
+    assert all(0 <= w["index"] < 50 for w in out["khat_worst"])
+    assert "Pareto k-hat" not in captured.err
+    monkeypatch.setattr(evaluate_module, "KHAT_WARN_FRACTION", -1.0)
+    for extra in (["--json"], [], ["--proposal", "prior"]):
+        assert main([*args, *extra]) == 0
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.startswith("vaelab: warning: Pareto k-hat > 0.7")]
+        assert len(lines) == 1, captured.err
+        assert "unreliable" in lines[0] and "--k" in lines[0] and "warning" not in captured.out
+        if not extra:
+            assert "Pareto k-hat    mean" in captured.out and "above 0.7" in captured.out
+        if "prior" in extra:
+            assert "--proposal posterior" in lines[0]
 
 
 def test_sample_and_reconstruct_write_images(run_dir, tmp_path, capsys):

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from vaelab.evaluate import _chunking, active_units, evaluate, log_likelihood, summarize
+from vaelab.evaluate import (
+    _chunking,
+    active_units,
+    evaluate,
+    khat_summary,
+    log_likelihood,
+    pareto_khat,
+    pareto_tail_size,
+    summarize,
+)
 from vaelab.errors import ConfigError
 from vaelab.estimators import sample_particles
 
@@ -89,7 +99,8 @@ def test_summarize_keys_and_mean_stderr(linear_model, linear_data):
     res = log_likelihood(linear_model, linear_data, k=100)
     s = summarize(res, 100)
     assert set(s) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
-                      "active_units", "n_examples", "k", "bounds", "bounds_stderr"}
+                      "active_units", "n_examples", "k", "bounds", "bounds_stderr",
+                      "khat_mean", "khat_above_0_7", "khat_worst"}
     assert s["bounds"] == {} and s["bounds_stderr"] == {}
     assert s["n_examples"] == linear_data.shape[0] and s["k"] == 100
     assert s["log_likelihood_stderr"] == pytest.approx(float(res.stderr.square().mean().sqrt() / math.sqrt(40)))
@@ -126,3 +137,124 @@ def test_prior_proposal_is_far_noisier_and_more_biased(linear_model, linear_data
     assert bias["prior"] < -4.5 * se["prior"]  # the prior proposal: biased down, beyond its error
     with pytest.raises(ConfigError, match="posterior, prior"):
         log_likelihood(linear_model, linear_data, k=10, proposal="uniform")
+
+
+# Pareto k-hat: the tail of the importance weights (Vehtari et al., "Pareto Smoothed Importance Sampling")
+
+
+@pytest.mark.parametrize("tail", [None, 20])
+@pytest.mark.parametrize("xi", [0.2, 0.5, 0.9])
+def test_pareto_khat_recovers_the_tail_shape(xi, tail):
+    """Weights w = U^(-xi) (Pareto with shape xi: exceedances over any threshold are generalized
+    Pareto with shape xi), K = 10000 per example. The mean k-hat over 200 examples lies within 4
+    standard errors of that mean (sd of k-hat across the examples / sqrt(200): 0.005-0.008 with
+    the default tail M = 300, 0.014-0.019 with M = 20) of xi after the estimator's prior pull
+    towards 0.5, (M xi + 5) / (M + 10)."""
+    g = torch.Generator().manual_seed(int(10 * xi))
+    k, b = 10_000, 200
+    log_w = -xi * torch.rand(k, b, generator=g, dtype=torch.float64).log()  # (K, B)
+    khat = pareto_khat(log_w, tail=tail)
+    assert khat.shape == (b,) and khat.dtype == torch.float64
+    m = tail or pareto_tail_size(k)
+    assert m in (300, 20)
+    expected = (m * xi + 10 * 0.5) / (m + 10)
+    se = khat.std() / math.sqrt(b)
+    assert abs(khat.mean() - expected) < 4 * se, (khat.mean(), expected, se)
+    # a constant per example (log p(x), a normalizer) does not change k-hat, nor does float32
+    shifted = log_w + 300 * torch.randn(1, b, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(pareto_khat(shifted, tail=tail), khat)
+    torch.testing.assert_close(pareto_khat(log_w.float(), tail=tail), khat.float(), atol=1e-4, rtol=0)
+
+
+def test_pareto_khat_is_small_for_light_tails_and_nan_when_undefined():
+    g = torch.Generator().manual_seed(0)
+    khat = pareto_khat(0.1 * torch.randn(10_000, 100, generator=g, dtype=torch.float64))
+    assert (khat < 0.5).all(), khat.max()
+    # fewer than 6 draws, or a flat tail (the largest M + 1 weights equal): nothing to fit
+    assert pareto_khat(torch.randn(5, 3)).isnan().all()
+    assert pareto_khat(torch.zeros(100, 2)).isnan().all()
+    assert not pareto_khat(torch.randn(6, 3)).isnan().any()
+    # tails wider than float64's range (700 nats) still give a finite, very large k-hat
+    assert (pareto_khat(2000 * torch.randn(10_000, 4, generator=g, dtype=torch.float64)) > 1).all()
+    with pytest.raises(ValueError, match="tail"):
+        pareto_khat(torch.randn(100, 3), tail=100)
+
+
+def _zhang_stephens_reference(log_w: np.ndarray) -> float:
+    """k-hat of one example's log-weights (K,), written out from the papers one step at a time:
+    tail M = ceil(min(K/5, 3 sqrt(K))); x = the M largest weights minus the (M+1)-th, ascending;
+    Zhang & Stephens (2009): theta_j = 1/x_M + (1 - sqrt(G/(j - 1/2))) / (3 x_(floor(M/4 + 1/2))),
+    G = 30 + floor(sqrt(M)), weighted by exp of the profile log-likelihood
+    M (log(-theta/k(theta)) - k(theta) - 1), k(theta) = mean log(1 - theta x); then the PSIS prior."""
+    w = np.sort(np.exp(log_w - log_w.max()))
+    m = math.ceil(min(len(w) / 5, 3 * math.sqrt(len(w))))
+    x = w[-m:] - w[-m - 1]
+    g = 30 + math.floor(math.sqrt(m))
+    thetas = [1 / x[-1] + (1 - math.sqrt(g / (j - 0.5))) / (3 * x[math.floor(m / 4 + 0.5) - 1]) for j in range(1, g + 1)]
+    profile = []
+    for theta in thetas:
+        k = np.mean(np.log(1 - theta * x))
+        profile.append(m * (math.log(-theta / k) - k - 1))
+    weights = np.exp(np.array(profile) - max(profile))
+    theta = float(np.sum(weights * np.array(thetas)) / np.sum(weights))
+    k = float(np.mean(np.log(1 - theta * x)))
+    return (m * k + 10 * 0.5) / (m + 10)
+
+
+def test_pareto_khat_matches_a_one_example_reference():
+    """The vectorized estimator equals the estimator written out per example (to rounding)."""
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.cat([
+        -0.7 * torch.rand(1000, 3, generator=g, dtype=torch.float64).log(),  # Pareto, shape 0.7
+        0.8 * torch.randn(1000, 3, generator=g, dtype=torch.float64) + 40,  # log-normal weights
+        torch.rand(1000, 2, generator=g, dtype=torch.float64).log(),  # bounded weights (shape -1)
+    ], dim=1)  # fmt: skip
+    expected = torch.tensor([_zhang_stephens_reference(c.numpy()) for c in log_w.T], dtype=torch.float64)
+    torch.testing.assert_close(pareto_khat(log_w), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_khat_summary_keys():
+    s = khat_summary(torch.tensor([0.1, 0.9, float("nan"), 0.75, 0.6, 0.2, 0.0]))
+    assert s["khat_mean"] == pytest.approx(0.425)
+    assert s["khat_above_0_7"] == pytest.approx(2 / 7)
+    assert [w["index"] for w in s["khat_worst"]] == [1, 3, 4, 5, 0]
+    assert s["khat_worst"][0]["khat"] == pytest.approx(0.9)
+    undefined = khat_summary(torch.full((3,), float("nan")))
+    assert math.isnan(undefined["khat_mean"]) and undefined["khat_worst"] == []
+
+
+def test_khat_is_small_for_a_good_proposal(linear_model, linear_data):
+    """The encoder of the fixture is wider than the posterior: bounded weights, k-hat well below
+    0.5 (measured: mean -0.41, max 0.49 over 40 examples), and the standard error covers log p(x)."""
+    torch.manual_seed(0)
+    res = log_likelihood(linear_model, linear_data, k=5000, rows=10**6)
+    s = summarize(res, 5000)
+    assert res.khat.shape == (linear_data.shape[0],)
+    assert (res.khat < 0.5).float().mean() >= 0.9, res.khat
+    assert s["khat_above_0_7"] <= 0.05
+    exact = linear_model.log_prob(linear_data).mean().item()
+    assert abs(s["log_likelihood"] - exact) < 3 * s["log_likelihood_stderr"]
+
+
+@pytest.mark.parametrize("rows", [1000, 10**6])
+def test_khat_flags_a_too_narrow_proposal_whose_stderr_misleads(rows):
+    """The mean-field encoder with its standard deviations scaled by 0.3: the weights have no
+    finite variance (k-hat about 0.95 per example), and the reported standard error is far too
+    small: the estimate sits about 15 standard errors below the exact log p(x)."""
+    model = make_linear(mean_field=True)
+    with torch.no_grad():
+        model.enc_log_scale.add_(math.log(0.3))
+    torch.manual_seed(1)
+    x = model.marginal().sample((40,))
+    torch.manual_seed(0)
+    res = log_likelihood(model, x, k=5000, rows=rows)  # one example per pass, or all in one
+    s = summarize(res, 5000)
+    assert (res.khat > 0.7).float().mean() >= 0.8, res.khat
+    assert s["khat_above_0_7"] >= 0.8 and s["khat_mean"] > 0.7
+    exact = model.log_prob(x).detach()
+    assert exact.mean().item() - s["log_likelihood"] > 5 * s["log_likelihood_stderr"]
+    # per example, a calibrated error would leave |z| > 3 for 0.3% of them
+    z = (res.log_likelihood - exact) / res.stderr
+    assert (z.abs() > 3).float().mean() > 0.25
+    assert s["khat_worst"][0]["khat"] == pytest.approx(res.khat.max().item())
+    assert s["khat_worst"][0]["index"] == int(res.khat.argmax())

@@ -234,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluate import evaluate, mean_bound
+    from .evaluate import KHAT_THRESHOLD, evaluate, mean_bound
     from .objectives import get_objective
     from .runs import load, load_data, read_config
 
@@ -265,6 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary["bits_per_dim"] = -bound / (dims * math.log(2))
     if args.json:
         print(json.dumps(summary))
+        _warn_heavy_tails(summary, args.proposal)
         return 0
     s = summary
     print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data}, {what}, K={s['k']}")
@@ -279,7 +280,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
     print(f"  KL              {s['kl']:.3f} nats")
     print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    if math.isnan(s["khat_mean"]):
+        print("  Pareto k-hat    not estimated (needs K >= 6)")
+    else:
+        print(f"  Pareto k-hat    mean {s['khat_mean']:.2f}, {s['khat_above_0_7']:.1%} of examples above {KHAT_THRESHOLD} (of the importance weights: < 0.5 good, > {KHAT_THRESHOLD} unreliable)")
+    _warn_heavy_tails(summary, args.proposal)
     return 0
+
+
+def _warn_heavy_tails(summary: dict, proposal: str) -> None:
+    """One warning line when too many examples have Pareto k-hat > 0.7: for them the importance
+    weights have no finite variance, so the estimate and its standard error cannot be trusted."""
+    from .evaluate import KHAT_THRESHOLD, KHAT_WARN_FRACTION
+
+    share = summary["khat_above_0_7"]
+    if share > KHAT_WARN_FRACTION:  # False for nan (K too small to estimate k-hat)
+        better = "--proposal posterior" if proposal == "prior" else "train with a richer --posterior"
+        logging.getLogger("vaelab").warning(
+            "Pareto k-hat > %s for %.1f%% of examples (mean k-hat %.2f): the log-likelihood estimate and "
+            "its standard error are unreliable for them; use a larger --k or a better proposal (e.g. %s).",
+            KHAT_THRESHOLD, 100 * share, summary["khat_mean"], better,
+        )  # fmt: skip
 
 
 def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, split) -> int:

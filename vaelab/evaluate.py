@@ -9,6 +9,10 @@ with every constant kept. The estimate is a lower bound in expectation (Jensen) 
 shrinks as K grows. Work is vectorized over examples and particles and cut into chunks of about
 ``rows`` decoder rows, written into preallocated tensors, so memory stays bounded for any K
 (keeping per-chunk results in Python lists once blew memory up to 6.6 GB).
+
+How far to trust the estimate is read off the tail of each example's importance weights: the
+Pareto k-hat of PSIS (Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto Smoothed Importance
+Sampling", 2015/2024), ``pareto_khat``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from .objectives import kl_to_prior
 
 
 PROPOSALS = ("posterior", "prior")
+KHAT_THRESHOLD = 0.7  # k-hat above this: the weights' variance is infinite, the estimate unreliable
+KHAT_WARN_FRACTION = 0.05  # ``vaelab evaluate`` warns when more examples than this exceed the threshold
 
 
 class LogLikelihood(NamedTuple):
@@ -40,6 +46,7 @@ class LogLikelihood(NamedTuple):
     bound_k: tuple[int, ...] = ()  # the K of each column of ``bounds``
     bounds: Tensor | None = None  # [N, J] E[L_K] per example, from disjoint groups of the K particles
     bounds_stderr: Tensor | None = None  # [N, J] its Monte-Carlo standard error (nan with one group)
+    khat: Tensor | None = None  # [N] Pareto k-hat of each example's K weights (``pareto_khat``)
 
     @property
     def elbo(self) -> Tensor:
@@ -83,7 +90,9 @@ def log_likelihood(
     Returns:
         ``LogLikelihood`` of per-example tensors. The standard error of example i is
         sd(w) / (sqrt(K) mean(w)), the delta-method error of log mean(w); it is unreliable when
-        the weights are heavy-tailed (low effective sample size).
+        the weights are heavy-tailed (low effective sample size), which ``khat``, the Pareto
+        k-hat of the same K weights, detects: above 0.7 neither the estimate nor its standard
+        error can be trusted (``pareto_khat``).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -98,7 +107,7 @@ def log_likelihood(
     n = x.shape[0]
     per_pass, chunk = _chunking(n, k, rows)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    ll, se, rec, kl = (torch.empty(n, dtype=dtype) for _ in range(4))
+    ll, se, rec, kl, khat = (torch.empty(n, dtype=dtype) for _ in range(5))
     bnd, bnd_se = torch.empty(n, len(bound_k), dtype=dtype), torch.empty(n, len(bound_k), dtype=dtype)
     means: Tensor | None = None
     bar = tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex")
@@ -124,6 +133,8 @@ def log_likelihood(
             r = torch.exp(w - lse) * k
             se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
             rec[i : i + b] = lpx[:, :b].mean(0)
+            # every pass holds all K weights of its examples, so the tail fit needs no extra memory
+            khat[i : i + b] = pareto_khat(w)
             kl[i : i + b] = _kl(q, prior, w, lpx[:, :b])
             for j, kb in enumerate(bound_k):
                 bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
@@ -132,7 +143,7 @@ def log_likelihood(
             means[i : i + b] = q.mean
             bar.update(b)
     return LogLikelihood(
-        ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se
+        ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se, khat
     )
 
 
@@ -153,6 +164,87 @@ def _grouped_bound(log_w: Tensor, k: int) -> tuple[Tensor, Tensor]:
     lk = torch.logsumexp(log_w[: groups * k].reshape(groups, k, -1), dim=1) - math.log(k)  # (G, b)
     stderr = (lk.var(0, correction=1) / groups).sqrt() if groups > 1 else torch.full_like(lk[0], math.nan)
     return lk.mean(0), stderr
+
+
+def pareto_tail_size(k: int) -> int:
+    """The PSIS tail size for K draws: M = ceil(min(K / 5, 3 sqrt(K))), at least 5."""
+    return max(5, math.ceil(min(k / 5, 3 * math.sqrt(k))))
+
+
+def pareto_khat(log_w: Tensor, tail: int | None = None) -> Tensor:
+    """Pareto k-hat of each example's importance weights: how heavy their right tail is.
+
+    The M largest weights of an example, as exceedances over the (M+1)-th largest, are fitted by
+    a generalized Pareto distribution whose shape k says how many moments the weights have
+    (Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto Smoothed Importance Sampling", 2015/2024):
+
+    - k < 0.5: finite variance; the estimate converges at the usual rate and the delta-method
+      standard error is meaningful (good);
+    - 0.5 <= k <= 0.7: infinite variance but a finite mean; in practice the estimate is still
+      usable, converging more slowly (ok);
+    - k > 0.7: the estimate is unreliable: it converges too slowly to be of use at any practical
+      K, and its standard error understates the error (it is computed from a variance that does
+      not exist). For log p(x), a k-hat above 0.7 means a proposal that is too narrow somewhere.
+
+    The fit is the empirical-Bayes estimator of Zhang & Stephens (2009, "A new and efficient
+    estimation method for the generalized Pareto distribution", Technometrics 51), as in the
+    PSIS paper: the posterior mean of theta = -k / sigma over a grid of 30 + floor(sqrt(M)) points
+    placed at quantiles of their prior, each weighted by the profile likelihood, then
+    k = mean(log(1 - theta x)); then the paper's weakly informative prior pulls k towards 0.5,
+    k-hat = (M k + 10 * 0.5) / (M + 10), which matters only for small tails.
+
+    Args:
+        log_w: log importance weights (K, B): K draws for each of B examples. Any constant per
+            example (log p(x), a normalizer) cancels: the fit sees weights relative to the
+            largest, in float64.
+        tail: M, the number of largest weights to fit; default ceil(min(K / 5, 3 sqrt(K))), at
+            least 5 (the PSIS paper's choice).
+    Returns:
+        (B,) k-hat per example, in ``log_w``'s floating dtype. nan where it cannot be estimated:
+        fewer than 6 draws (with the default tail), a tail in which all M + 1 largest weights are
+        equal, or non-finite largest weights.
+    """
+    k, b = log_w.shape
+    dtype = log_w.dtype if log_w.is_floating_point() else torch.get_default_dtype()
+    if tail is None:
+        m = pareto_tail_size(k)
+        if m >= k:
+            return torch.full((b,), math.nan, dtype=dtype, device=log_w.device)
+    else:
+        m = int(tail)
+        if m < 5 or m >= k:
+            raise ValueError(f"tail must be at least 5 and below the number of draws ({k}), got {tail}")
+    top = torch.topk(log_w.detach(), m + 1, dim=0).values  # (M+1, B), descending
+    # float64 for the fit (MPS has none: fit those few values on the CPU)
+    top = top.to(device="cpu" if top.device.type == "mps" else top.device, dtype=torch.float64)
+    shift = torch.where(top[0].isfinite(), top[0], torch.zeros_like(top[0]))
+    w = torch.exp(top - shift)  # the largest weight is 1
+    x = (w[:m] - w[m]).flip(0)  # (M, B) exceedances, ascending
+    x_max = x[-1]
+    ok = x_max.isfinite() & (x_max > 0)
+    # the fit is invariant to the scale of x: put the largest exceedance at 1
+    x = x / torch.where(ok, x_max, torch.ones_like(x_max))
+    return _zhang_stephens(x).masked_fill(~ok, math.nan).to(device=log_w.device, dtype=dtype)
+
+
+def _zhang_stephens(x: Tensor) -> Tensor:
+    """Shape k (positive for heavy tails) of a generalized Pareto fit to x (M, B), ascending per
+    column with largest value 1 (Zhang & Stephens 2009), with the PSIS prior towards 0.5."""
+    m = x.shape[0]
+    grid = 30 + int(math.sqrt(m))
+    # theta = 1 / x_max + (1 - sqrt(grid / (j - 1/2))) / (3 x*), j = 1..grid, x* the first quartile;
+    # x* is floored so that quartiles lost to underflow (tails spanning > 700 nats) keep theta finite
+    x_star = x[int(m / 4 + 0.5) - 1].clamp_min(1e-250)  # (B,)
+    j = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device)
+    theta = 1 + (1 - torch.sqrt(grid / (j - 0.5)))[:, None] / (3 * x_star)  # (G, B), all below 1
+    profile = torch.empty_like(theta)  # (G, B)
+    for g in range(grid):
+        # for fixed theta the maximum-likelihood k is mean(log(1 - theta x)) and sigma = -k / theta
+        kg = torch.log1p(-theta[g] * x).mean(0)  # (B,)
+        profile[g] = m * (torch.log(-theta[g] / kg) - kg - 1)
+    theta_hat = (torch.softmax(profile, dim=0) * theta).sum(0)  # posterior mean of theta
+    k = torch.log1p(-theta_hat * x).mean(0)
+    return (m * k + 10 * 0.5) / (m + 10)
 
 
 def _kl(q, prior, log_w: Tensor, log_px_z: Tensor) -> Tensor:
@@ -191,6 +283,23 @@ def summarize(result: LogLikelihood, k: int) -> dict:
         "k": k,
         "bounds": bounds,
         "bounds_stderr": bounds_se,
+        **khat_summary(result.khat if result.khat is not None else result.log_likelihood.new_full((n,), math.nan)),
+    }
+
+
+def khat_summary(khat: Tensor, worst: int = 5) -> dict:
+    """``khat_mean`` (over examples), ``khat_above_0_7`` (fraction of examples whose k-hat exceeds
+    ``KHAT_THRESHOLD``) and ``khat_worst``: up to ``worst`` {"index", "khat"}, largest first.
+    nan (and no worst) when k-hat could not be estimated (K < 6)."""
+    known = ~khat.isnan()
+    if not known.any():
+        return {"khat_mean": math.nan, "khat_above_0_7": math.nan, "khat_worst": []}
+    values, index = torch.sort(khat.masked_fill(~known, -math.inf), descending=True)
+    top = [{"index": int(i), "khat": float(v)} for i, v in zip(index[:worst], values[:worst]) if v > -math.inf]
+    return {
+        "khat_mean": khat[known].mean().item(),
+        "khat_above_0_7": (khat > KHAT_THRESHOLD).to(khat.dtype).mean().item(),
+        "khat_worst": top,
     }
 
 
