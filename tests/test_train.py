@@ -18,7 +18,7 @@ from torch import nn
 
 from vaelab import config as cfg
 from vaelab.data import load_split
-from vaelab.errors import RunError, TrainingDiverged
+from vaelab.errors import ConfigError, RunError, TrainingDiverged
 from vaelab.files import load_tensors, read_metrics
 from vaelab.models import build_model
 from vaelab.objectives import get_objective
@@ -348,3 +348,37 @@ def test_resume_is_exact_when_validation_is_nan(digits, tmp_path):
     a, meta_a = load_tensors(tmp_path / "full" / "checkpoint" / "state.safetensors")
     b, meta_b = load_tensors(tmp_path / "c" / "checkpoint" / "state.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and meta_a == meta_b
+
+
+def test_time_limit_stops_after_the_epoch_that_reaches_it_and_counts_across_resumes(tmp_path, digits):
+    config = cfg.build({"data": {"limit": 200}, "model": {"hidden": [16], "latent_dim": 2},
+                        "train": {"epochs": 50, "time_limit": 1e-6, "patience": 0}})  # fmt: skip
+    result = start_run(config, tmp_path / "r", progress=False)
+    assert result.epochs == 1 and result.stop_reason.startswith("time limit")
+    # the seconds used are checkpointed: a resumed trainer continues the count, so with a limit
+    # the first run already used up it trains no further epoch
+    train, valid = digits
+
+    def trainer(**options) -> Trainer:
+        torch.manual_seed(0)
+        model = build_model("vae", train.event_shape, hidden=(8,), latent_dim=2)
+        t = cfg.TrainConfig(patience=0, **options)
+        return Trainer(model, get_objective("elbo"), train, valid, t, run_dir=tmp_path / "t", progress=False)
+
+    first = trainer(epochs=2)
+    first.fit()
+    used = first.state.seconds
+    assert used >= sum(r["train_seconds"] for r in first.history) > 0
+    second = trainer(epochs=10, time_limit=used)
+    second.load_checkpoint()
+    second.state.finished = False
+    result = second.fit()
+    assert result.epochs == 2 and result.stop_reason.startswith("time limit")
+    third = trainer(epochs=10, time_limit=used * 1000)
+    third.load_checkpoint()
+    assert third.fit().epochs == 10
+
+
+def test_time_limit_must_be_non_negative():
+    with pytest.raises(ConfigError, match="--time-limit"):
+        cfg.build({"train": {"time_limit": -1}})

@@ -145,6 +145,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without a better validation log-likelihood (0: never; default: 10)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop after the epoch in which this many seconds are used (0: no limit; default: 0)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
@@ -557,7 +559,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
     from .report import write_run_figures
 
     config = PriorConfig(layers=args.layers, channels=args.channels, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, patience=args.patience, seed=args.seed)  # fmt: skip
+                         lr=args.lr, patience=args.patience, seed=args.seed, time_limit=args.time_limit)  # fmt: skip
     result = fit_code_prior(args.run, config, progress=not args.quiet)
     write_run_figures(args.run)  # samples.png, now that there is a prior to draw from
     best = f", best validation log p(z) {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""

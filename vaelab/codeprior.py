@@ -56,6 +56,7 @@ class PriorConfig:
     lr: float = 1e-3
     patience: int = 10  # stop after this many epochs without a better validation log-likelihood (0: never)
     seed: int = 0
+    time_limit: float = 0.0  # stop after the epoch in which this many seconds are used (0: no limit)
 
     def __post_init__(self) -> None:
         for name in ("layers", "channels", "epochs", "batch_size"):
@@ -68,7 +69,7 @@ class PriorConfig:
 
     def train_config(self) -> cfg.TrainConfig:
         return cfg.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                               patience=self.patience, seed=self.seed)  # fmt: skip
+                               patience=self.patience, seed=self.seed, time_limit=self.time_limit)  # fmt: skip
 
 
 class CodeLogLikelihood(NamedTuple):

@@ -152,6 +152,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_help("Adam betas, e.g. 0.9,0.999"))
     adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
     patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
+    time_limit: float = field(default=0.0, metadata=_help("stop after the epoch in which the run's wall-clock seconds (training, validation, monitors; summed over resumes) reach this (0: no limit)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
 
     def objective_options(self) -> dict[str, Any]:
@@ -210,6 +211,8 @@ class TrainConfig:
             raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+        if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
+            raise ConfigError(f"--time-limit must be 0 (off) or a positive number of seconds, got {self.time_limit}")
 
 
 @dataclass(frozen=True)

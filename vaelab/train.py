@@ -65,6 +65,7 @@ class TrainState:
     metrics_lines: int = 0  # lines of metrics.jsonl that belong to the completed epochs
     finished: bool = False
     stop_reason: str = ""
+    seconds: float = 0.0  # wall-clock seconds of the completed epochs (training, validation, monitors)
 
 
 @dataclass
@@ -176,7 +177,8 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Trains until ``epochs`` are done or validation stops improving for ``patience`` epochs.
+        """Trains until ``epochs`` are done, validation stops improving for ``patience`` epochs, or
+        the epochs so far took ``time_limit`` seconds.
 
         Denormal floats are flushed to zero while training: importance-weighted gradients scale
         whole decoder rows by normalized weights that underflow far below 1e-38, and arithmetic
@@ -199,12 +201,19 @@ class Trainer:
             if cfg_.patience and self.state.bad_epochs >= cfg_.patience:
                 self.state.stop_reason = f"no better validation bound for {cfg_.patience} epochs"
                 break
+            if cfg_.time_limit and self.state.seconds >= cfg_.time_limit:
+                self.state.stop_reason = f"time limit: {self.state.seconds:.0f} s of {cfg_.time_limit:g} s used"
+                break
             epoch = self.state.epoch + 1
+            start = time.perf_counter()
             record = self.train_epoch(epoch)
             if self.valid is not None:
                 record.update(self._validate(epoch))
             if self.monitors:
                 record.update(self._monitor(epoch))
+            # Where a time limit stops a run depends on the machine's speed: a resumed run may
+            # stop at another epoch than an uninterrupted one, with the same weights up to there.
+            self.state.seconds += time.perf_counter() - start
             self._select(epoch, record)
             self.history.append(record)
         if self.valid is not None and self.state.epoch > 0 and self.state.best_epoch == 0:
