@@ -298,6 +298,20 @@ def test_quality_scores_a_vqvae_through_its_prior(tmp_path, monkeypatch):
     assert r.returncode == 2 and "continuous latent" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_vae_only_analyses_of_a_vqvae_run_are_one_line_errors(tmp_path):
+    run = _train_tiny(tmp_path, epochs=1)
+    for args, message in (
+        (["diagnose", str(run), "--k-list", "1,5", "--reps", "3"], "vaelab diagnose needs a VAE's continuous latent"),
+        (["gaps", str(run), "--limit", "5", "--k", "10"], "vaelab gaps needs a VAE's continuous latent"),
+        (["sample", str(run), "--sampler", "gmm", "-o", str(tmp_path / "g.png")], "--sampler gmm needs"),
+        (["evaluate", str(run), "--bounds", "1,5", "--k", "10"], "--bounds and --proposal are importance-sampling"),
+        (["evaluate", str(run), "--proposal", "prior"], "--bounds and --proposal are importance-sampling"),
+    ):
+        r = run_cli(*args)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_prior_refuses_a_vae_run_and_changed_settings(tmp_path):
     run = tmp_path / "vae"
     assert run_cli("train", "--data", "digits", "--limit", "100", "--epochs", "1", "--hidden", "8",

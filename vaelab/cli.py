@@ -249,6 +249,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
     x = split.fixed()
     if config.model.model == "vqvae":
+        if args.bounds or args.proposal != "posterior":
+            raise VaelabError(
+                "--bounds and --proposal are importance-sampling options; a --model vqvae run's bound "
+                "log p(x|z_q) + log p(z_q) is exact given x, with nothing to sample: drop them"
+            )
         return _evaluate_vqvae(args, config, model, split)
     torch.manual_seed(args.seed)
     summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds,
@@ -350,6 +355,15 @@ def _describe_objective(config: cfg.RunConfig) -> str:
     return f"{t.objective}({', '.join(parts)})"
 
 
+def _needs_continuous_latent(config: cfg.RunConfig, run: str, what: str) -> None:
+    """Refuses, in one line, a VAE-only analysis of a VQ-VAE run."""
+    if config.model.model == "vqvae":
+        raise VaelabError(
+            f"{what} needs a VAE's continuous latent and its q(z|x); {run} is a --model vqvae run, whose "
+            f"posterior is one-hot on the nearest codes (use vaelab evaluate, sample, reconstruct or quality)"
+        )
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import torch
 
@@ -369,6 +383,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.beta is not None and "beta" not in accepted:
         raise VaelabError(f"--beta is not used by --objective {args.objective}")
     config, _ = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab diagnose")
     model = load(args.run)
     parameter_groups(model)  # a model without an encoder is refused before any work starts
     split = load_data(config, args.split, limit=args.batch)
@@ -408,6 +423,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     if not args.lr > 0:
         raise VaelabError(f"--lr must be positive, got {args.lr}")
     config, _ = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab gaps")
     model = load(args.run)
     x = load_data(config, args.split, limit=args.limit).fixed()
     if len(x) == 0:
@@ -459,6 +475,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .sampling import fit_latent_gmm
 
         config, _ = read_config(args.run)
+        _needs_continuous_latent(config, args.run, "--sampler gmm")
         x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
         sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
