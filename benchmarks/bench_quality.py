@@ -171,20 +171,20 @@ def _figure(figures: dict, path: Path) -> None:
     strips = [tile(_as_images(x), 16) for x in figures.values()]
     gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
     canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
-    save_figure(_grid_figure(canvas, "rows: " + " | ".join(figures), scale=1.5), path)
+    save_figure(_grid_figure(canvas, "rows: " + " | ".join(figures), scale=3.0), path)
 
 
 def table(result: dict) -> str:
     """The README table (markdown)."""
-    lines = ["| model | bound (nats) | reconstruction error (nats) | fd | precision | recall | density | coverage | epochs | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | bound (nats) | reconstruction error (nats) | fd | precision | recall | density | coverage | classifier score | epochs | s/epoch | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['bound']:.2f} | {r['reconstruction_error']:.2f} | {r['fd']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
-                     f"{r['epochs']} | {r['seconds_per_epoch']:.1f} |")  # fmt: skip
+                     f"{r['classifier_score']:.2f} | {r['epochs']} | {r['seconds_per_epoch']:.1f} | {r['seconds']:.0f} |")  # fmt: skip
     ref = result["rows"][0]["reference"]
     lines.append(f"| reference (real training images) | | | {ref['fd']:.2f} | {ref['precision']:.3f} | "
-                 f"{ref['recall']:.3f} | {ref['density']:.3f} | {ref['coverage']:.3f} | | |")  # fmt: skip
+                 f"{ref['recall']:.3f} | {ref['density']:.3f} | {ref['coverage']:.3f} | {ref['classifier_score']:.2f} | | | |")  # fmt: skip
     return "\n".join(lines)
 
 
