@@ -6,6 +6,7 @@ The public API:
     model = vaelab.load("runs/demo")                 # an nn.Module in eval mode
     q = model.encode(x); p = model.decode(q.rsample())  # torch.distributions objects
     ll = vaelab.log_likelihood(model, x, k=5000)     # importance-sampled log p(x) +- stderr
+    ll = vaelab.ais(model, x, steps=1000, chains=16) # annealed importance sampling (HMC)
     bound = vaelab.elbo(model, x)                    # per-example ELBO and its parts
 """
 
@@ -22,6 +23,7 @@ from .errors import VaelabError
 from .diagnostics import gradient_snr, mutual_information, posterior_summary, snr_sweep
 from .estimators import GRAD_ESTIMATORS, effective_sample_size, log_weights
 from .evaluate import active_units, evaluate, log_likelihood
+from .ais import ais, bdmc
 from .local import fit_local, gaps
 from .models import VAE, GaussianMixture, LinearGaussian, build_model
 from .posteriors import POSTERIORS, build_posterior
@@ -55,6 +57,8 @@ __all__ = [
     "Trainer",
     "VaelabError",
     "active_units",
+    "ais",
+    "bdmc",
     "build_model",
     "elbo",
     "evaluate",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -69,18 +70,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(p)
 
-    p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units")
+    p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
+                       description="Scores a run: log p(x) by importance sampling (--method is, with the "
+                       "ELBO, KL, active units), by annealed importance sampling (--method ais), or "
+                       "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc).")  # fmt: skip
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per example (default: 5000)")
+    p.add_argument("--method", default="is", choices=METHODS,
+                   help="is: importance sampling from q(z|x); ais: annealed importance sampling with HMC "
+                   "(Neal 2001); bdmc: AIS lower and reverse-AIS upper bounds on --limit examples "
+                   "simulated from the model (Grosse et al. 2015) (default: is)")  # fmt: skip
+    p.add_argument("--k", type=int, help="importance samples per example (default: 5000)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
-    p.add_argument("--limit", type=int, help="only the first N examples of the split")
-    p.add_argument("--seed", type=int, default=0, help="seed for the importance samples (default: 0)")
+    p.add_argument("--limit", type=int, help="only the first N examples of the split (--method bdmc: the number of "
+                   "examples simulated from the model, default 100)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed for the importance samples or AIS chains (default: 0)")
     p.add_argument("--bounds", metavar="K,K,...", type=_int_list("--bounds"), default=(),
                    help="also estimate the bounds L_K for these K (each at most --k), from the same "
                    "particles, e.g. 1,5,50")  # fmt: skip
-    p.add_argument("--proposal", default="posterior", choices=("posterior", "prior"),
+    p.add_argument("--proposal", choices=("posterior", "prior"),
                    help="posterior: importance sampling from the encoder's q(z|x); prior: naive Monte "
                    "Carlo from p(z), for comparison (default: posterior)")  # fmt: skip
+    _add_ais_flags(p, "--steps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -117,6 +127,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000, help="Adam steps of the per-example optimization (default: 2000)")
     p.add_argument("--lr", type=float, default=0.01, help="its initial learning rate, decayed linearly to 0 (default: 0.01)")
     p.add_argument("--samples", type=int, default=10, help="particles per optimization step (default: 10)")
+    p.add_argument("--method", default="is", choices=("is", "ais"),
+                   help="estimator of log p(x): is (importance sampling, K=--k) or ais (annealed importance "
+                   "sampling with HMC, as Cremer et al. 2018) (default: is)")  # fmt: skip
+    _add_ais_flags(p, "--ais-steps")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -181,6 +195,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+METHODS = ("is", "ais", "bdmc")
+AIS_DEFAULTS = {"steps": 1000, "chains": 16, "leapfrog": 10, "ais_start": "prior"}
+
+
+def _add_ais_flags(parser: argparse.ArgumentParser, steps_flag: str) -> None:
+    """The AIS options, None when not given (so that --method is can refuse them)."""
+    parser.add_argument(steps_flag, dest="ais_steps", type=int, metavar="STEPS",
+                        help="AIS: annealing steps (intermediate distributions) (default: 1000)")  # fmt: skip
+    parser.add_argument("--chains", type=int, help="AIS: independent chains per example (default: 16)")
+    parser.add_argument("--leapfrog", type=int, help="AIS: leapfrog steps per HMC transition (default: 10)")
+    parser.add_argument("--ais-start", choices=("prior", "posterior"),
+                        help="AIS: anneal from the prior p(z) or from the encoder's q(z|x) (default: prior)")  # fmt: skip
+
+
+def _ais_options(args: argparse.Namespace, steps_flag: str) -> dict[str, Any]:
+    """Checks the AIS flags against --method and returns ``ais.ais`` keywords (empty for is)."""
+    flags = {steps_flag: args.ais_steps, "--chains": args.chains, "--leapfrog": args.leapfrog,
+             "--ais-start": args.ais_start}  # fmt: skip
+    if args.method == "is":
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise VaelabError(f"{', '.join(given)}: AIS options, unused by --method is; add --method ais or drop them")
+        return {}
+    for flag in (steps_flag, "--chains", "--leapfrog"):
+        _positive(flag, flags[flag])
+    values = [v if v is not None else d for v, d in zip(flags.values(), AIS_DEFAULTS.values())]
+    return dict(zip(("steps", "chains", "leapfrog", "start"), values))
+
+
 def _config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
     layers = [cfg.read_toml(args.config)] if args.config else []
     flags: dict[str, dict[str, Any]] = {}
@@ -242,12 +285,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _positive("--k", args.k)
     _positive("--limit", args.limit)
+    ais_options = _ais_options(args, "--steps")
+    if args.method != "is":
+        is_only = [flag for flag, given in (("--k", args.k is not None), ("--bounds", bool(args.bounds)),
+                                            ("--proposal", args.proposal is not None)) if given]  # fmt: skip
+        if is_only:
+            raise VaelabError(
+                f"{', '.join(is_only)}: importance-sampling options, unused by --method {args.method}; drop "
+                f"them (AIS anneals from the prior, or from q(z|x) with --ais-start posterior)"
+            )
+    args.k = 5000 if args.k is None else args.k
+    args.proposal = args.proposal or "posterior"
     config, _ = read_config(args.run)
+    if args.method != "is" and config.model.model == "vqvae":
+        raise VaelabError(
+            f"--method {args.method} anneals a continuous latent; {args.run} is a --model vqvae run, whose "
+            f"bound log p(x|z_q) + log p(z_q) is exact given x: use --method is"
+        )
     model = load(args.run)
+    if args.method == "bdmc":
+        return _evaluate_bdmc(args, config, model, ais_options)
     split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
     if len(split) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
     x = split.fixed()
+    if args.method == "ais":
+        return _evaluate_ais(args, config, model, split, ais_options)
     if config.model.model == "vqvae":
         if args.bounds or args.proposal != "posterior":
             raise VaelabError(
@@ -292,6 +355,72 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"  Pareto k-hat    mean {s['khat_mean']:.2f}, {s['khat_above_0_7']:.1%} of examples above {KHAT_THRESHOLD} (of the importance weights: < 0.5 good, > {KHAT_THRESHOLD} unreliable)")
     _warn_heavy_tails(summary, args.proposal)
+    return 0
+
+
+def _ais_header(options: dict[str, Any]) -> str:
+    start = "the prior" if options["start"] == "prior" else "q(z|x)"
+    return f"{options['steps']} steps x {options['chains']} chains, HMC with {options['leapfrog']} leapfrog steps, from {start}"
+
+
+def _evaluate_ais(args: argparse.Namespace, config: cfg.RunConfig, model, split, options: dict[str, Any]) -> int:
+    """``vaelab evaluate --method ais``: log p(x) by annealed importance sampling."""
+    from .ais import ais, summarize_ais
+
+    result = ais(model, split.fixed(), **options, seed=args.seed, progress=not (args.quiet or args.json))
+    summary = {**summarize_ais(result), "method": "ais", "steps": options["steps"], "chains": options["chains"],
+               "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
+    if split.dequantize:
+        dims = math.prod(split.event_shape)
+        bound = summary["log_likelihood"] - dims * math.log(split.levels)
+        summary["discrete_log_likelihood_bound"] = bound
+        summary["bits_per_dim"] = -bound / (dims * math.log(2))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    s = summary
+    print(f"{args.run}: {s['n_examples']} {args.split} examples of {config.data.data}, "
+          f"{_what_is_scored(config, split)}, AIS ({_ais_header(options)})")  # fmt: skip
+    print(f"  log-likelihood  {s['log_likelihood']:.3f} +- {s['log_likelihood_stderr']:.3f} nats (annealed importance "
+          f"sampling, a stochastic lower bound; +- Monte-Carlo standard error over chains)")  # fmt: skip
+    if split.dequantize:
+        print(f"  discrete data   >= {s['discrete_log_likelihood_bound']:.3f} nats ({s['bits_per_dim']:.4f} bits/dim)")
+    _print_hmc(s)
+    return 0
+
+
+def _print_hmc(s: dict) -> None:
+    from .ais import ais
+
+    target = inspect.signature(ais).parameters["target_accept"].default
+    if math.isnan(s["acceptance_rate"]):
+        print("  HMC             no transitions (--steps 1 is importance sampling with --chains particles)")
+    else:
+        print(f"  HMC             acceptance rate {s['acceptance_rate']:.3f} (adapted towards {target}), "
+              f"final step size {s['step_size']:.4g} (mean over examples)")  # fmt: skip
+
+
+def _evaluate_bdmc(args: argparse.Namespace, config: cfg.RunConfig, model, options: dict[str, Any]) -> int:
+    """``vaelab evaluate --method bdmc``: AIS lower and reverse-AIS upper bounds on simulated data."""
+    from .ais import bdmc, summarize_bdmc
+
+    n = 100 if args.limit is None else args.limit
+    result = bdmc(model, n, **options, seed=args.seed, progress=not (args.quiet or args.json))
+    summary = {**summarize_bdmc(result), "method": "bdmc", "steps": options["steps"], "chains": options["chains"],
+               "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
+    summary["step_size"] = 0.5 * (result.lower.step_size + result.upper.step_size).mean().item()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    s = summary
+    print(f"{args.run}: bidirectional Monte Carlo on {s['n_examples']} examples simulated from the model "
+          f"(Grosse et al. 2015), AIS ({_ais_header(options)})")  # fmt: skip
+    print(f"  AIS lower bound {s['ais_lower']:.3f} +- {s['ais_lower_stderr']:.3f} nats (forward AIS from the start)")
+    print(f"  AIS upper bound {s['ais_upper']:.3f} +- {s['ais_upper_stderr']:.3f} nats (reverse AIS from the exact "
+          f"posterior sample that generated each example)")  # fmt: skip
+    print(f"  BDMC gap        {s['bdmc_gap']:.3f} nats (upper - lower: bounds the error of AIS with these settings "
+          f"on data like the model's own; more --steps close it)")  # fmt: skip
+    _print_hmc(s)
     return 0
 
 
@@ -422,6 +551,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         _positive(f"--{name}", getattr(args, name))
     if not args.lr > 0:
         raise VaelabError(f"--lr must be positive, got {args.lr}")
+    ais_options = _ais_options(args, "--ais-steps")
     config, _ = read_config(args.run)
     _needs_continuous_latent(config, args.run, "vaelab gaps")
     model = load(args.run)
@@ -430,8 +560,12 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         raise VaelabError(f"the {args.split} split of {args.run} is empty")
     progress = not (args.quiet or args.json)
     torch.manual_seed(args.seed)
-    out = gaps(model, x, k=args.k, steps=args.steps, lr=args.lr, samples=args.samples, progress=progress)
+    out = gaps(model, x, k=args.k, steps=args.steps, lr=args.lr, samples=args.samples, progress=progress,
+               method=args.method, ais_options=ais_options)  # fmt: skip
     out.update(k=args.k, steps=args.steps)
+    if args.method == "ais":
+        out.update(method="ais", ais_steps=ais_options["steps"], chains=ais_options["chains"],
+                   leapfrog=ais_options["leapfrog"], ais_start=ais_options["start"])  # fmt: skip
     if args.json:
         print(json.dumps(out))
         return 0
@@ -444,7 +578,11 @@ def cmd_gaps(args: argparse.Namespace) -> int:
              ("approximation gap", out["approximation_gap"]), ("amortization gap", out["amortization_gap"])]  # fmt: skip
     for label, value in rows:
         print(f"  {label:<24}{value:>36.2f}")
-    print(f"log p(x): importance sampling, K={args.k}; L[q*]: {args.steps} Adam steps per example from the "
+    how = f"importance sampling, K={args.k}"
+    if args.method == "ais":
+        how = (f"AIS ({_ais_header(ais_options)}, acceptance rate {out['acceptance_rate']:.2f}; importance "
+               f"sampling gives {out['log_likelihood_is']:.2f})")  # fmt: skip
+    print(f"log p(x): {how}; L[q*]: {args.steps} Adam steps per example from the "
           f"encoder's q (the diagonal Gaussian row, when shown: from the encoder's moments)")  # fmt: skip
     return 0
 

@@ -127,11 +127,7 @@ def log_likelihood(
                 lw[j : j + c, :b] = p.log_weights
                 lpx[j : j + c, :b] = p.log_px_z
             w = lw[:, :b]
-            lse = torch.logsumexp(w, dim=0)  # (b,)
-            ll[i : i + b] = lse - math.log(k)
-            # normalized weights r_k = w_k / mean(w) have mean 1; se(log mean w) = sd(r)/sqrt(K)
-            r = torch.exp(w - lse) * k
-            se[i : i + b] = (r.var(dim=0, correction=1) / k).sqrt() if k > 1 else torch.nan
+            ll[i : i + b], se[i : i + b] = log_mean_exp(w)
             rec[i : i + b] = lpx[:, :b].mean(0)
             # every pass holds all K weights of its examples, so the tail fit needs no extra memory
             khat[i : i + b] = pareto_khat(w)
@@ -145,6 +141,18 @@ def log_likelihood(
     return LogLikelihood(
         ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se, khat
     )
+
+
+def log_mean_exp(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """log (1/K) sum_k w_k of log-weights (K, B), and its delta-method standard error
+    sd(w) / (sqrt(K) mean(w)) (nan for K = 1); both (B,)."""
+    k = log_w.shape[0]
+    lse = torch.logsumexp(log_w, dim=0)  # (B,)
+    if k < 2:
+        return lse - math.log(k), torch.full_like(lse, math.nan)
+    # normalized weights r_k = w_k / mean(w) have mean 1; se(log mean w) = sd(r)/sqrt(K)
+    r = torch.exp(log_w - lse) * k
+    return lse - math.log(k), (r.var(dim=0, correction=1) / k).sqrt()
 
 
 @contextlib.contextmanager

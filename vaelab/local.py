@@ -7,7 +7,7 @@ L[q*] with the encoder's L[q] measures the amortization gap (Cremer et al. 2018)
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from .objectives import kl_to_prior
 from .posteriors import DiagonalGaussianPosterior, Posterior
 
 INITS = ("encoder", "prior")
+GAP_METHODS = ("is", "ais")  # estimators of log p(x) in ``gaps``
 
 
 class LocalFit(NamedTuple):
@@ -140,10 +141,16 @@ def gaps(
     lr: float = 0.01,
     samples: int = 10,
     progress: bool = False,
+    method: str = "is",
+    ais_options: Mapping[str, Any] | None = None,
 ) -> dict:
     """The inference gaps of Cremer et al. (2018) on examples x, means in nats:
 
-    - ``log_likelihood``: log p(x), importance sampling with K=k from the encoder's q;
+    - ``log_likelihood``: log p(x), importance sampling with K=k from the encoder's q
+      (``method="is"``), or annealed importance sampling (``method="ais"``, ``ais.ais`` with
+      ``ais_options`` such as steps, chains, leapfrog, start), as Cremer et al. do; with AIS
+      the output adds ``acceptance_rate`` and ``log_likelihood_is`` (the K=k importance-sampling
+      estimate, a by-product of the amortized ELBO);
     - ``local_elbo``: L[q*], the best bound within the encoder's posterior family, each example's
       parameters optimized from the encoder's output (``fit_local``, ``steps`` Adam steps,
       ``samples`` particles per step, the bound estimated from k particles);
@@ -156,16 +163,28 @@ def gaps(
     al.'s L[q*_FFG] row), so the two families' approximation gaps can be
     compared on one model.
     """
+    from .ais import ais, summarize_ais
     from .evaluate import log_likelihood
 
+    if method not in GAP_METHODS:
+        raise ConfigError(f"unknown log-likelihood method {method!r}; choose one of: {', '.join(GAP_METHODS)}")
+    if ais_options and method != "ais":
+        raise ConfigError("ais_options are used only with method='ais'")
     if getattr(model, "encoder", 0) is None:
         raise ConfigError(
             "this model has no encoder (trained with --inference local), so it has no amortized q "
             "and no amortization gap; gaps needs a run with an encoder"
         )
+    # AIS first: an option it refuses (e.g. a planar flow as its start) fails before the long fits
+    annealed = summarize_ais(ais(model, x, progress=progress, **(ais_options or {}))) if method == "ais" else None
     ll = log_likelihood(model, x, k, progress=progress)
     local = fit_local(model, x, steps=steps, lr=lr, k=samples, init="encoder", eval_samples=k, progress=progress)
     log_p, local_elbo, amortized = ll.log_likelihood.mean().item(), local.elbo.mean().item(), ll.elbo.mean().item()
+    log_p_se = (ll.stderr.square().sum().sqrt() / x.shape[0]).item()
+    extra = {}
+    if annealed is not None:
+        extra = {"log_likelihood_is": log_p, "acceptance_rate": annealed["acceptance_rate"]}
+        log_p, log_p_se = annealed["log_likelihood"], annealed["log_likelihood_stderr"]
     family = getattr(model, "posterior", None)
     out = {
         "log_likelihood": log_p,
@@ -175,7 +194,8 @@ def gaps(
         "amortization_gap": local_elbo - amortized,
         "n_examples": int(x.shape[0]),
         "posterior": family_name(model),
-        "log_likelihood_stderr": (ll.stderr.square().sum().sqrt() / x.shape[0]).item(),
+        "log_likelihood_stderr": log_p_se,
+        **extra,
     }
     if isinstance(family, Posterior) and not isinstance(family, DiagonalGaussianPosterior):
         with torch.no_grad():  # start from the diagonal Gaussian matching the encoder's moments

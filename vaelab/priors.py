@@ -60,7 +60,7 @@ class DiagonalGaussianMixture(Distribution):
         with torch.no_grad():
             shape = torch.Size(sample_shape)
             index = torch.multinomial(self.weights, max(1, shape.numel()), replacement=True).view(shape)
-            return self.loc[index] + self.scale[index] * torch.randn(*shape, self.loc.shape[-1], dtype=self.loc.dtype)
+            return self.loc[index] + self.scale[index] * torch.randn(*shape, self.loc.shape[-1], dtype=self.loc.dtype, device=self.loc.device)
 
     def expand(self, batch_shape, _instance=None):  # for the prior proposal of the evaluator
         return _Expanded(self, torch.Size(batch_shape))

@@ -1,0 +1,377 @@
+"""Annealed importance sampling of log p(x) with Hamiltonian Monte Carlo transitions, and
+bidirectional Monte Carlo bounds on simulated data.
+
+AIS (Neal 2001, "Annealed importance sampling", Statistics and Computing 11) moves particles from
+a normalized start pi_0(z) to the posterior through the geometric path
+
+    f_t(z) = pi_0(z)^(1 - beta_t) (p(z) p(x|z))^beta_t,   0 = beta_0 < beta_1 < ... < beta_T = 1,
+
+which for pi_0 = p(z) is p(z) p(x|z)^beta_t (``start="prior"``) and for pi_0 = q(z|x) starts at
+the encoder (``start="posterior"``). A particle z_0 ~ pi_0 is moved by a transition T_t that
+leaves f_t invariant, and carries the weight
+
+    log w = sum_{t=1..T} log f_t(z_{t-1}) - log f_{t-1}(z_{t-1})
+          = sum_{t=1..T} (beta_t - beta_{t-1}) [log p(x, z_{t-1}) - log pi_0(z_{t-1})],
+
+with E[w] = p(x). log (1/C) sum_c w_c over C independent chains is a stochastic lower bound on
+log p(x) (Jensen), whose bias vanishes as T grows. T = 1 is importance sampling with proposal
+pi_0 and C particles.
+
+The transitions are HMC (Neal 2011, "MCMC using Hamiltonian dynamics"): unit mass, ``leapfrog``
+leapfrog steps, one Metropolis test. The step size is per example, shared by its chains, and
+adapted during the run towards ``target_accept``: after each transition
+log eps += ADAPT_RATE (mean acceptance probability over the chains - target), so that the
+acceptance probability averaged over the run's T - 1 transitions differs from the target by
+exactly log(eps_final / eps_0) / (ADAPT_RATE (T - 1)): a short run that must move its step size
+far (from ``step_size``, 0.1 by default) reports a rate away from the target. Adapting the step size from the chains' own acceptance, as Wu, Burda, Salakhutdinov &
+Grosse ("On the quantitative analysis of decoder-based generative models", ICLR 2017) do for AIS
+on VAEs and GANs, makes each transition depend on the chains' past; the resulting bias is not
+measurable in our tests against the exact linear-Gaussian model (``tests/test_ais.py``).
+
+Bidirectional Monte Carlo (Grosse, Ghahramani & Adams 2015, "Sandwiching the marginal
+likelihood using bidirectional Monte Carlo") brackets log p(x) on data simulated from the model:
+(z*, x) ~ p(z) p(x|z) makes z* an exact posterior sample of x, from which AIS run backwards
+(beta from 1 to 0) has weights w_rev with E[w_rev] = 1 / p(x); -log mean(w_rev) is a stochastic
+upper bound. The gap between the two bounds bounds the error of either.
+
+Everything is vectorized over examples and chains: the decoder sees (chains x examples) rows per
+call, examples are cut into passes of about ``rows`` rows; only the annealing and leapfrog steps
+are Python loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .evaluate import _eval_mode, log_mean_exp
+from .registry import Registry
+
+STARTS = ("prior", "posterior")
+ANNEALING: Registry[Callable[[int], list[float]]] = Registry("annealing schedule")
+ADAPT_RATE = 0.25  # log step size change per unit of (acceptance - target), per transition
+SIGMOID_DELTA = 4.0  # the sigmoid schedule's steepness (Grosse et al. 2015; Wu et al. 2017)
+
+
+@ANNEALING.register("sigmoid")
+def sigmoid_schedule(steps: int) -> list[float]:
+    """beta_t = (s_t - s_0) / (s_T - s_0), s_t = sigmoid(delta (2 t / T - 1)), delta = 4: the
+    schedule of Grosse et al. (2015) and Wu et al. (2017), denser near both ends of the path,
+    where log f_t changes fastest (p(x|z)^beta narrows the prior quickly at small beta)."""
+    s = [1 / (1 + math.exp(-SIGMOID_DELTA * (2 * t / steps - 1))) for t in range(steps + 1)]
+    return [(v - s[0]) / (s[-1] - s[0]) for v in s]
+
+
+@ANNEALING.register("linear")
+def linear_schedule(steps: int) -> list[float]:
+    """beta_t = t / T."""
+    return [t / steps for t in range(steps + 1)]
+
+
+class AISResult(NamedTuple):
+    """Per-example AIS estimates."""
+
+    log_likelihood: Tensor  # [N] log (1/C) sum_c w_c (for a reverse run: -log (1/C) sum_c w_rev,c)
+    stderr: Tensor  # [N] its delta-method standard error over the C chains (nan with one chain)
+    acceptance_rate: Tensor  # [N] fraction of HMC proposals accepted, over chains and transitions
+    step_size: Tensor  # [N] the leapfrog step size at the end of the run
+    log_weights: Tensor  # [C, N] each chain's AIS log-weight
+
+
+class BDMCResult(NamedTuple):
+    """Bidirectional Monte Carlo on simulated data (``bdmc``)."""
+
+    x: Tensor  # [N, *event] data simulated from the model
+    z: Tensor  # [N, D] the latents that generated it: exact posterior samples
+    lower: AISResult  # forward AIS: its log_likelihood is a stochastic lower bound
+    upper: AISResult  # reverse AIS from z: its log_likelihood is a stochastic upper bound
+
+    @property
+    def gap(self) -> Tensor:  # [N]
+        return self.upper.log_likelihood - self.lower.log_likelihood
+
+
+class _State(NamedTuple):
+    """Particles z (C, b, D) with log pi_0(z), log p(x, z) (C, b) and their gradients (C, b, D)."""
+
+    z: Tensor
+    log_start: Tensor
+    log_joint: Tensor
+    grad_start: Tensor
+    grad_joint: Tensor
+
+    def log_f(self, beta: float) -> Tensor:
+        return self.log_start + beta * (self.log_joint - self.log_start)
+
+    def grad_log_f(self, beta: float) -> Tensor:
+        return self.grad_start + beta * (self.grad_joint - self.grad_start)
+
+    def where(self, keep_new: Tensor, new: "_State") -> "_State":
+        """``new`` where keep_new (C, b) is true, else self."""
+        vec = keep_new.unsqueeze(-1)
+        return _State(*(torch.where(vec if a.dim() == 3 else keep_new, b, a) for a, b in zip(self, new)))
+
+
+class _Path:
+    """The geometric path between pi_0 (the prior, or q(z|x)) and p(z) p(x|z) for examples x."""
+
+    def __init__(self, model: nn.Module, x: Tensor, prior: Distribution, start: Distribution | None) -> None:
+        self.model, self.x, self.prior, self.start = model, x, prior, start
+
+    def __call__(self, z: Tensor) -> _State:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)  # (C, b, D)
+            log_prior = self.prior.log_prob(z)  # (C, b)
+            log_joint = log_prior + self.model.decode(z).log_prob(self.x)
+            log_start = log_prior if self.start is None else self.start.log_prob(z)
+            (grad_start,) = torch.autograd.grad(log_start.sum(), z, retain_graph=True)
+            (grad_joint,) = torch.autograd.grad(log_joint.sum(), z)
+        return _State(z.detach(), log_start.detach(), log_joint.detach(), grad_start, grad_joint)
+
+
+def _hmc(path: _Path, s: _State, beta: float, eps: Tensor, leapfrog: int) -> tuple[_State, Tensor, Tensor]:
+    """One HMC transition leaving f_beta invariant; eps (b, 1) per example. Returns the new state,
+    the acceptance probabilities and the acceptance indicators (C, b)."""
+    p0 = torch.randn_like(s.z)  # (C, b, D), unit mass
+    p = p0 + 0.5 * eps * s.grad_log_f(beta)
+    new = s
+    for step in range(leapfrog):
+        new = path(new.z + eps * p)
+        p = p + (eps if step < leapfrog - 1 else 0.5 * eps) * new.grad_log_f(beta)
+    log_ratio = new.log_f(beta) - s.log_f(beta) - 0.5 * (p.square().sum(-1) - p0.square().sum(-1))  # (C, b)
+    # a trajectory that diverged (non-finite energy or gradient) is rejected
+    prob = torch.where(log_ratio.isfinite(), log_ratio.clamp(max=0).exp(), torch.zeros_like(log_ratio))
+    accept = torch.rand_like(prob) < prob
+    return s.where(accept, new), prob, accept
+
+
+def _anneal(path: _Path, z: Tensor, betas: list[float], leapfrog: int, eps: Tensor, target_accept: float,
+            bar: tqdm) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Runs the chains z (C, b, D) through f_{betas[0]}, ..., f_{betas[-1]} (increasing: forward AIS;
+    decreasing: reverse). Returns the log-weights (C, b), the acceptance rate (b,) and the final
+    step sizes (b,), starting from eps (b,)."""
+    s = path(z)
+    log_w = torch.zeros_like(s.log_joint)  # (C, b)
+    accepted = torch.zeros_like(eps)  # (b,)
+    log_eps = eps.log()
+    for t in range(1, len(betas)):
+        log_w = log_w + (betas[t] - betas[t - 1]) * (s.log_joint - s.log_start)
+        if t < len(betas) - 1:  # the last transition would not change the weight
+            s, prob, accept = _hmc(path, s, betas[t], log_eps.exp().unsqueeze(-1), leapfrog)
+            accepted = accepted + accept.to(prob.dtype).mean(0)
+            log_eps = log_eps + ADAPT_RATE * (prob.mean(0) - target_accept)
+        bar.update(1)
+    transitions = len(betas) - 2
+    rate = accepted / transitions if transitions > 0 else torch.full_like(accepted, math.nan)
+    return log_w, rate, log_eps.exp()
+
+
+def _check(steps: int, chains: int, leapfrog: int, start: str, schedule: str, target_accept: float,
+           step_size: float) -> None:  # fmt: skip
+    for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if start not in STARTS:
+        raise ConfigError(f"unknown AIS start {start!r}; choose one of: {', '.join(STARTS)}")
+    ANNEALING[schedule]  # an unknown name lists the valid ones
+    if not 0 < target_accept < 1:
+        raise ConfigError(f"target_accept must lie strictly between 0 and 1, got {target_accept}")
+    if not (step_size > 0 and math.isfinite(step_size)):
+        raise ConfigError(f"step_size must be a positive number, got {step_size}")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """The caller's random stream when seed is None; else a private stream seeded with it, the
+    caller's left untouched."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _run(model: nn.Module, x: Tensor, z_exact: Tensor | None, *, steps: int, chains: int, leapfrog: int,
+         start: str, schedule: str, target_accept: float, step_size: float, rows: int, bar: tqdm) -> AISResult:  # fmt: skip
+    """Forward AIS on x (z_exact None), or reverse AIS from the exact posterior samples z_exact
+    (N, D); examples in passes of about ``rows`` decoder rows."""
+    betas = ANNEALING[schedule](steps)
+    if z_exact is not None:
+        betas = betas[::-1]
+    n = x.shape[0]
+    per_pass = max(1, rows // chains)
+    x = x.clone() if x.is_inference() else x  # the gradient passes need x outside inference mode
+    out: list[Tensor] | None = None
+    for i in range(0, n, per_pass):
+        xb = x[i : i + per_pass]
+        b = xb.shape[0]
+        prior = model.prior()
+        q = model.encode(xb) if start == "posterior" else None  # batch (b,)
+        if z_exact is not None:
+            z = z_exact[i : i + b].expand(chains, *z_exact[i : i + b].shape).clone()  # (C, b, D)
+        elif q is not None:
+            z = q.sample((chains,))
+        else:
+            z = prior.sample((chains, b))
+        if q is not None:
+            try:
+                q.log_prob(z)
+            except ConfigError:
+                raise ConfigError(
+                    "AIS from the encoder (start='posterior', --ais-start posterior) needs log q(z|x) at "
+                    "any z, which this flow posterior cannot compute (no closed-form inverse); start from "
+                    "the prior instead"
+                ) from None
+        eps = torch.full((b,), float(step_size), dtype=z.dtype, device=z.device)
+        log_w, rate, eps = _anneal(_Path(model, xb, prior, q), z, betas, leapfrog, eps, target_accept, bar)
+        estimate, stderr = log_mean_exp(log_w)
+        if z_exact is not None:
+            estimate = -estimate  # the upper bound -log mean(w_rev); the delta-method error is the same
+        if out is None:
+            out = [torch.empty(n, dtype=log_w.dtype, device=log_w.device) for _ in range(4)]
+            out.append(torch.empty(chains, n, dtype=log_w.dtype, device=log_w.device))
+        for full, part in zip(out, (estimate, stderr, rate, eps)):
+            full[i : i + b] = part
+        out[4][:, i : i + b] = log_w
+    assert out is not None
+    return AISResult(*out)
+
+
+@torch.no_grad()
+def ais(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    steps: int = 1000,
+    chains: int = 16,
+    leapfrog: int = 10,
+    start: str = "prior",
+    schedule: str = "sigmoid",
+    target_accept: float = 0.65,
+    step_size: float = 0.1,
+    rows: int = 1000,
+    seed: int | None = None,
+    progress: bool = False,
+) -> AISResult:
+    """log p(x) by annealed importance sampling with HMC transitions (Neal 2001), per example.
+
+    Args:
+        model: exposes ``prior()``, ``encode(x)`` (for start="posterior") and ``decode(z)``.
+        x: data (N, *event_shape), on the model's device.
+        steps: T, the number of intermediate distributions (T - 1 HMC transitions; T = 1 is
+            importance sampling with ``chains`` particles from the start distribution).
+        chains: C independent AIS chains per example; the estimate is log (1/C) sum_c w_c.
+        leapfrog: leapfrog steps per HMC transition.
+        start: "prior" (pi_0 = p(z), f_t = p(z) p(x|z)^beta_t) or "posterior" (pi_0 = q(z|x), the
+            encoder; needs log q(z|x) at any z, so planar flows are refused).
+        schedule: the betas: "sigmoid" (default; Grosse et al. 2015) or "linear" (``ANNEALING``).
+        target_accept: the acceptance rate the step size is adapted towards.
+        step_size: the initial leapfrog step size of every example.
+        rows: decoder rows (chains x examples) per pass; a pass keeps all chains of its examples.
+        seed: seeds a private random stream (the caller's is untouched); None draws from the
+            caller's stream (``torch.manual_seed``).
+        progress: show a progress bar over annealing steps.
+    Returns:
+        ``AISResult`` of per-example tensors on x's device. The standard error sd(w) / (sqrt(C)
+        mean(w)) is the delta-method error over the chains (as in ``evaluate.log_likelihood``);
+        it does not include the bias of a too-short schedule, which shows as an estimate that
+        still rises with ``steps``.
+    """
+    _check(steps, chains, leapfrog, start, schedule, target_accept, step_size)
+    passes = math.ceil(x.shape[0] / max(1, rows // chains))
+    bar = tqdm(total=passes * steps, disable=not progress, desc=f"AIS, {chains} chains", unit="step")
+    with _eval_mode(model), _seeded(seed, x.device), bar:
+        return _run(model, x, None, steps=steps, chains=chains, leapfrog=leapfrog, start=start, schedule=schedule,
+                    target_accept=target_accept, step_size=step_size, rows=rows, bar=bar)  # fmt: skip
+
+
+@torch.no_grad()
+def bdmc(
+    model: nn.Module,
+    n: int,
+    *,
+    steps: int = 1000,
+    chains: int = 16,
+    leapfrog: int = 10,
+    start: str = "prior",
+    schedule: str = "sigmoid",
+    target_accept: float = 0.65,
+    step_size: float = 0.1,
+    rows: int = 1000,
+    seed: int | None = None,
+    progress: bool = False,
+) -> BDMCResult:
+    """Bidirectional Monte Carlo (Grosse, Ghahramani & Adams 2015) on n examples simulated from
+    the model: (z*, x) ~ p(z) p(x|z), x drawn from ``decode(z*).sample()``.
+
+    The forward AIS estimate (``ais`` with the same options) is a stochastic lower bound on
+    log p(x); reverse AIS, started at the exact posterior sample z* with beta running from 1 to
+    0 (``chains`` chains from the same z*), gives weights with E[w_rev] = 1 / p(x), so
+    -log (1/C) sum_c w_rev,c is a stochastic upper bound. Both tighten as ``steps`` grows; their
+    gap bounds the error of either on data like x.
+
+    Args: as ``ais``; n is the number of simulated examples.
+    Returns:
+        ``BDMCResult``: the data, z*, the forward (``lower``) and reverse (``upper``) results;
+        ``summarize_bdmc`` gives the means.
+    """
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    _check(steps, chains, leapfrog, start, schedule, target_accept, step_size)
+    passes = math.ceil(n / max(1, rows // chains))
+    bar = tqdm(total=2 * passes * steps, disable=not progress, desc=f"BDMC, {chains} chains", unit="step")
+    options = dict(steps=steps, chains=chains, leapfrog=leapfrog, start=start, schedule=schedule,
+                   target_accept=target_accept, step_size=step_size, rows=rows, bar=bar)  # fmt: skip
+    with _eval_mode(model), bar:
+        prior = model.prior()
+        with _seeded(seed, _device_of(model, prior)):
+            z = prior.sample((n,))  # (N, D)
+            x = model.decode(z).sample()  # (N, *event)
+            lower = _run(model, x, None, **options)
+            upper = _run(model, x, z, **options)
+    return BDMCResult(x, z, lower, upper)
+
+
+def _device_of(model: nn.Module, prior: Distribution) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else prior.mean.device
+
+
+def summarize_ais(result: AISResult) -> dict:
+    """Means over examples with the keys of ``vaelab evaluate --method ais --json``:
+    ``log_likelihood``, ``log_likelihood_stderr`` (independent per-example errors combined,
+    sqrt(sum se_i^2) / N), ``acceptance_rate``, ``step_size``, ``n_examples``."""
+    n = result.log_likelihood.shape[0]
+    return {
+        "log_likelihood": result.log_likelihood.mean().item(),
+        "log_likelihood_stderr": (result.stderr.square().sum().sqrt() / n).item(),
+        "acceptance_rate": result.acceptance_rate.mean().item(),
+        "step_size": result.step_size.mean().item(),
+        "n_examples": n,
+    }
+
+
+def summarize_bdmc(result: BDMCResult) -> dict:
+    """Means over examples with the keys of ``vaelab evaluate --method bdmc --json``: ``ais_lower``,
+    ``ais_upper`` and their standard errors, ``bdmc_gap`` (upper - lower), ``acceptance_rate``
+    (both directions), ``n_examples``."""
+    lo, up = result.lower, result.upper
+    n = lo.log_likelihood.shape[0]
+    lower, upper = lo.log_likelihood.mean().item(), up.log_likelihood.mean().item()
+    return {
+        "ais_lower": lower,
+        "ais_lower_stderr": (lo.stderr.square().sum().sqrt() / n).item(),
+        "ais_upper": upper,
+        "ais_upper_stderr": (up.stderr.square().sum().sqrt() / n).item(),
+        "bdmc_gap": upper - lower,
+        "acceptance_rate": (0.5 * (lo.acceptance_rate + up.acceptance_rate)).mean().item(),
+        "n_examples": n,
+    }
