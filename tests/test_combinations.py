@@ -1,5 +1,5 @@
 """The guard: every combination the configuration accepts (posterior x prior x objective x
-gradient estimator x KL mode x free bits, Bernoulli and Gaussian likelihoods) trains on the
+gradient estimator x KL mode x free bits x stochastic layers, Bernoulli and Gaussian likelihoods) trains on the
 gradient it claims and reports the bound it claims.
 
 For each accepted combination, on a tiny float64 VAE:
@@ -24,6 +24,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 
 from vaelab import config as cfg
 from vaelab.diagnostics import parameter_groups
+from vaelab.distributions import stop_gradient
 from vaelab.errors import ConfigError
 from vaelab.estimators import GRAD_ESTIMATORS, sample_particles
 from vaelab.objectives import KL_MODES, OBJECTIVES, get_objective
@@ -33,24 +34,27 @@ POSTERIORS = ("gaussian", "full", "planar:2", "iaf:2")
 PRIORS = ("standard", "mog:3", "vamp:3")
 LIKELIHOODS = ("bernoulli", "gaussian")
 FREE_BITS = (0.0, 1.0)  # 1.0 stands for "on": each model gets a lambda between its two dimensions' KLs
+LAYERS = (1, 2)  # --layers 2: z = concat(z1, z2) of 2 * LATENT + LATENT numbers
 SHAPES = {"elbo": {"k": 3}, "iwae": {"k": 3}, "miwae": {"m": 2, "k": 2}, "ciwae": {"k": 3, "beta": 0.4},
           "piwae": {"m": 2, "k": 2}}  # fmt: skip
 KL_SCALE = 0.7  # a KL schedule's value mid-way: the general case of every formula that uses it
 EVENT, LATENT, BATCH = (6,), 2, 3
 
 
-def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits) -> cfg.RunConfig:
+def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits, layers=1) -> cfg.RunConfig:
     train = {"objective": objective, "grad_estimator": estimator, "free_bits": free_bits, **SHAPES[objective]}
     if kl != "analytic":
         train["kl"] = kl
     model = {"likelihood": likelihood, "posterior": posterior, "prior": prior, "hidden": [8], "latent_dim": LATENT}
+    if layers != 1:
+        model["layers"] = layers
     return cfg.build({"model": model, "train": train})
 
 
 def _combinations():
     accepted, refused = [], []
     for combo in itertools.product(LIKELIHOODS, POSTERIORS, PRIORS, OBJECTIVES.names(), GRAD_ESTIMATORS,
-                                   KL_MODES, FREE_BITS):  # fmt: skip
+                                   KL_MODES, FREE_BITS, LAYERS):  # fmt: skip
         try:
             _config(*combo)
         except ConfigError:
@@ -64,8 +68,9 @@ ACCEPTED, REFUSED = _combinations()
 
 
 def _name(combo) -> str:
-    likelihood, posterior, prior, objective, estimator, kl, free_bits = combo
-    return "-".join([likelihood, posterior, prior, objective, estimator, kl] + (["freebits"] if free_bits else []))
+    likelihood, posterior, prior, objective, estimator, kl, free_bits, layers = combo
+    return "-".join([likelihood, posterior, prior, objective, estimator, kl] + (["freebits"] if free_bits else [])
+                    + (["2layers"] if layers == 2 else []))  # fmt: skip
 
 
 def _setup(combo):
@@ -97,6 +102,8 @@ def _setup(combo):
 
 def _detached(q):
     """q with its parameters cut from the graph (the density STL evaluates)."""
+    if not isinstance(q, (MultivariateNormal, Independent)):  # the two-layer posterior: its own rule
+        return stop_gradient(q)
     if isinstance(q, MultivariateNormal):
         return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach())
     return Independent(Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach()), 1)
@@ -240,16 +247,18 @@ def test_reported_bound_is_its_definition(combo):
 def test_the_matrix_covers_every_family_and_refuses_what_cannot_work():
     """Every posterior, prior, objective, estimator and KL mode appears in some accepted
     combination, and the refused ones are exactly those the library cannot estimate."""
-    for i, values in enumerate((LIKELIHOODS, POSTERIORS, PRIORS, OBJECTIVES.names(), GRAD_ESTIMATORS, KL_MODES, FREE_BITS)):
+    for i, values in enumerate((LIKELIHOODS, POSTERIORS, PRIORS, OBJECTIVES.names(), GRAD_ESTIMATORS, KL_MODES, FREE_BITS,
+                                LAYERS)):  # fmt: skip
         assert {c[i] for c in ACCEPTED} == set(values)
-    for likelihood, posterior, prior, objective, estimator, kl, free_bits in REFUSED:
+    for likelihood, posterior, prior, objective, estimator, kl, free_bits, layers in REFUSED:
         flow = posterior.split(":")[0] in ("planar", "iaf")
         assert (
             (kl != "analytic" and objective != "elbo")
             or (estimator == "score" and objective != "elbo")
             or (flow and (estimator != "reparam" or objective == "piwae" or prior.startswith("vamp")))
             or (free_bits and (posterior != "gaussian" or prior != "standard"))
-        ), (posterior, prior, objective, estimator, kl, free_bits)
+            or (layers == 2 and (posterior != "gaussian" or prior != "standard" or free_bits))
+        ), (posterior, prior, objective, estimator, kl, free_bits, layers)
 
 
 @pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])

@@ -350,6 +350,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
     print(f"  KL              {s['kl']:.3f} nats")
     print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    if "active_units_per_layer" in s:
+        per_layer = ", ".join(f"{a} of {n}" for a, n in zip(s["active_units_per_layer"], model.layer_sizes))
+        print(f"  per layer       {per_layer} (z1, next to x, first)")
     if math.isnan(s["khat_mean"]):
         print("  Pareto k-hat    not estimated (needs K >= 6)")
     else:
@@ -554,6 +557,11 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     ais_options = _ais_options(args, "--ais-steps")
     config, _ = read_config(args.run)
     _needs_continuous_latent(config, args.run, "vaelab gaps")
+    if config.model.layers != 1:
+        raise VaelabError(
+            f"vaelab gaps fits q(z|x) per example within the encoder's family, which is implemented for one "
+            f"stochastic layer only; {args.run} is a --layers 2 run"
+        )
     model = load(args.run)
     x = load_data(config, args.split, limit=args.limit).fixed()
     if len(x) == 0:

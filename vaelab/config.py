@@ -20,6 +20,7 @@ from . import data as _data
 from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
+from .models.two_layer import check_layers
 from .models.vae import INFERENCE, check_combination
 from .models.vqvae import check_vqvae
 from .posteriors import FLOWS, check_posterior
@@ -65,7 +66,7 @@ class DataConfig:
 
 
 # model options that belong to one family; the other family refuses non-default values
-VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr")
+VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers")
 VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
 
 
@@ -93,6 +94,7 @@ class ModelConfig:
     codebook_update: str = field(default="loss", metadata=_help("--model vqvae: loss (codebook loss ||sg[z_e] - e||^2) | ema (exponential moving averages)", choices=("loss", "ema")))
     ema_decay: float = field(default=0.99, metadata=_help("--model vqvae --codebook-update ema: decay of the moving averages"))
     dead_code_restart: int = field(default=0, metadata=_help("--model vqvae: re-initialise a code unused for this many training steps from an encoder output of the batch (0: off)"))
+    layers: int = field(default=1, metadata=_help("stochastic layers: 1, or 2 (Burda et al. 2015: 784-200-200-100-100-50)"))
 
     def __post_init__(self) -> None:
         if self.net is None:  # resolved here, so config.json always names the backbone
@@ -109,6 +111,8 @@ class ModelConfig:
         if self.latent_dim < 1:
             raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
         check_combination(self.posterior, self.prior, self.inference)
+        if self.model != "vqvae":
+            check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
         if self.channels < 1 or self.res_blocks < 0:
             raise ConfigError(f"--channels must be at least 1 and --res-blocks at least 0, got {self.channels} and {self.res_blocks}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -245,6 +249,11 @@ class RunConfig:
             raise ConfigError(
                 "--objective piwae trains the encoder through a detached log q, which flow posteriors "
                 f"do not provide; use iwae, miwae or ciwae with --posterior {m.posterior}"
+            )
+        if t.free_bits > 0 and m.layers == 2:
+            raise ConfigError(
+                "--free-bits needs the KL per latent dimension in closed form, which the two-layer "
+                "model (--layers 2) does not have; drop --free-bits or use --layers 1"
             )
         factorized = posterior == "gaussian" and check_prior(m.prior)[0] == "standard"
         if t.free_bits > 0 and not factorized:

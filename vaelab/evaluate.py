@@ -322,9 +322,21 @@ def evaluate(
     proposal: str = "posterior",
 ) -> dict:
     """Scores ``model`` on ``x``: log-likelihood +- standard error, ELBO, reconstruction, KL,
-    active units, and E[L_K'] for each K' in ``bounds`` (means over examples, nats)."""
+    active units, and E[L_K'] for each K' in ``bounds`` (means over examples, nats). A model with
+    several stochastic layers (``layer_sizes``, e.g. (100, 50) for ``--layers 2``) also gets
+    ``active_units_per_layer``, its active units counted layer by layer."""
     result = log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
-    return summarize(result, k)
+    summary = summarize(result, k)
+    sizes = getattr(model, "layer_sizes", None)
+    if sizes is not None and len(sizes) > 1 and result.posterior_mean.numel():
+        summary["active_units_per_layer"] = active_units_per_layer(result.posterior_mean, sizes)
+    return summary
+
+
+def active_units_per_layer(posterior_mean: Tensor, layer_sizes: Sequence[int], threshold: float = 0.01) -> list[int]:
+    """``active_units`` of each stochastic layer, the posterior means (N, sum(layer_sizes)) split
+    along the last dimension in ``layer_sizes`` (Burda et al. 2015 count them per layer)."""
+    return [active_units(part, threshold) for part in posterior_mean.split(list(layer_sizes), dim=-1)]
 
 
 @torch.no_grad()

@@ -136,13 +136,21 @@ def build_vae(
     inference: str = "amortized",
     local_steps: int = 20,
     local_lr: float = 0.1,
+    layers: int = 1,
     **unused: Any,
 ) -> VAE:
     """Builds a VAE from the fields of ``config.ModelConfig`` (same defaults: Burda et al.'s
     200-200 tanh MLP, 50 latent dimensions, Bernoulli likelihood, diagonal Gaussian posterior,
-    N(0, I) prior, amortized inference)."""
+    N(0, I) prior, amortized inference). ``layers=2`` builds the two-stochastic-layer model of
+    Burda et al. (``two_layer.build_two_layer``)."""
     check_combination(posterior, prior, inference)
     observation = build_observation(likelihood, len(event_shape), obs_precision=obs_precision)
+    if layers != 1:
+        from .two_layer import build_two_layer, check_layers  # two_layer builds on VAE
+
+        check_layers(layers, posterior=posterior, prior=prior, inference=inference, net=net)
+        return build_two_layer(tuple(event_shape), observation, hidden=tuple(hidden), activation=activation,
+                               latent_dim=latent_dim)  # fmt: skip
     q = build_posterior(posterior, latent_dim)
     spec = NetSpec(
         event_shape=tuple(event_shape),
