@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness bench-quality clean
+.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness bench-quality bench-ais clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-vamp: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py --budget 420 --out benchmarks/runs/quality \
 	  --json benchmarks/results/quality.json --figure benchmarks/results/quality_samples.png
+
+bench-ais: $(STAMP)
+	$(BIN)/python benchmarks/bench_ais.py --budget 240 --limit 100 --steps 200 --chains 16 \
+	  --out benchmarks/runs/ais --json benchmarks/results/ais.json
 
 bench-correctness: $(STAMP)
 	$(BIN)/python benchmarks/bench_correctness.py --json benchmarks/results/correctness.json
