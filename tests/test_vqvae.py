@@ -24,6 +24,7 @@ from vaelab.runs import load
 from vaelab.train import start_run
 
 from test_cli import run_cli
+from test_train import _checkpoint_epoch
 
 TINY = ["--model", "vqvae", "--data", "digits", "--binarize", "threshold", "--codebook-size", "8", "--code-dim", "4",
         "--channels", "8", "--res-blocks", "1", "--limit", "200"]  # fmt: skip
@@ -248,7 +249,15 @@ def test_vqvae_trains_evaluates_and_samples_through_its_prior(tmp_path):
     for key in ("codebook_perplexity", "codes_used", "valid_reconstruction", "valid_codebook_loss",
                 "valid_commitment_loss", "train_codebook_loss", "train_commitment_loss", "valid_bound"):  # fmt: skip
         assert key in records[-1], key
-    assert 1 <= records[-1]["codes_used"] <= 8
+    # the monitor's figures are those of the validation codes under the last epoch's weights
+    assert records[-1]["best_epoch"] == records[-1]["epoch"], "the check below needs the last weights kept"
+    from vaelab.runs import load_data, read_config
+
+    with torch.no_grad():
+        codes = load(run, code_prior=False).codes(load_data(read_config(run)[0], "valid").fixed())
+    usage = codebook_usage(codes, 8)
+    assert records[-1]["codes_used"] == usage["codes_used"]
+    assert math.isclose(records[-1]["codebook_perplexity"], usage["codebook_perplexity"], rel_tol=1e-9)
     assert (run / "reconstructions.png").exists() and not (run / "samples.png").exists()
     r = run_cli("sample", str(run))
     assert r.returncode == 2 and "vaelab prior" in r.stderr and r.stderr.count("\n") == 1
@@ -324,14 +333,6 @@ def test_prior_refuses_a_vae_run_and_changed_settings(tmp_path):
     r = run_cli("prior", str(vq_run), "--quiet", "--epochs", "1")
     assert r.returncode == 2 and "other settings" in r.stderr
     assert (vq_run / "prior" / "prior.json").read_text() == "{}"  # nothing on disk damaged
-
-
-def _checkpoint_epoch(run) -> int:
-    try:
-        _, meta = load_tensors(run / "checkpoint" / "state.safetensors")
-        return json.loads(meta["state"])["epoch"]
-    except Exception:
-        return 0
 
 
 def _kill_and_resume(cmd, resume_cmd, run, kills=((1, 0.0), (3, 0.011))):

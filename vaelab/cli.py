@@ -328,11 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary["trained_bound"], summary["trained_bound_stderr"] = mean_bound(trained, model, x)
     what = _what_is_scored(config, split)
     if split.dequantize:
-        # log P(k) >= E_u[log p((k + u) / L)] - D log L (Theis et al. 2016)
-        dims = math.prod(split.event_shape)
-        bound = summary["log_likelihood"] - dims * math.log(split.levels)
-        summary["discrete_log_likelihood_bound"] = bound
-        summary["bits_per_dim"] = -bound / (dims * math.log(2))
+        _add_discrete_bound(summary, split, "log_likelihood")
     if args.json:
         print(json.dumps(summary))
         _warn_heavy_tails(summary, args.proposal)
@@ -374,10 +370,7 @@ def _evaluate_ais(args: argparse.Namespace, config: cfg.RunConfig, model, split,
     summary = {**summarize_ais(result), "method": "ais", "steps": options["steps"], "chains": options["chains"],
                "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
     if split.dequantize:
-        dims = math.prod(split.event_shape)
-        bound = summary["log_likelihood"] - dims * math.log(split.levels)
-        summary["discrete_log_likelihood_bound"] = bound
-        summary["bits_per_dim"] = -bound / (dims * math.log(2))
+        _add_discrete_bound(summary, split, "log_likelihood")
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -450,10 +443,7 @@ def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, spli
 
     summary = vq_summary(model, split.fixed())
     if split.dequantize:
-        dims = math.prod(split.event_shape)
-        bound = summary["elbo"] - dims * math.log(split.levels)
-        summary["discrete_log_likelihood_bound"] = bound
-        summary["bits_per_dim"] = -bound / (dims * math.log(2))
+        _add_discrete_bound(summary, split, "elbo")
     torch.manual_seed(args.seed)  # unused: the VQ bound has no sampling; kept for a uniform interface
     if args.json:
         print(json.dumps(summary))
@@ -468,6 +458,15 @@ def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, spli
     print(f"  KL (rate)       {s['kl']:.3f} nats (-log p(z_q))")
     print(f"  codebook        perplexity {s['codebook_perplexity']:.1f}, {s['codes_used']} of {model.codebook_size} codes used")
     return 0
+
+
+def _add_discrete_bound(summary: dict, split, key: str) -> None:
+    """For dequantized data, the bound on the discrete log-likelihood that the density ``key``
+    gives, log P(k) >= E_u[log p((k + u) / L)] - D log L (Theis et al. 2016), and its bits/dim."""
+    dims = math.prod(split.event_shape)
+    bound = summary[key] - dims * math.log(split.levels)
+    summary["discrete_log_likelihood_bound"] = bound
+    summary["bits_per_dim"] = -bound / (dims * math.log(2))
 
 
 def _describe_objective(config: cfg.RunConfig) -> str:

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import data as _data
 from .distributions import OBSERVATIONS
@@ -39,6 +39,16 @@ CONFIG_VERSION = 1
 
 def _help(text: str, **extra: Any) -> Any:
     return {"help": text, **extra}
+
+
+def _changed(section: Any, names: Sequence[str]) -> list[str]:
+    """The fields among ``names`` that differ from their defaults (options a user gave)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    return [name for name in names if getattr(section, name) != defaults[name]]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class DataConfig:
 
 # model options that belong to one family; the other family refuses non-default values
 VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers")
+# training options of the VAE's objectives; the VQ-VAE trains on its own loss and refuses them
+VAE_TRAIN_ONLY = ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits")
 VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
 
 
@@ -115,20 +127,19 @@ class ModelConfig:
             check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
         if self.channels < 1 or self.res_blocks < 0:
             raise ConfigError(f"--channels must be at least 1 and --res-blocks at least 0, got {self.channels} and {self.res_blocks}")
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         if self.model == "vqvae":
             check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
                         self.ema_decay, self.dead_code_restart)  # fmt: skip
-            for name in VAE_ONLY:  # options the VQ-VAE would silently ignore
-                if getattr(self, name) != defaults[name]:
-                    raise ConfigError(
-                        f"--{name.replace('_', '-')} does not apply to --model vqvae (its latent is a grid of "
-                        f"--codebook-size codes of --code-dim numbers); drop it"
-                    )
+            ignored = _changed(self, VAE_ONLY)  # options the VQ-VAE would silently ignore
+            if ignored:
+                raise ConfigError(
+                    f"{_flag(ignored[0])} does not apply to --model vqvae (its latent is a grid of "
+                    f"--codebook-size codes of --code-dim numbers); drop it"
+                )
         else:
-            for name in VQ_ONLY:
-                if getattr(self, name) != defaults[name]:
-                    raise ConfigError(f"--{name.replace('_', '-')} applies to --model vqvae only; drop it or add --model vqvae")
+            ignored = _changed(self, VQ_ONLY)
+            if ignored:
+                raise ConfigError(f"{_flag(ignored[0])} applies to --model vqvae only; drop it or add --model vqvae")
         if self.local_steps < 1:
             raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
@@ -182,9 +193,8 @@ class TrainConfig:
                 f"unknown grad estimator {self.grad_estimator!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}"
             )
         # an option the objective would silently ignore is a mistake worth reporting
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in ("beta", "m", "kl"):
-            if getattr(self, name) != defaults[name] and name not in accepted:
+        for name in _changed(self, ("beta", "m", "kl")):
+            if name not in accepted:
                 users = [o for o in OBJECTIVES if name in objective_options(o)]
                 raise ConfigError(
                     f"--{name} is not used by --objective {self.objective}; it applies to: {', '.join(users)}"
@@ -231,14 +241,13 @@ class RunConfig:
         # combinations of model and training options that cannot work, refused before any run starts
         m, t = self.model, self.train
         if m.model == "vqvae":
-            defaults = {f.name: f.default for f in dataclasses.fields(t)}
-            for name in ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits"):
-                if getattr(t, name) != defaults[name]:
-                    raise ConfigError(
-                        f"--{name.replace('_', '-')} does not apply to --model vqvae: it trains on its own loss "
-                        f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
-                        f"posterior, so there is no KL to schedule or importance-weight; drop it"
-                    )
+            ignored = _changed(t, VAE_TRAIN_ONLY)
+            if ignored:
+                raise ConfigError(
+                    f"{_flag(ignored[0])} does not apply to --model vqvae: it trains on its own loss "
+                    f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
+                    f"posterior, so there is no KL to schedule or importance-weight; drop it"
+                )
         posterior = check_posterior(m.posterior)[0]
         if posterior in FLOWS and t.grad_estimator != "reparam":
             raise ConfigError(

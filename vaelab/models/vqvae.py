@@ -111,7 +111,10 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _learn(self, flat: Tensor, codes: Tensor) -> None:
-        """The training-time updates: EMA codebook and dead-code restarts."""
+        """The training-time updates: EMA codebook and dead-code restarts (none with the codebook
+        loss and no restarts: the training step then pays nothing here)."""
+        if self.update == "loss" and self.dead_code_restart == 0:
+            return
         counts = torch.bincount(codes, minlength=self.codebook_size).to(flat.dtype)  # (K,)
         if self.update == "ema":
             sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)  # (K, D)
