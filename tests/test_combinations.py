@@ -39,13 +39,16 @@ SHAPES = {"elbo": {"k": 3}, "iwae": {"k": 3}, "miwae": {"m": 2, "k": 2}, "ciwae"
           "piwae": {"m": 2, "k": 2}}  # fmt: skip
 KL_SCALE = 0.7  # a KL schedule's value mid-way: the general case of every formula that uses it
 EVENT, LATENT, BATCH = (6,), 2, 3
+NETS = ("mlp", "conv", "resnet")  # the backbones; conv and resnet need images, IMAGE on the meta device
+IMAGE = (1, 4, 4)
 
 
-def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits, layers=1) -> cfg.RunConfig:
+def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits, layers=1, net="mlp") -> cfg.RunConfig:
     train = {"objective": objective, "grad_estimator": estimator, "free_bits": free_bits, **SHAPES[objective]}
     if kl != "analytic":
         train["kl"] = kl
-    model = {"likelihood": likelihood, "posterior": posterior, "prior": prior, "hidden": [8], "latent_dim": LATENT}
+    model = {"likelihood": likelihood, "posterior": posterior, "prior": prior, "hidden": [8], "latent_dim": LATENT,
+             "net": net, "channels": 4, "res_blocks": 1}  # fmt: skip
     if layers != 1:
         model["layers"] = layers
     return cfg.build({"model": model, "train": train})
@@ -262,13 +265,109 @@ def test_the_matrix_covers_every_family_and_refuses_what_cannot_work():
 
 
 @pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])
-def test_every_combination_keeps_its_tensors_on_the_models_device(combo):
-    """Forward and backward on the ``meta`` device: a tensor created on the CPU by mistake (which
-    would break every GPU run of this combination) fails here."""
-    config = _config(*combo)
-    model = model_from_config(config, EVENT).to("meta")
-    x = torch.empty(BATCH, *EVENT, device="meta")
+@pytest.mark.parametrize("net", NETS)
+def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
+    """Forward and backward on the ``meta`` device, with every backbone: a tensor created on the
+    CPU by mistake (which would break every GPU run of this combination) fails here. Two
+    stochastic layers take the mlp only (the refusal is checked below)."""
+    if combo[-1] != 1 and net != "mlp":
+        with pytest.raises(ConfigError, match="--net"):
+            _config(*combo, net=net)
+        return
+    config = _config(*combo, net=net)
+    event = EVENT if net == "mlp" else IMAGE
+    model = model_from_config(config, event).to("meta")
+    x = torch.empty(BATCH, *event, device="meta")
     result = get_objective(config.train.objective, **config.train.objective_options())(model, x, kl_scale=KL_SCALE)
     result.objective.mean().backward()
     assert result.bound.device.type == "meta"
     assert all(p.grad is None or p.grad.device.type == "meta" for p in model.parameters())
+
+
+# -- the VQ-VAE's combinations ------------------------------------------------------------------
+
+VQ_AXES = {"likelihood": ("bernoulli", "gaussian", "gaussian-learned"), "codebook_update": ("loss", "ema"),
+           "dead_code_restart": (0, 1), "net": ("mlp", "conv", "resnet")}  # fmt: skip
+
+
+def _vq_config(likelihood, codebook_update, dead_code_restart, net) -> cfg.RunConfig:
+    model = {"model": "vqvae", "likelihood": likelihood, "codebook_update": codebook_update, "net": net,
+             "dead_code_restart": dead_code_restart, "channels": 4, "res_blocks": 1, "codebook_size": 5, "code_dim": 3}  # fmt: skip
+    return cfg.build({"model": model})
+
+
+VQ_ACCEPTED, VQ_REFUSED = [], []
+for _combo in itertools.product(*VQ_AXES.values()):
+    try:
+        _vq_config(*_combo)
+    except ConfigError:
+        VQ_REFUSED.append(_combo)
+    else:
+        VQ_ACCEPTED.append(_combo)
+
+
+def test_the_vqvae_takes_every_likelihood_and_codebook_update_and_only_the_resnet():
+    for i, values in enumerate(VQ_AXES.values()):
+        assert {c[i] for c in VQ_ACCEPTED} == set(values) - {"mlp", "conv"}
+    assert {c[-1] for c in VQ_REFUSED} == {"mlp", "conv"}
+
+
+@pytest.mark.parametrize("combo", VQ_ACCEPTED, ids=["-".join(map(str, c)) for c in VQ_ACCEPTED])
+def test_every_vqvae_combination_trains_and_reports_its_bound(combo):
+    """One training step on the CPU (gradient to the encoder and decoder; to the codebook only with
+    the codebook loss; the EMA and restarts move it without one), the eval-mode bound as defined
+    (reconstruction minus the uniform rate), and forward and backward on the meta device."""
+    config = _vq_config(*combo)
+    torch.manual_seed(0)
+    model = model_from_config(config, IMAGE).double().train()
+    x = torch.rand(4, *IMAGE, dtype=torch.float64)
+    if combo[0] == "bernoulli":
+        x = x.round()
+    from vaelab.objectives import vq
+
+    before = model.quantizer.codebook.detach().clone()
+    vq(model, x).objective.mean().backward()
+    groups = parameter_groups(model)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    assert (model.quantizer.codebook.grad is not None) == (combo[1] == "loss")
+    assert groups["encoder"] and groups["decoder"]
+    if combo[1] == "ema":  # the averages moved the codes in the forward pass
+        assert not torch.equal(model.quantizer.codebook, before)
+    model.eval()
+    res = vq(model, x)
+    rate = math.prod(model.grid_shape) * math.log(5)
+    torch.testing.assert_close(res.bound, res.reconstruction - rate)
+    meta = model_from_config(config, IMAGE).to("meta").eval()
+    out = vq(meta, torch.empty(2, *IMAGE, device="meta"))
+    out.objective.mean().backward()
+    assert out.bound.device.type == "meta"
+
+
+# -- every option one family ignores is refused in one line ---------------------------------------
+
+GIVEN = {  # a valid, non-default value for every option that belongs to one family only
+    "posterior": "full", "prior": "mog:3", "inference": "local", "latent_dim": "3", "hidden": "8",
+    "activation": "relu", "local_steps": "3", "local_lr": "0.5", "layers": "2",
+    "objective": "iwae", "beta": "0.5", "k": "5", "m": "2", "kl": "mc", "grad_estimator": "stl",
+    "kl_warmup": "2", "kl_cycles": "2", "free_bits": "1",
+    "codebook_size": "8", "code_dim": "4", "commitment": "0.5", "codebook_update": "ema", "ema_decay": "0.9",
+    "dead_code_restart": "5",
+}  # fmt: skip
+
+
+def test_the_option_lists_are_covered():
+    assert set(GIVEN) == set(cfg.VAE_ONLY) | set(cfg.VAE_TRAIN_ONLY) | set(cfg.VQ_ONLY)
+
+
+@pytest.mark.parametrize("name", sorted(GIVEN))
+def test_every_option_the_other_family_ignores_is_a_one_line_exit_2_error(name, tmp_path):
+    from test_cli import run_cli
+
+    model = "vae" if name in cfg.VQ_ONLY else "vqvae"
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", model, "--data", "digits", "--epochs", "1", "--out", str(out), "--quiet",
+                f"--{name.replace('_', '-')}", GIVEN[name])  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--{name.replace('_', '-')}" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
