@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness bench-quality bench-ais clean
+.PHONY: install demo test bench bench-bounds bench-gaps bench-vamp bench-correctness bench-quality bench-ais bench-adversarial clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-quality: $(STAMP)
 bench-ais: $(STAMP)
 	$(BIN)/python benchmarks/bench_ais.py --budget 240 --limit 100 --steps 200 --chains 16 \
 	  --out benchmarks/runs/ais --json benchmarks/results/ais.json
+
+# about an hour on an idle 2-core machine: 36 short 2-D runs, then 10 image models at 180 s each
+bench-adversarial: $(STAMP)
+	$(BIN)/python benchmarks/bench_adversarial.py --out benchmarks/runs/adversarial \
+	  --json benchmarks/results/adversarial.json --figure benchmarks/results/adversarial_samples.png
 
 bench-correctness: $(STAMP)
 	$(BIN)/python benchmarks/bench_correctness.py --json benchmarks/results/correctness.json

@@ -691,7 +691,7 @@ def test_missing_array_file(tmp_path):
 
 
 def test_registered_datasets():
-    assert DATASETS.names() == ["digits", "fashion-mnist", "mnist"]
+    assert DATASETS.names() == ["digits", "fashion-mnist", "grid25", "mnist", "ring8", "stacked-fashion-mnist"]
 
 
 def test_unknown_name_lists_choices():

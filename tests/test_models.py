@@ -91,11 +91,16 @@ def test_build_model_defaults_are_the_configuration_defaults():
     from vaelab.config import ModelConfig
     from vaelab.models.vae import build_vae
 
-    from vaelab.config import VAE_ONLY, VQ_ONLY
+    from vaelab.config import MODEL_OPTIONS
+    from vaelab.models.adversarial import build_adversarial
     from vaelab.models.vqvae import build_vqvae
 
-    for builder, config, other in ((build_vae, ModelConfig(), VQ_ONLY), (build_vqvae, ModelConfig(model="vqvae"), VAE_ONLY)):
+    builders = {"vae": build_vae, "vqvae": build_vqvae, **{m: build_adversarial for m in ("gan", "vaegan", "aae", "alphagan", "veegan")}}
+    specific = {name for names in MODEL_OPTIONS.values() for name in names}
+    assert set(builders) == set(MODEL_OPTIONS)
+    for model, builder in builders.items():
+        config = ModelConfig(model=model)
         params = inspect.signature(builder).parameters
         for f in dataclasses.fields(ModelConfig):
-            if f.name != "model" and f.name not in other:
-                assert params[f.name].default == getattr(config, f.name), (builder.__name__, f.name)
+            if f.name != "model" and (f.name not in specific or f.name in MODEL_OPTIONS[model]):
+                assert params[f.name].default == getattr(config, f.name), (model, f.name)

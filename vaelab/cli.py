@@ -175,9 +175,13 @@ def _build_parser() -> argparse.ArgumentParser:
                        "Frechet distance (Heusel et al. 2017), precision and recall (Kynkaanniemi et al. 2019), "
                        "density and coverage (Naeem et al. 2020), classifier score (Salimans et al. 2016), beside "
                        "the same metrics for N real training images (the reference a perfect model would reach). "
+                       "On the mode-collapse datasets (Srivastava et al. 2017), mode metrics instead: ring8 and "
+                       "grid25, modes captured and the share of high-quality samples; stacked-fashion-mnist, modes "
+                       "hit of 1000 and the KL divergence of their histogram from uniform. "
                        "Either RUN (its own samples) or --data NAME --samples FILE.npy (samples from any generator).")  # fmt: skip
     p.add_argument("run", metavar="RUN", nargs="?", help="a run directory whose model draws the samples")
-    p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 10000)")
+    p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 2500 "
+                   "for ring8 and grid25, 10000 otherwise)")  # fmt: skip
     p.add_argument("--sampler", choices=("prior", "gmm"),
                    help="RUN: z from the prior, or from a Gaussian mixture fitted to the encoder means of the "
                    "training data (Ghosh et al. 2020) (default: prior)")  # fmt: skip
@@ -186,9 +190,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="RUN: score draws x ~ p(x|z) instead of the decoder means")  # fmt: skip
     p.add_argument("--seed", type=int, help="RUN: seed of the samples (default: 0)")
     p.add_argument("--data", metavar="NAME", help="the dataset that --samples are compared with (digits, "
-                   "fashion-mnist, mnist, or a .npz with x_train, y_train, x_test, y_test)")  # fmt: skip
+                   "fashion-mnist, mnist, a .npz with x_train, y_train, x_test, y_test, or one of the mode-collapse "
+                   "datasets ring8, grid25, stacked-fashion-mnist)")  # fmt: skip
     p.add_argument("--samples", metavar="FILE.npy", help="with --data: an N x C x H x W (or N x H x W) float array "
-                   "in [0, 1], from any generator")  # fmt: skip
+                   "in [0, 1] (N x 2 floats for ring8 and grid25), from any generator")  # fmt: skip
     p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, searched first (default for a "
                    "RUN: its own)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -297,6 +302,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.k = 5000 if args.k is None else args.k
     args.proposal = args.proposal or "posterior"
     config, _ = read_config(args.run)
+    from .models import ADVERSARIAL
+
+    if config.model.model in ADVERSARIAL:
+        given = [flag for flag, on in (("--method", args.method != "is"), ("--k", args.k != 5000), ("--bounds", bool(args.bounds)),
+                                       ("--proposal", args.proposal != "posterior")) if on]  # fmt: skip
+        if given:
+            raise VaelabError(f"{given[0]} estimates a likelihood, which --model {config.model.model} does not define; "
+                              f"drop it (vaelab quality {args.run} scores its samples)")  # fmt: skip
+        split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
+        if len(split) == 0:
+            raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
+        return _evaluate_adversarial(args, config, load(args.run), split)
     if args.method != "is" and config.model.model == "vqvae":
         raise VaelabError(
             f"--method {args.method} anneals a continuous latent; {args.run} is a --model vqvae run, whose "
@@ -460,6 +477,35 @@ def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, spli
     return 0
 
 
+def _evaluate_adversarial(args: argparse.Namespace, config: cfg.RunConfig, model, split) -> int:
+    """What is defined for an adversarial model: its reconstruction error where it has an
+    encoder, and a plain statement that there is no likelihood bound."""
+    from .evaluate import reconstruction_error
+
+    name = config.model.model
+    note = (f"--model {name} defines no density p(x) (its generator is implicit), so there is no log-likelihood or "
+            f"bound to report; judge its samples with: vaelab quality {args.run}")  # fmt: skip
+    summary: dict[str, Any] = {"model": name, "log_likelihood": None, "bound": None, "note": note,
+                               "n_examples": len(split)}  # fmt: skip
+    has_encoder = hasattr(model, "reconstruct")
+    if has_encoder:
+        summary["reconstruction_error"], summary["reconstruction_error_stderr"] = reconstruction_error(model, split.fixed())
+    else:
+        summary["reconstruction_error"] = summary["reconstruction_error_stderr"] = None
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{args.run}: {len(split)} {args.split} examples of {config.data.data}, --model {name}")
+    print(f"  no likelihood bound: {note}")
+    if has_encoder:
+        what = "G(F(x)), F the reconstructor" if name == "veegan" else "G(E(x))"
+        print(f"  reconstruction error  {summary['reconstruction_error']:.3f} +- "
+              f"{summary['reconstruction_error_stderr']:.3f} (||x - {what}||^2 summed over dimensions, mean over examples)")  # fmt: skip
+    else:
+        print(f"  reconstruction error  not defined: --model {name} has no encoder")
+    return 0
+
+
 def _add_discrete_bound(summary: dict, split, key: str) -> None:
     """For dequantized data, the bound on the discrete log-likelihood that the density ``key``
     gives, log P(k) >= E_u[log p((k + u) / L)] - D log L (Theis et al. 2016), and its bits/dim."""
@@ -487,7 +533,14 @@ def _describe_objective(config: cfg.RunConfig) -> str:
 
 
 def _needs_continuous_latent(config: cfg.RunConfig, run: str, what: str) -> None:
-    """Refuses, in one line, a VAE-only analysis of a VQ-VAE run."""
+    """Refuses, in one line, a VAE-only analysis of a VQ-VAE or adversarial run."""
+    from .models import ADVERSARIAL
+
+    if config.model.model in ADVERSARIAL:
+        raise VaelabError(
+            f"{what} needs a VAE's q(z|x) and likelihood; {run} is a --model {config.model.model} run, which has "
+            f"neither (use vaelab evaluate, sample, reconstruct or quality)"
+        )
     if config.model.model == "vqvae":
         raise VaelabError(
             f"{what} needs a VAE's continuous latent and its q(z|x); {run} is a --model vqvae run, whose "
@@ -609,14 +662,14 @@ def _what_is_scored(config: cfg.RunConfig, split) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .report import samples_figure
-    from .runs import load
+    from .runs import load, read_config
 
     _positive("-n", args.n)
     _positive("--components", args.components)
     model = load(args.run)
     sampler, label = None, "p(z)"
     if args.sampler == "gmm":
-        from .runs import load_data, read_config
+        from .runs import load_data
         from .sampling import fit_latent_gmm
 
         config, _ = read_config(args.run)
@@ -624,6 +677,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
         sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
+    if sampler is None and tuple(read_config(args.run)[1]) == (2,):  # points in the plane: a scatter plot
+        from .report import points_figure
+        from .runs import load_data
+
+        test = load_data(read_config(args.run)[0], "test", limit=max(args.n, 2500)).fixed()
+        print(points_figure(model, test, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed))
+        return 0
     path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed,
                           latent_sampler=sampler, label=label)  # fmt: skip
     print(path)
@@ -635,8 +695,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .runs import load, load_data, read_config
 
     _positive("-n", args.n)
-    config, _ = read_config(args.run)
+    config, event_shape = read_config(args.run)
     model = load(args.run)
+    if not (hasattr(model, "reconstruct") or hasattr(model, "encode")):
+        raise VaelabError(f"--model {config.model.model} has no encoder to reconstruct with; draw from it with: vaelab sample {args.run}")
+    if tuple(event_shape) == (2,):
+        raise VaelabError(f"{args.run} models points in the plane, which reconstructions.png cannot show; use vaelab sample {args.run}")
     x = load_data(config, args.split, limit=args.n).fixed()
     path = reconstructions_figure(model, x, args.output or Path(args.run) / "reconstructions.png")
     print(path)
@@ -645,7 +709,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from .errors import DataError
-    from .quality import QualityScorer, check_samples, read_samples
+    from .quality import QualityScorer, get_scorer, read_samples
 
     progress = not args.json
     if args.run is not None and args.data is not None:
@@ -662,9 +726,8 @@ def cmd_quality(args: argparse.Namespace) -> int:
         given = [flag for flag, value in run_only.items() if value is not None]
         if given:
             raise VaelabError(f"{given[0]} applies to a RUN's own samples; with --samples every row of the file is scored")
-        scorer = QualityScorer(args.data, data_dir=args.data_dir, progress=progress)
-        samples = check_samples(read_samples(args.samples), scorer.event_shape, args.data)
-        scorer.check_n(len(samples))
+        scorer = get_scorer(args.data, data_dir=args.data_dir, progress=progress)
+        samples = scorer.check(read_samples(args.samples))
         what = f"{len(samples)} samples from {args.samples}"
     else:
         from .runs import load, load_data, read_config
@@ -672,7 +735,6 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
         if args.samples is not None:
             raise VaelabError("--samples is scored with --data NAME; a RUN draws its own samples: drop --samples")
-        n = 10000 if args.n is None else args.n
         sampler = args.sampler or "prior"
         components = 10 if args.components is None else args.components
         _positive("--components", components)
@@ -682,10 +744,11 @@ def cmd_quality(args: argparse.Namespace) -> int:
             raise DataError(f"{args.run} was trained on {name}, a .npy file without labels; quality trains its feature "
                             "classifier on labelled images (digits, fashion-mnist, mnist, or a .npz with x_train, "
                             "y_train, x_test, y_test)")  # fmt: skip
-        scorer = QualityScorer(name, data_dir=args.data_dir or config.data.data_dir, progress=progress)
+        scorer = get_scorer(name, data_dir=args.data_dir or config.data.data_dir, progress=progress)
         if tuple(event_shape) != scorer.event_shape:
-            raise DataError(f"{args.run} models data of shape {list(event_shape)}, but {name} now holds images of shape "
-                            f"{list(scorer.event_shape)}")  # fmt: skip
+            raise DataError(f"{args.run} models data of shape {list(event_shape)}, but {name} now holds examples of "
+                            f"shape {list(scorer.event_shape)}")  # fmt: skip
+        n = scorer.DEFAULT_N if args.n is None else args.n
         scorer.check_n(n)
         model = load(args.run)
         own = hasattr(model, "sample_images")
@@ -700,6 +763,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    if not isinstance(scorer, QualityScorer):
+        _print_mode_table(scorer, result, what)
+        return 0
     c = scorer.classifier
     how = f"trained now in {c.seconds:.0f} s" if c.trained else "from the cache"
     print(f"{what} against the first {result['n_samples']} test images of {result['dataset']}")
@@ -712,6 +778,28 @@ def cmd_quality(args: argparse.Namespace) -> int:
     print(f"reference: {result['n_samples']} real training images in place of the samples, what a model drawing "
           "from the data distribution would score")  # fmt: skip
     return 0
+
+
+def _print_mode_table(scorer: Any, result: dict[str, Any], what: str) -> None:
+    """The mode metrics of `vaelab quality` on ring8, grid25 or stacked-fashion-mnist, as a table."""
+    n, total = result["n_samples"], result["num_modes"]
+    if "min_samples_per_mode" in result:
+        print(f"{what} on {result['dataset']}: {total} Gaussians of standard deviation {scorer.sd:g}")
+        notes = {"modes": f"of {total}: with at least {result['min_samples_per_mode']} samples within 3 sd of the centre",
+                 "high_quality": "share of samples within 3 sd of a centre"}  # fmt: skip
+    else:
+        c = scorer.classifier  # None when a caller gave the scorer its own predict
+        print(f"{what} on {result['dataset']}: each channel classified, {total} class triples")
+        if c is not None:
+            how = f"trained now in {c.seconds:.0f} s" if c.trained else "from the cache"
+            print(f"feature classifier: fashion-mnist test accuracy {c.accuracy:.4f} ({how}: {c.path})")
+        notes = {"modes": f"of {total} class triples hit", "mode_kl": "KL(mode histogram || uniform), nats, 0 is best"}
+    print(f"  {'':<18}{'samples':>10}{'reference':>12}")
+    for key, note in notes.items():
+        cell = (lambda v: f"{v:>10d}") if isinstance(result[key], int) else (lambda v: f"{v:>10.4f}")
+        print(f"  {key.replace('_', ' '):<18}{cell(result[key])}{cell(result['reference'][key]):>12}   {note}")
+    print(f"reference: the first {n} examples of the training file in place of the samples, what a model drawing "
+          "from the data distribution would score")  # fmt: skip
 
 
 GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to

@@ -20,6 +20,7 @@ from . import data as _data
 from .distributions import OBSERVATIONS
 from .errors import ConfigError
 from .models import MODELS
+from .models.adversarial import ADVERSARIAL, ENCODERS, check_adversarial
 from .models.two_layer import check_layers
 from .models.vae import INFERENCE, check_combination
 from .models.vqvae import check_vqvae
@@ -55,7 +56,7 @@ def _flag(name: str) -> str:
 class DataConfig:
     """Which data, and how it is prepared."""
 
-    data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist) or a .npy/.npz path"))
+    data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist, stacked-fashion-mnist, ring8, grid25) or a .npy/.npz path"))
     data_dir: str | None = field(default=None, metadata=_help("directory holding the IDX files (searched first)"))
     binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
     dequantize: bool = field(default=False, metadata=_help("add uniform noise to grey levels, (k + u) / levels, for continuous likelihoods; needs --binarize none"))
@@ -75,18 +76,34 @@ class DataConfig:
             raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
 
 
-# model options that belong to one family; the other family refuses non-default values
+# Which model-specific options each model family uses: the one home of that rule. An option a
+# family would silently ignore is refused when given (set to other than its default).
 VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers")
-# training options of the VAE's objectives; the VQ-VAE trains on its own loss and refuses them
-VAE_TRAIN_ONLY = ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits")
 VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
+_GENERATOR = ("latent_dim", "hidden", "activation")
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "vae": VAE_ONLY,
+    "vqvae": VQ_ONLY,
+    "gan": _GENERATOR,
+    "vaegan": (*_GENERATOR, "gamma", "feature_layer"),
+    "aae": (*_GENERATOR, "prior", "encoder"),
+    "alphagan": (*_GENERATOR, "encoder"),
+    "veegan": _GENERATOR,
+}
+# why an option does not apply, where the family's nature says it
+_WHY = {"vqvae": " (its latent is a grid of --codebook-size codes of --code-dim numbers)"}
+# training options of the VAE's objectives; the VQ-VAE and the adversarial models train on their
+# own losses and refuse them
+VAE_TRAIN_ONLY = ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits")
+# the discriminators' optimizer settings, for the adversarial models only
+DISC_TRAIN_ONLY = ("lr_disc", "adam_betas_disc")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The model's architecture and observation model."""
 
-    model: str = field(default="vae", metadata=_help("model family"))
+    model: str = field(default="vae", metadata=_help("model family: vae | vqvae | gan | vaegan | aae | alphagan | veegan"))
     likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
     net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
@@ -107,6 +124,9 @@ class ModelConfig:
     ema_decay: float = field(default=0.99, metadata=_help("--model vqvae --codebook-update ema: decay of the moving averages"))
     dead_code_restart: int = field(default=0, metadata=_help("--model vqvae: re-initialise a code unused for this many training steps from an encoder output of the batch (0: off)"))
     layers: int = field(default=1, metadata=_help("stochastic layers: 1, or 2 (Burda et al. 2015: 784-200-200-100-100-50)"))
+    encoder: str = field(default="deterministic", metadata=_help("--model aae, alphagan: deterministic (z = E(x)) | gaussian (z ~ q(z|x), reparameterized)", choices=ENCODERS))
+    gamma: float = field(default=1.0, metadata=_help("--model vaegan: weight of the discriminator-feature reconstruction in the decoder's loss (gamma L_Dis_l - L_GAN)"))
+    feature_layer: int = field(default=0, metadata=_help("--model vaegan: the discriminator layer whose features measure reconstructions (0: its last hidden layer)"))
 
     def __post_init__(self) -> None:
         if self.net is None:  # resolved here, so config.json always names the backbone
@@ -123,23 +143,26 @@ class ModelConfig:
         if self.latent_dim < 1:
             raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
         check_combination(self.posterior, self.prior, self.inference)
-        if self.model != "vqvae":
+        if self.model == "vae":
             check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
         if self.channels < 1 or self.res_blocks < 0:
             raise ConfigError(f"--channels must be at least 1 and --res-blocks at least 0, got {self.channels} and {self.res_blocks}")
         if self.model == "vqvae":
             check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
                         self.ema_decay, self.dead_code_restart)  # fmt: skip
-            ignored = _changed(self, VAE_ONLY)  # options the VQ-VAE would silently ignore
-            if ignored:
-                raise ConfigError(
-                    f"{_flag(ignored[0])} does not apply to --model vqvae (its latent is a grid of "
-                    f"--codebook-size codes of --code-dim numbers); drop it"
-                )
-        else:
-            ignored = _changed(self, VQ_ONLY)
-            if ignored:
-                raise ConfigError(f"{_flag(ignored[0])} applies to --model vqvae only; drop it or add --model vqvae")
+        if self.model in ADVERSARIAL:
+            check_adversarial(self.model, prior=self.prior, encoder=self.encoder, gamma=self.gamma,
+                              feature_layer=self.feature_layer, net=self.net, hidden=self.hidden,
+                              res_blocks=self.res_blocks)  # fmt: skip
+        own = MODEL_OPTIONS.get(self.model, ())
+        specific = sorted({name for names in MODEL_OPTIONS.values() for name in names} - set(own))
+        ignored = _changed(self, specific)
+        if ignored:
+            users = [m for m, names in MODEL_OPTIONS.items() if ignored[0] in names]
+            raise ConfigError(
+                f"{_flag(ignored[0])} does not apply to --model {self.model}{_WHY.get(self.model, '')}; it is an "
+                f"option of --model {' | '.join(users)}: drop it"
+            )
         if self.local_steps < 1:
             raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
@@ -166,6 +189,8 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
     adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_help("Adam betas, e.g. 0.9,0.999"))
     adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
+    lr_disc: float | None = field(default=None, metadata=_help("adversarial models: Adam learning rate of the discriminators (default: --lr)"))
+    adam_betas_disc: tuple[float, float] | None = field(default=None, metadata=_help("adversarial models: Adam betas of the discriminators, e.g. 0.5,0.999 (default: --adam-betas)"))
     patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
     time_limit: float = field(default=0.0, metadata=_help("stop after the epoch in which the run's wall-clock seconds (training, validation, monitors; summed over resumes) reach this (0: no limit)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
@@ -221,6 +246,10 @@ class TrainConfig:
             raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"--adam-betas needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
+        if self.lr_disc is not None and not (self.lr_disc > 0 and math.isfinite(self.lr_disc)):
+            raise ConfigError(f"--lr-disc must be a positive number, got {self.lr_disc}")
+        if self.adam_betas_disc is not None and (len(self.adam_betas_disc) != 2 or not all(0 <= b < 1 for b in self.adam_betas_disc)):
+            raise ConfigError(f"--adam-betas-disc needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
         if not self.adam_eps > 0:
             raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
         if self.patience < 0:
@@ -247,6 +276,19 @@ class RunConfig:
                     f"{_flag(ignored[0])} does not apply to --model vqvae: it trains on its own loss "
                     f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
                     f"posterior, so there is no KL to schedule or importance-weight; drop it"
+                )
+        if m.model in ADVERSARIAL:
+            ignored = _changed(t, (*VAE_TRAIN_ONLY, "patience"))
+            if ignored:
+                why = ("it has no likelihood bound to select weights or stop early on: the last epoch's weights are kept"
+                       if ignored[0] == "patience" else "it trains each player on its own adversarial loss")  # fmt: skip
+                raise ConfigError(f"{_flag(ignored[0])} does not apply to --model {m.model}: {why}; drop it")
+        else:
+            ignored = _changed(t, DISC_TRAIN_ONLY)
+            if ignored:
+                raise ConfigError(
+                    f"{_flag(ignored[0])} sets the discriminators' optimizer, which only the adversarial models "
+                    f"(--model {' | '.join(ADVERSARIAL)}) have; drop it"
                 )
         posterior = check_posterior(m.posterior)[0]
         if posterior in FLOWS and t.grad_estimator != "reparam":

@@ -1,7 +1,8 @@
 """Datasets by name, the IDX reader, binarization, validation splits and in-memory batching.
 
 A dataset is named either by a registered short name (``"digits"``, ``"fashion-mnist"``,
-``"mnist"``) or by a path to a ``.npy``/``.npz`` file. Every dataset has a *training file* and a
+``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``)
+or by a path to a ``.npy``/``.npz`` file. Every dataset has a *training file* and a
 *test file*; the validation split is carved from the training file with a seed, so ``train`` and
 ``valid`` are disjoint and together make up the training file, each in file order.
 
@@ -50,6 +51,9 @@ from .registry import Registry
 __all__ = [
     "BINARIZE_MODES",
     "DATASETS",
+    "MIXTURES",
+    "MIXTURE_SIZES",
+    "STACKED_SIZES",
     "SPLITS",
     "Split",
     "load_dataset",
@@ -541,6 +545,111 @@ def _read_idx_pair(images_path: Path, labels_path: Path) -> _Part:
             f"labels; the files do not belong together: {_FIX_CORRUPT}"
         )
     return _Part(images[:, None], labels.astype(np.int64), 255.0, 256)
+
+
+# --------------------------------------------------------------------------------------------
+# Mode-collapse benchmarks (Srivastava et al. 2017, "VEEGAN")
+#
+# Mixtures of well separated Gaussians in the plane, and Fashion-MNIST images stacked three to an
+# image: data whose modes are known, so that a model's samples can be checked for the modes they
+# miss (vaelab.quality reads the centres and the standard deviation from MIXTURES).
+
+
+def _ring(count: int, radius: float) -> np.ndarray:
+    angles = 2 * np.pi * np.arange(count) / count  # centre k at angle 2 pi k / count
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _grid(values: Sequence[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    return np.stack(np.meshgrid(v, v, indexing="ij"), axis=-1).reshape(-1, 2)  # k = 5 i + j
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # one definition shared by the data and the metrics
+    return array
+
+
+# name -> (centres (M, 2) float64, standard deviation of every component)
+MIXTURES: dict[str, tuple[np.ndarray, float]] = {
+    "ring8": (_frozen(_ring(8, 2.0)), 0.02),
+    "grid25": (_frozen(_grid((-4.0, -2.0, 0.0, 2.0, 4.0))), 0.05),
+}
+MIXTURE_SIZES: dict[str, int] = {"train": 20_000, "test": 5_000}  # points per file
+STACKED_SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}  # images per file
+STACKED_SOURCE = "fashion-mnist"  # the IDX set whose images become the channels
+
+
+def _file_seed(name: str, file: str) -> int:
+    # A stable hash, as in _derived_seed: the files are the same on every machine and run, and
+    # the training and test files are independent draws.
+    digest = hashlib.sha256(f"vaelab.data.synthetic:{name}:{file}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _mixture_part(name: str, file: str) -> _Part:
+    centres, sd = MIXTURES[name]
+    rng = np.random.default_rng(_file_seed(name, file))
+    n = MIXTURE_SIZES[file]
+    y = rng.integers(0, len(centres), n)  # the mode each point is drawn from, uniform
+    x = centres[y] + sd * rng.standard_normal((n, 2))
+    return _Part(x.astype(np.float32), y.astype(np.int64), 1.0, None)
+
+
+def _mixture_loader(name: str) -> Callable[..., _Source]:
+    def load(**_: Any) -> _Source:  # generated: no folder to search, nothing to download
+        return _Source(lambda: _mixture_part(name, "train"), lambda: _mixture_part(name, "test"))
+
+    centres, sd = MIXTURES[name]
+    load.__doc__ = (
+        f"{name}: {len(centres)} Gaussians of standard deviation {sd} in the plane, float32 points "
+        f"[N, 2] labelled with their mode ({MIXTURE_SIZES['train']} training, "
+        f"{MIXTURE_SIZES['test']} test points, seeded)."
+    )
+    return load
+
+
+for _name in MIXTURES:
+    DATASETS.register(_name)(_mixture_loader(_name))
+
+
+def _stacked_part(source: _Part, origin: str, n: int, seed: int) -> _Part:
+    """n images whose three channels are images of ``source`` drawn uniformly with replacement;
+    label 100 a + 10 b + c for channel labels a, b, c, so each of the 1000 triples is a mode."""
+    labels = source.y
+    if len(source.x) == 0 or labels is None:
+        raise DataError(f"{origin}: holds no labelled images to stack; {_FIX_CORRUPT}")
+    if int(labels.min()) < 0 or int(labels.max()) > 9:
+        raise DataError(
+            f"{origin}: labels range over [{int(labels.min())}, {int(labels.max())}], but stacking "
+            f"needs the ten classes 0..9 of {STACKED_SOURCE}; {_FIX_CORRUPT}"
+        )
+    pick = np.random.default_rng(seed).integers(0, len(source.x), (n, 3))
+    x = source.x[pick, 0]  # (n, 3, H, W): source.x is (N, 1, H, W)
+    y = labels[pick] @ np.array([100, 10, 1], dtype=np.int64)
+    return _Part(x, y, source.scale, source.levels)
+
+
+@DATASETS.register("stacked-fashion-mnist")
+def _load_stacked(
+    *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+    progress: bool = False, **_: Any,
+) -> _Source:
+    """stacked-fashion-mnist: three Fashion-MNIST images as the channels of one 3x28x28 image
+    (1000 modes; the stacked MNIST of Srivastava et al. 2017). The training file stacks images of
+    Fashion-MNIST's training file, the test file images of its test file, each with a fixed seed;
+    the IDX files are found (or downloaded) as for ``fashion-mnist``."""
+    name = "stacked-fashion-mnist"
+    paths = resolve_idx_files(STACKED_SOURCE, data_dir, download=download, progress=progress)
+
+    def part(file: str, images: str, labels: str) -> _Part:
+        source = _read_idx_pair(paths[images], paths[labels])
+        return _stacked_part(source, str(paths[images]), STACKED_SIZES[file], _file_seed(name, file))
+
+    return _Source(
+        lambda: part("train", "train-images", "train-labels"),
+        lambda: part("test", "t10k-images", "t10k-labels"),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,3 +215,68 @@ def resnet_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
         _Unflatten((spec.params_per_dim, c, h, w)),
     )
     return encoder, decoder
+
+
+# --- discriminators (the adversarial models): data in, a flat feature vector out, block by block
+
+# A discriminator is a list of blocks applied in turn; each block ends in a leaky ReLU (slope 0.2,
+# as in Radford et al. 2016's DCGAN discriminator) and the last emits a flat vector. Models put a
+# linear head on it and may read the output of any block (the VAE-GAN's "l-th layer").
+DISCRIMINATORS: Registry[Callable[[NetSpec], tuple[list[nn.Module], int]]] = Registry("net")
+
+
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+def _check_images(name: str, event_shape: tuple[int, ...]) -> None:
+    if len(event_shape) != 3 or event_shape[1] % 4 or event_shape[2] % 4:
+        raise ConfigError(
+            f"--net {name} needs images whose height and width are multiples of 4, got data of "
+            f"shape {event_shape}; use --net mlp for this data"
+        )
+
+
+@DISCRIMINATORS.register("mlp")
+def mlp_discriminator(spec: NetSpec) -> tuple[list[nn.Module], int]:
+    """One block per ``--hidden`` width: dense layer and leaky ReLU. Returns (blocks, width of the
+    last block's output)."""
+    sizes = [math.prod(spec.event_shape), *spec.hidden]
+    blocks: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers = [nn.Flatten(1)] if i == 0 else []
+        blocks.append(nn.Sequential(*layers, nn.Linear(n_in, n_out), _leaky()))
+    return blocks, sizes[-1]
+
+
+@DISCRIMINATORS.register("conv")
+def conv_discriminator(spec: NetSpec) -> tuple[list[nn.Module], int]:
+    """The ``conv`` encoder's layout: two 4x4 stride-2 convolutions (32 and 64 channels), then a
+    dense layer of ``hidden[0]`` units; three blocks."""
+    _check_images("conv", spec.event_shape)
+    c, h, w = spec.event_shape
+    width = spec.hidden[0]
+    blocks = [
+        nn.Sequential(nn.Conv2d(c, 32, 4, stride=2, padding=1), _leaky()),
+        nn.Sequential(nn.Conv2d(32, 64, 4, stride=2, padding=1), _leaky()),
+        nn.Sequential(nn.Flatten(1), nn.Linear(64 * (h // 4) * (w // 4), width), _leaky()),
+    ]
+    return blocks, width
+
+
+@DISCRIMINATORS.register("resnet")
+def resnet_discriminator(spec: NetSpec) -> tuple[list[nn.Module], int]:
+    """The ``resnet`` encoder's layout: two 4x4 stride-2 convolutions of ``channels`` channels, a
+    3x3 convolution with the ``res_blocks`` residual blocks, then a dense layer of ``hidden[0]``
+    units; four blocks."""
+    _check_images("resnet", spec.event_shape)
+    _check_resnet(spec.channels, spec.res_blocks)
+    c, h, w = spec.event_shape
+    ch, width = spec.channels, spec.hidden[0]
+    blocks = [
+        nn.Sequential(nn.Conv2d(c, ch, 4, stride=2, padding=1), _leaky()),
+        nn.Sequential(nn.Conv2d(ch, ch, 4, stride=2, padding=1), _leaky()),
+        nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), *(ResidualBlock(ch) for _ in range(spec.res_blocks)), _leaky()),
+        nn.Sequential(nn.Flatten(1), nn.Linear(ch * (h // 4) * (w // 4), width), _leaky()),
+    ]
+    return blocks, width

@@ -25,6 +25,18 @@ features:
 A perfect model is not at fd = 0 and precision = 1: two finite samples of the same distribution
 differ. ``reference`` holds the same metrics for n real *training* images against the same test
 images, the floor (or ceiling) that a model drawing exactly from the data distribution would reach.
+
+Mode collapse is measured on data whose modes are known (Srivastava et al. 2017, "VEEGAN"), and
+:func:`get_scorer` and :func:`score_samples` pick these metrics for those datasets:
+
+- ``ring8`` and ``grid25`` (Gaussians in the plane, ``vaelab.data.MIXTURES``): ``modes``, the
+  number of mixture components with at least ``min_samples_per_mode`` samples within 3 standard
+  deviations of their centre, and ``high_quality``, the share of samples within 3 standard
+  deviations of some centre (:class:`MixtureModeScorer`).
+- ``stacked-fashion-mnist`` (three Fashion-MNIST images as the channels of one image): each
+  channel is classified by the Fashion-MNIST feature classifier; ``modes`` counts the distinct
+  class triples among the samples (of 1000) and ``mode_kl`` is the KL divergence of their
+  histogram from the uniform distribution over the 1000 triples (:class:`StackedModeScorer`).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,24 +56,42 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import Split, _cache_dir, load_split
+from .data import (
+    MIXTURE_SIZES,
+    MIXTURES,
+    STACKED_SIZES,
+    STACKED_SOURCE,
+    Split,
+    _cache_dir,
+    load_split,
+    resolve_idx_files,
+)
 from .errors import DataError, RunError
 from .files import atomic_write_bytes, load_tensors, save_tensors
 
 __all__ = [
     "K_NEIGHBOURS",
     "METRICS",
+    "MODE_SCORERS",
+    "STACKED_MODES",
     "Classifier",
     "FeatureClassifier",
+    "MixtureModeScorer",
     "QualityScorer",
+    "StackedModeScorer",
+    "channel_codes",
     "check_samples",
     "classifier_score",
     "feature_statistics",
     "frechet_distance",
     "get_classifier",
+    "get_scorer",
     "manifold_metrics",
+    "min_samples_per_mode",
+    "mode_metrics",
     "read_samples",
     "score_samples",
+    "stacked_mode_metrics",
     "train_classifier",
 ]
 
@@ -448,6 +479,8 @@ class QualityScorer:
         progress: a progress bar on stderr while the classifier trains.
     """
 
+    DEFAULT_N = 10000  # samples a run draws when none is asked for
+
     def __init__(self, dataset: str, *, data_dir: str | os.PathLike[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                  progress: bool = False) -> None:  # fmt: skip
@@ -488,6 +521,12 @@ class QualityScorer:
         if n > len(self.train):
             raise DataError(f"{n} samples, but {self.dataset} has {len(self.train)} training images for the "
                             f"reference; use at most {len(self.train)}")  # fmt: skip
+
+    def check(self, samples: np.ndarray | Tensor) -> Tensor:
+        """:func:`check_samples` and :meth:`check_n`: the samples as ``(N, C, H, W)`` float32."""
+        x = check_samples(samples, self.event_shape, self.dataset)
+        self.check_n(len(x))
+        return x
 
     @property
     def classifier(self) -> Classifier:
@@ -533,9 +572,302 @@ class QualityScorer:
         return result
 
 
+# --------------------------------------------------------------------------------------------
+# Mode collapse (Srivastava et al. 2017, "VEEGAN: Reducing mode collapse in GANs using implicit
+# variational learning")
+
+MODE_RADIUS = 3.0  # a sample is of a mode when within 3 standard deviations of its centre
+# VEEGAN draws 2500 samples and counts a mode as captured when 20 of them are of it: 0.8%.
+PAPER_SAMPLES, PAPER_MIN_PER_MODE = 2500, 20
+STACKED_MODES = 1000  # class triples of stacked-fashion-mnist
+
+
+def min_samples_per_mode(n: int) -> int:
+    """Samples a mode needs to count as captured among n: ceil(20 n / 2500), i.e. 0.8% of the
+    samples rounded up (20 of VEEGAN's 2500), and at least 1."""
+    return max(1, -(-PAPER_MIN_PER_MODE * n // PAPER_SAMPLES))
+
+
+def _as_array(samples: np.ndarray | Tensor) -> np.ndarray:
+    return samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
+
+
+def mode_metrics(samples: np.ndarray | Tensor, centres: np.ndarray, sd: float) -> dict[str, Any]:
+    """Modes captured and sample quality of points from a mixture of isotropic Gaussians
+    (Srivastava et al. 2017).
+
+    A sample is *of* the mode whose centre is nearest when that centre is within 3 ``sd``
+    (Euclidean distance); it is then of *high quality*. A mode is *captured* when at least
+    ``min_samples_per_mode(N)`` samples are of it. Points drawn from the mixture itself are of
+    high quality with probability P(chi^2_2 <= 9) = 1 - exp(-4.5) = 0.989 in the plane.
+
+    Args:
+        samples: ``(N, D)`` points, N >= 1.
+        centres: ``(M, D)`` mode centres.
+        sd: the standard deviation of every component.
+
+    Returns:
+        ``modes`` (captured, 0..M), ``high_quality`` (share of samples within 3 sd of a centre),
+        ``num_modes`` (M), ``min_samples_per_mode``.
+    """
+    x = _as_array(samples).astype(np.float64)
+    c = np.asarray(centres, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0 or c.ndim != 2 or x.shape[1] != c.shape[1]:
+        raise DataError(f"mode_metrics needs samples (N >= 1, D) and centres (M, D), got {list(x.shape)} and "
+                        f"{list(c.shape)}")  # fmt: skip
+    d2 = np.stack([np.square(x - centre).sum(1) for centre in c], axis=1)  # (N, M), memory O(N M)
+    nearest = d2.argmin(1)  # (N,)
+    within = d2[np.arange(len(x)), nearest] <= (MODE_RADIUS * sd) ** 2  # (N,)
+    counts = np.bincount(nearest[within], minlength=len(c))  # (M,)
+    need = min_samples_per_mode(len(x))
+    return {"modes": int((counts >= need).sum()), "high_quality": float(within.mean()), "num_modes": len(c),
+            "min_samples_per_mode": need}  # fmt: skip
+
+
+def stacked_mode_metrics(codes: np.ndarray | Tensor, num_modes: int = STACKED_MODES) -> dict[str, Any]:
+    """Modes hit and the KL divergence of the mode histogram from uniform (Srivastava et al. 2017,
+    stacked MNIST).
+
+    Args:
+        codes: ``(N,)`` integer modes in [0, num_modes), N >= 1.
+        num_modes: how many modes there are.
+
+    Returns:
+        ``modes`` (distinct codes) and ``mode_kl`` = sum_m p_m log(p_m num_modes) over the modes
+        with p_m > 0, in nats: 0 when every mode is equally frequent, log(num_modes) when all
+        samples share one mode.
+    """
+    k = _as_array(codes)
+    if k.ndim != 1 or len(k) == 0 or not np.issubdtype(k.dtype, np.integer) or k.min() < 0 or k.max() >= num_modes:
+        raise DataError(f"stacked_mode_metrics needs N >= 1 integer codes in [0, {num_modes}), got {k.dtype} "
+                        f"{list(k.shape)}")  # fmt: skip
+    counts = np.bincount(k, minlength=num_modes)
+    p = counts[counts > 0] / len(k)
+    return {"modes": int(len(p)), "mode_kl": float(np.sum(p * np.log(p * num_modes)))}
+
+
+def channel_codes(images: Tensor, predict: Callable[[Tensor], Tensor], classes: int = 10) -> Tensor:
+    """The mode of each stacked image: its channels' classes as the digits of one number.
+
+    Args:
+        images: ``(N, C, H, W)``.
+        predict: one-channel images ``(B, 1, H, W)`` -> classes ``(B,)`` in [0, classes).
+        classes: classes per channel.
+
+    Returns:
+        ``(N,)`` int64 codes sum_c class_c * classes^(C-1-c): 100 a + 10 b + c for three channels.
+    """
+    n, c = images.shape[:2]
+    labels = torch.as_tensor(predict(images.reshape(n * c, 1, *images.shape[2:]))).cpu()
+    if labels.shape != (n * c,) or labels.is_floating_point() or (len(labels) and (int(labels.min()) < 0 or
+                                                                                   int(labels.max()) >= classes)):  # fmt: skip
+        raise ValueError(f"predict must return {n * c} integer classes in [0, {classes}), got "
+                         f"{labels.dtype} {list(labels.shape)}")  # fmt: skip
+    weights = classes ** torch.arange(c - 1, -1, -1, dtype=torch.int64)  # (C,): 100, 10, 1
+    return (labels.to(torch.int64).view(n, c) * weights).sum(1)
+
+
+class MixtureModeScorer:
+    """Scores points against ``ring8`` or ``grid25`` with :func:`mode_metrics`.
+
+    Args:
+        dataset: a name in ``vaelab.data.MIXTURES``.
+    """
+
+    DEFAULT_N = PAPER_SAMPLES  # samples a run draws when none is asked for: the paper's 2500
+    METRICS = ("modes", "high_quality")
+
+    def __init__(self, dataset: str) -> None:
+        if dataset not in MIXTURES:
+            raise DataError(f"unknown mixture {dataset!r}; choose one of: {', '.join(sorted(MIXTURES))}")
+        self.dataset = dataset
+        self.centres, self.sd = MIXTURES[dataset]
+        self._reference: dict[int, dict[str, Any]] = {}
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one point, ``(2,)``."""
+        return (self.centres.shape[1],)
+
+    def check_n(self, n: int) -> None:
+        """Refuses a number of samples the training file cannot match for the reference."""
+        size = MIXTURE_SIZES["train"]
+        if n < 1:
+            raise DataError("no samples to score; pass at least one point")
+        if n > size:
+            raise DataError(f"{n} samples, but {self.dataset} has {size} training points for the reference; "
+                            f"use at most {size}")  # fmt: skip
+
+    def check(self, samples: np.ndarray | Tensor) -> np.ndarray:
+        """Checks that samples are an N x 2 array of finite floats; returns them as float64."""
+        x = _as_array(samples)
+        d = self.event_shape[0]
+        if x.ndim != 2 or x.shape[1] != d:
+            raise DataError(f"samples have shape {list(x.shape)}; {self.dataset} needs an N x {d} array of float "
+                            "points, one row per sample")  # fmt: skip
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"samples have dtype {x.dtype}; {self.dataset} needs float points: convert them with "
+                            ".astype(numpy.float32)")  # fmt: skip
+        if not np.isfinite(x).all():
+            raise DataError(f"samples have {int((~np.isfinite(x).all(1)).sum())} rows with NaN or infinite values; "
+                            "drop or fix those rows")  # fmt: skip
+        self.check_n(len(x))
+        return x.astype(np.float64)
+
+    def score(self, samples: np.ndarray | Tensor) -> dict[str, Any]:
+        """The mode metrics of ``samples``, with the reference row.
+
+        Args:
+            samples: ``(N, 2)`` finite floats, 1 <= N <= 20000.
+
+        Returns:
+            ``modes``, ``high_quality``, ``num_modes``, ``min_samples_per_mode``, ``reference``
+            (``modes`` and ``high_quality`` of the first N training points), ``n_samples``,
+            ``dataset``.
+        """
+        x = self.check(samples)
+        n = len(x)
+        if n not in self._reference:
+            real = load_split(self.dataset, "train", valid_fraction=0.0, limit=n).x
+            self._reference[n] = mode_metrics(real, self.centres, self.sd)
+        result = mode_metrics(x, self.centres, self.sd)
+        result["reference"] = {key: self._reference[n][key] for key in self.METRICS}
+        result.update(n_samples=n, dataset=self.dataset)
+        return result
+
+
+class StackedModeScorer:
+    """Scores images against ``stacked-fashion-mnist``: each channel is classified, and
+    :func:`stacked_mode_metrics` counts the class triples.
+
+    Args:
+        data_dir: a folder to search first for the Fashion-MNIST IDX files.
+        cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
+        device: where the classifier runs.
+        progress: a progress bar on stderr while the classifier trains.
+        predict: one-channel images ``(B, 1, 28, 28)`` -> classes ``(B,)`` in 0..9, in place of
+            the Fashion-MNIST feature classifier (which is then never trained or loaded).
+    """
+
+    DEFAULT_N = 10000  # samples a run draws when none is asked for
+    METRICS = ("modes", "mode_kl")
+    dataset = "stacked-fashion-mnist"
+
+    def __init__(self, *, data_dir: str | os.PathLike[str] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+                 progress: bool = False, predict: Callable[[Tensor], Tensor] | None = None) -> None:  # fmt: skip
+        self.data_dir, self.cache_dir, self.device, self.progress = data_dir, cache_dir, torch.device(device), progress
+        self._predict = predict
+        self._scorer: QualityScorer | None = None
+        self._reference: dict[int, dict[str, Any]] = {}
+        # Find the IDX files now (downloading them if needed), so a missing dataset fails before
+        # a run has drawn its samples.
+        resolve_idx_files(STACKED_SOURCE, data_dir, progress=progress)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one image, ``(3, 28, 28)``."""
+        return (3, 28, 28)
+
+    @property
+    def classifier(self) -> Classifier | None:
+        """The Fashion-MNIST feature classifier (trained or read from the cache on first use), or
+        None when ``predict`` was given."""
+        if self._predict is not None:
+            return None
+        if self._scorer is None:
+            self._scorer = QualityScorer(STACKED_SOURCE, data_dir=self.data_dir, cache_dir=self.cache_dir,
+                                         device=self.device, progress=self.progress)  # fmt: skip
+        return self._scorer.classifier
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Classes ``(B,)`` of one-channel images ``(B, 1, 28, 28)``."""
+        if self._predict is not None:
+            return self._predict(x)
+        _, probs = _forward(self.classifier.net, x, self.device)
+        return probs.argmax(1).cpu()
+
+    def check_n(self, n: int) -> None:
+        """Refuses a number of samples the training file cannot match for the reference."""
+        size = STACKED_SIZES["train"]
+        if n < 1:
+            raise DataError("no samples to score; pass at least one image")
+        if n > size:
+            raise DataError(f"{n} samples, but {self.dataset} has {size} training images for the reference; "
+                            f"use at most {size}")  # fmt: skip
+
+    def check(self, samples: np.ndarray | Tensor) -> Tensor:
+        """Checks that samples are N x 3 x 28 x 28 floats in [0, 1]; returns them as float32."""
+        x = check_samples(samples, self.event_shape, self.dataset)
+        self.check_n(len(x))
+        return x
+
+    def _metrics(self, images: Tensor) -> dict[str, Any]:
+        codes = torch.cat([channel_codes(images[i : i + CHUNK], self.predict) for i in range(0, len(images), CHUNK)])
+        return stacked_mode_metrics(codes.numpy(), STACKED_MODES)
+
+    def score(self, samples: np.ndarray | Tensor) -> dict[str, Any]:
+        """The mode metrics of ``samples``, with the reference row.
+
+        Args:
+            samples: ``(N, 3, 28, 28)`` floats in [0, 1], 1 <= N <= 60000.
+
+        Returns:
+            ``modes``, ``mode_kl``, ``num_modes`` (1000), ``reference`` (``modes`` and
+            ``mode_kl`` of the first N training images), ``n_samples``, ``dataset``,
+            ``classifier_accuracy`` (the Fashion-MNIST test accuracy of the channel classifier;
+            None with an injected ``predict``).
+        """
+        x = self.check(samples)
+        n = len(x)
+        if n not in self._reference:
+            real = load_split(self.dataset, "train", data_dir=self.data_dir, valid_fraction=0.0, limit=n,
+                              progress=self.progress).x  # fmt: skip
+            self._reference[n] = self._metrics(real)
+        result: dict[str, Any] = self._metrics(x)
+        result["num_modes"] = STACKED_MODES
+        result["reference"] = dict(self._reference[n])
+        classifier = self.classifier
+        result.update(n_samples=n, dataset=self.dataset,
+                      classifier_accuracy=None if classifier is None else classifier.accuracy)  # fmt: skip
+        return result
+
+
+def _mixture_scorer(name: str) -> Callable[..., MixtureModeScorer]:
+    def build(*, data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
+              device: str | torch.device, progress: bool) -> MixtureModeScorer:  # fmt: skip
+        # Generated points and closed-form metrics: no files, no classifier, numpy on the CPU.
+        return MixtureModeScorer(name)
+
+    return build
+
+
+# Datasets scored by their modes -> builder(data_dir=, cache_dir=, device=, progress=); every
+# other dataset gets the image metrics of QualityScorer.
+MODE_SCORERS: dict[str, Callable[..., MixtureModeScorer | StackedModeScorer]] = {
+    **{name: _mixture_scorer(name) for name in MIXTURES},
+    StackedModeScorer.dataset: StackedModeScorer,
+}
+
+
+def get_scorer(dataset: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
+               cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+               progress: bool = False) -> QualityScorer | MixtureModeScorer | StackedModeScorer:  # fmt: skip
+    """The scorer of a dataset: mode metrics for ``ring8``, ``grid25`` and
+    ``stacked-fashion-mnist`` (``MODE_SCORERS``), the image metrics of :class:`QualityScorer` for
+    any other. Each has ``score(samples)``, ``check(samples)``, ``check_n(n)``, ``event_shape``,
+    ``dataset`` and ``DEFAULT_N``."""
+    name = os.fspath(dataset)
+    build = MODE_SCORERS.get(name)
+    if build is None:
+        return QualityScorer(name, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)
+    return build(data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)
+
+
 def score_samples(samples: np.ndarray | Tensor, dataset: str, *, data_dir: str | os.PathLike[str] | None = None,
                   cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                   progress: bool = False) -> dict[str, Any]:  # fmt: skip
-    """``QualityScorer(dataset, ...).score(samples)``: the quality metrics of one set of samples."""
-    return QualityScorer(dataset, data_dir=data_dir, cache_dir=cache_dir, device=device,
-                         progress=progress).score(samples)  # fmt: skip
+    """``get_scorer(dataset, ...).score(samples)``: the quality (or mode) metrics of one set of
+    samples."""
+    return get_scorer(dataset, data_dir=data_dir, cache_dir=cache_dir, device=device,
+                      progress=progress).score(samples)  # fmt: skip

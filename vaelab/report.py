@@ -88,11 +88,11 @@ def samples_figure(
     returning (z, ...)) and shows the mean of p(x|z) for each (the usual way to show samples)."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
         torch.manual_seed(seed)
-        if hasattr(model, "sample_images") and latent_sampler is None:  # a VQ-VAE with its code prior
+        if hasattr(model, "sample_images") and latent_sampler is None:  # a VQ-VAE, or an adversarial model
             images = _as_images(model.sample_images(n, generator=torch.Generator().manual_seed(seed)))
             ncols = min(n, max(1, math.ceil(math.sqrt(n))))
-            title = f"{n} samples: mean of p(x|z), code grids z from the learned prior"
-            return save_figure(_grid_figure(tile(images, ncols), title), path)
+            what = "G(z), z ~ p(z)" if hasattr(model, "players") else "mean of p(x|z), code grids z from the learned prior"
+            return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: {what}"), path)
         if latent_sampler is None:
             z = model.prior().sample((n,))
         else:
@@ -107,7 +107,7 @@ def samples_figure(
 def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols: int = 8) -> Path:
     """Alternating rows of data and reconstructions (mean of p(x|z) at z = E_q[z|x], or at the
     nearest codes z_q(x) for a VQ-VAE)."""
-    recon = model.reconstruct(x) if hasattr(model, "reconstruct") else model.decode(model.encode(x).mean).mean
+    recon = _reconstruct(model, x)
     data, rec = _as_images(x), _as_images(recon)
     rows = []
     for start in range(0, len(data), ncols):
@@ -120,13 +120,41 @@ def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols:
     return save_figure(_grid_figure(canvas, "data (odd rows) and reconstructions (even rows)"), path)
 
 
+def _reconstruct(model: nn.Module, x: Tensor) -> Tensor:
+    """A model's own reconstruction (VQ-VAE, adversarial models), else the mean of p(x|z) at E_q[z|x]."""
+    return model.reconstruct(x) if hasattr(model, "reconstruct") else model.decode(model.encode(x).mean).mean
+
+
+def _codes(model: nn.Module, x: Tensor) -> Tensor:
+    """E_q[z|x], or a deterministic encoder's z = E(x)."""
+    return model.code(x, sample=False) if hasattr(model, "code") else model.encode(x).mean
+
+
+@torch.no_grad()
+def points_figure(model: nn.Module, data: Tensor, path: str | Path, n: int = 2500, seed: int = 0) -> Path:
+    """For 2-D data: n samples of the model (G(z), or the mean of p(x|z) at z ~ p(z)) over the
+    test points, to see which modes it covers."""
+    from .sampling import sample_images
+
+    samples = sample_images(model, n, seed=seed).cpu().numpy()
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.subplots()
+    points = data[:n].numpy()
+    ax.scatter(points[:, 0], points[:, 1], s=3, c="0.6", label=f"{len(points)} test points")
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, c="C3", alpha=0.6, label=f"{n} samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    ax.set_title("samples over the data")
+    return save_figure(fig, path)
+
+
 @torch.no_grad()
 def latent_figure(
     model: nn.Module, x: Tensor, labels: Tensor | None, path: str | Path, grid: int = 15
 ) -> Path:
     """For a 2-D latent: encoder means of ``x`` coloured by label, beside the decoded manifold
     (p(x|z) means on a grid of prior quantiles, Kingma & Welling 2014, fig. 4)."""
-    means = model.encode(x).mean.numpy()
+    means = _codes(model, x).numpy()
     if means.shape[1] != 2:
         raise ConfigError(f"the latent plot needs a 2-D latent, this model has {means.shape[1]} dimensions")
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, grid))
@@ -178,9 +206,11 @@ def snr_figure(result: dict, path: str | Path, title: str | None = None) -> Path
 
 
 def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32) -> list[Path]:
-    """Writes ``samples.png``, ``reconstructions.png`` and, for a 2-D latent, ``latent.png``
-    (test data, up to 5000 points) into a run directory. A VQ-VAE gets ``samples.png`` only once
-    ``vaelab prior`` has trained its prior over code grids."""
+    """Writes ``samples.png``, ``reconstructions.png`` (models with an encoder) and, for a 2-D
+    latent, ``latent.png`` (test data, up to 5000 points) into a run directory. For 2-D data
+    (``ring8``, ``grid25``) ``samples.png`` is a scatter plot of samples over the test points, and
+    there are no reconstructions. A VQ-VAE gets ``samples.png`` only once ``vaelab prior`` has
+    trained its prior over code grids."""
     from .runs import load, load_data, read_config
 
     run_dir = Path(run_dir)
@@ -188,9 +218,12 @@ def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstruction
     model = load(run_dir)
     test = load_data(config, "test", limit=5000)
     written = []
-    if getattr(model, "code_prior", True) is not None:  # a VQ-VAE samples once its prior is trained
+    if test.event_shape == (2,):  # points in the plane (ring8, grid25): a scatter plot says more
+        written.append(points_figure(model, test.fixed(), run_dir / "samples.png"))
+    elif getattr(model, "code_prior", True) is not None:  # a VQ-VAE samples once its prior is trained
         written.append(samples_figure(model, run_dir / "samples.png", n=n_samples))
-    written.append(reconstructions_figure(model, test.fixed()[:n_reconstructions], run_dir / "reconstructions.png"))
-    if getattr(model, "latent_dim", None) == 2:
+    if test.event_shape != (2,) and (hasattr(model, "reconstruct") or hasattr(model, "encode")):  # not the GAN
+        written.append(reconstructions_figure(model, test.fixed()[:n_reconstructions], run_dir / "reconstructions.png"))
+    if getattr(model, "latent_dim", None) == 2 and test.event_shape != (2,) and (hasattr(model, "code") or hasattr(model, "encode")):
         written.append(latent_figure(model, test.fixed(), test.y, run_dir / "latent.png"))
     return written

@@ -21,7 +21,7 @@ from . import config as cfg
 from .data import Split, load_split
 from .errors import ConfigError, RunError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
-from .models import build_model
+from .models import ADVERSARIAL, build_model
 
 
 def model_from_config(config: cfg.RunConfig, event_shape: tuple[int, ...]) -> nn.Module:
@@ -55,7 +55,11 @@ def load_data(
 
 
 def check_compatible(config: cfg.RunConfig, split: Split) -> None:
-    """Refuses a Bernoulli likelihood on grey levels: its "log-likelihood" would not be one."""
+    """Refuses a Bernoulli likelihood on grey levels: its "log-likelihood" would not be one. The
+    adversarial models have no likelihood: for them ``bernoulli`` is the sigmoid output layer
+    (and cross-entropy reconstruction), which suits grey levels in [0, 1] too."""
+    if config.model.model in ADVERSARIAL:
+        return
     if config.model.likelihood != "bernoulli" or config.data.binarize != "none" or len(split) == 0:
         return  # binarized data is binary by construction
     x = split.x

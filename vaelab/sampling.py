@@ -56,7 +56,7 @@ def sample_images(
     seed: int = 0,
     train_x: Tensor | None = None,
 ) -> Tensor:
-    """n images from a trained model, clamped to [0, 1].
+    """n samples from a trained model: images clamped to [0, 1], vector data as decoded.
 
     A model with a ``sample_images(n, *, sample_pixels, generator)`` method (a VQ-VAE with a
     learned prior) draws its own; otherwise z comes from ``model.prior()`` (``sampler="prior"``)
@@ -75,8 +75,10 @@ def sample_images(
         train_x: training data whose encoder means the mixture is fitted to (``sampler="gmm"``).
 
     Returns:
-        ``(n, *event)`` tensor on the model's device, in [0, 1]: a Gaussian decoder's mean or
-        draw can leave the unit interval, and is clamped to it, as images are.
+        ``(n, *event)`` tensor on the model's device. Images (an event of three dimensions,
+        C x H x W) are clamped to [0, 1]: a Gaussian decoder's mean or draw can leave the unit
+        interval, which grey levels cannot. Vector data (points ``(n, D)``, e.g. ``ring8``) is
+        returned as it is: clamping would pull points in the plane onto the unit square.
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -95,7 +97,7 @@ def sample_images(
     if own is not None:
         for start in range(0, n, CHUNK):
             chunks.append(own(min(CHUNK, n - start), sample_pixels=sample_pixels, generator=generator))
-        return torch.cat(chunks).clamp_(0.0, 1.0)
+        return _clamp_images(torch.cat(chunks))
     mixture = fit_latent_gmm(model, train_x, components, seed=seed) if sampler == "gmm" else None
     # prior().sample() and the decoder's .sample() take no generator: fork the global streams
     # (those of the model's device too), seed them, and put them back afterwards.
@@ -112,4 +114,9 @@ def sample_images(
                 z = z.to(device=device, dtype=next(model.parameters()).dtype)
             p = model.decode(z)
             chunks.append(p.sample() if sample_pixels else p.mean)
-    return torch.cat(chunks).clamp_(0.0, 1.0)
+    return _clamp_images(torch.cat(chunks))
+
+
+def _clamp_images(x: Tensor) -> Tensor:
+    """Clamps images ``(n, C, H, W)`` to [0, 1] in place; leaves any other shape as it is."""
+    return x.clamp_(0.0, 1.0) if x.ndim == 4 else x

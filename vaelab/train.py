@@ -123,17 +123,23 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
         self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=config.lr,
-            betas=tuple(config.adam_betas),
-            eps=config.adam_eps,
-            # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
-            fused=True,
-        )
+        # A model with several players (the adversarial ones) gets one optimizer per player and
+        # keeps its last weights (it has no bound to select on); any other model is one player.
+        self.players = _check_players(model) if hasattr(model, "players") else None
+        if self.players is None:
+            self.optimizers = {"optim": self._adam(model.parameters(), config.lr, config.adam_betas)}
+        else:
+            self.optimizers = {
+                f"optim.{p.name}": self._adam(p.parameters, *_settings(config, p.role)) for p in self.players
+            }
+        self.optimizer = self.optimizers.get("optim")
         self.state = TrainState()
         self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict] = []
+
+    def _adam(self, parameters, lr: float, betas: Sequence[float]) -> torch.optim.Adam:
+        # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), eps=self.config.adam_eps, fused=True)
 
     # -- checkpointing -------------------------------------------------------------------
 
@@ -146,8 +152,9 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.best_weights is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
-        for i, slots in self.optimizer.state_dict()["state"].items():
-            tensors.update({f"optim.{i}.{name}": v for name, v in slots.items()})
+        for prefix, optimizer in self.optimizers.items():
+            for i, slots in optimizer.state_dict()["state"].items():
+                tensors.update({f"{prefix}.{i}.{name}": v for name, v in slots.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.data"] = self.generator.get_state()
         meta = {"format": "vaelab-checkpoint", "state": json.dumps(self.state.__dict__)}
@@ -162,13 +169,13 @@ class Trainer:
             self.model.load_state_dict(_strip(tensors, "model."))
             best = _strip(tensors, "best.")
             self.best_weights = best or None
-            optim = self.optimizer.state_dict()
-            optim["state"] = {}
-            for key, value in tensors.items():
-                if key.startswith("optim."):
-                    _, index, name = key.split(".", 2)
+            for prefix, optimizer in self.optimizers.items():
+                optim = optimizer.state_dict()
+                optim["state"] = {}
+                for key, value in _strip(tensors, prefix + ".").items():
+                    index, name = key.split(".", 1)
                     optim["state"].setdefault(int(index), {})[name] = value
-            self.optimizer.load_state_dict(optim)
+                optimizer.load_state_dict(optim)
             torch.set_rng_state(tensors["rng.torch"])
             self.generator.set_state(tensors["rng.data"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -225,14 +232,14 @@ class Trainer:
         return TrainResult(
             epochs=self.state.epoch,
             best_epoch=self.state.best_epoch,
-            best_bound=self.state.best_bound if self.valid is not None and self.state.best_epoch else math.nan,
+            best_bound=self.state.best_bound if self.valid is not None and self.state.best_epoch and self.players is None else math.nan,
             stop_reason=self.state.stop_reason,
             history=self.history,
         )
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training data; returns the epoch's metrics record (train_* keys)."""
-        model, opt = self.model, self.optimizer
+        model = self.model
         model.train()
         n_batches = self._steps_per_epoch()
         bar = tqdm(
@@ -250,18 +257,15 @@ class Trainer:
         options: dict[str, Any] = {}
         for step, x in enumerate(batches, 1):
             options = self._options(epoch, step)
-            result = self.objective(model, x, **options)
-            loss = -result.objective.mean()
-            # A bool() on a CPU scalar costs microseconds; checking before the step means a
-            # non-finite loss never reaches the weights.
-            if not torch.isfinite(loss):
+            try:
+                if self.players is None:
+                    names, values = self._step(x, options)
+                else:
+                    names, values = self._step_players(x)
+            except TrainingDiverged:
                 bar.close()
-                raise TrainingDiverged(self._diverged_message(epoch, step))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums = _accumulate(sums, result)
-            names = result._fields
+                raise TrainingDiverged(self._diverged_message(epoch, step)) from None
+            sums = _accumulate(sums, values)
             seen += x.shape[0]
             if self.progress and (step % 20 == 0 or step == n_batches):
                 bar.set_postfix(_postfix(names, sums / seen, seen / (time.perf_counter() - start)), refresh=False)
@@ -272,6 +276,63 @@ class Trainer:
         record.update(options)
         record.update(_named_means("train", names, sums / seen))
         return record
+
+    def _step(self, x: Tensor, options: dict[str, Any]) -> tuple[tuple[str, ...], Sequence[Tensor]]:
+        """One Adam step on the objective; returns its field names and per-example values."""
+        result = self.objective(self.model, x, **options)
+        loss = -result.objective.mean()
+        # A bool() on a CPU scalar costs microseconds; checking before the step means a
+        # non-finite loss never reaches the weights.
+        if not torch.isfinite(loss):
+            raise TrainingDiverged("")
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return result._fields, result
+
+    def _step_players(self, x: Tensor) -> tuple[tuple[str, ...], list[Tensor]]:
+        """One step of every player, in the model's update scheme; returns the logged names
+        (``<player>_loss`` and the model's other quantities) and their per-example values.
+
+        simultaneous: one forward pass; each player's gradient is that of its own loss with
+        respect to its own parameters (``torch.autograd.grad``), and only then does any player
+        step. alternating: player by player, each with a fresh forward pass after the previous
+        one stepped; a player's logged loss is the one its own step used. Either way the
+        gradients are written into ``.grad`` of the player's parameters only, so an optimizer
+        can move nothing else; they are cleared after the step."""
+        model, players = self.model, self.players
+        simultaneous = model.update == "simultaneous"
+        first: dict[str, Tensor] = {}
+        used: dict[str, Tensor] = {}
+        grads = []
+        for i, player in enumerate(players):
+            if i == 0 or not simultaneous:
+                out = model.losses(x)
+                first = first or out
+                if not all(bool(torch.isfinite(out[p.name].mean())) for p in (players if simultaneous else [player])):
+                    raise TrainingDiverged("")
+            loss = out[player.name]
+            used[player.name] = loss.detach()
+            last = i == len(players) - 1
+            g = torch.autograd.grad(loss.mean(), player.parameters, retain_graph=simultaneous and not last,
+                                    allow_unused=True)  # fmt: skip
+            if simultaneous:
+                grads.append(g)
+            else:
+                self._apply(player, g)
+        for player, g in zip(players, grads):
+            self._apply(player, g)
+        names = tuple(f"{p.name}_loss" for p in players)
+        extras = [k for k in first if k not in used]
+        return names + tuple(extras), [used[p.name] for p in players] + [first[k].detach() for k in extras]
+
+    def _apply(self, player: Any, grads: Sequence[Tensor | None]) -> None:
+        for parameter, grad in zip(player.parameters, grads):
+            parameter.grad = grad
+        optimizer = self.optimizers[f"optim.{player.name}"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def _steps_per_epoch(self) -> int:
         return math.ceil(len(self.train) / self.config.batch_size)
@@ -297,9 +358,16 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
             for i in range(0, len(x_all), 1000):
-                result = self.objective(self.model, x_all[i : i + 1000], **options)
+                x = x_all[i : i + 1000]
+                if self.players is None:
+                    result = self.objective(self.model, x, **options)
+                    names = result._fields
+                else:  # every player's loss, and the model's other quantities, on the same draws
+                    out = self.model.losses(x)
+                    names = tuple(f"{k}_loss" if f"optim.{k}" in self.optimizers else k for k in out)
+                    result = list(out.values())
                 sums = _accumulate(sums, result)
-                names, seen = result._fields, seen + result.objective.shape[0]
+                seen += x.shape[0]
         self.model.train()
         return _named_means("valid", names, sums / seen)
 
@@ -322,7 +390,7 @@ class Trainer:
         NaN never beats the best bound. While no epoch has had a bound above -inf, the latest
         weights stand in for the best: model.safetensors holds them after every epoch, so a
         finished (or interrupted) run always has weights to load."""
-        if self.valid is not None:
+        if self.valid is not None and self.players is None:
             bound = record["valid_bound"]
             if bound > self.state.best_bound:
                 self.state.best_bound, self.state.best_epoch, self.state.bad_epochs = bound, epoch, 0
@@ -364,10 +432,36 @@ class Trainer:
 
 
 @torch.no_grad()
-def _accumulate(sums: Tensor | None, result: NamedTuple) -> Tensor:
+def _accumulate(sums: Tensor | None, result: Sequence[Tensor]) -> Tensor:
     """Adds a batch's per-field sums to the running sums, without leaving the tensor world."""
     batch = torch.stack([t.sum() for t in result])
     return batch if sums is None else sums + batch
+
+
+def _check_players(model: nn.Module) -> list:
+    """The model's players, checked: distinct names, a known update scheme, and (for
+    simultaneous updates, where every gradient is taken before any step) no parameter in two
+    players."""
+    players = list(model.players())
+    names = [p.name for p in players]
+    if len(set(names)) != len(names) or not players:
+        raise ValueError(f"players need distinct names, got {names}")
+    if model.update not in ("simultaneous", "alternating"):
+        raise ValueError(f"unknown update scheme {model.update!r}; use simultaneous or alternating")
+    if model.update == "simultaneous":
+        ids = [id(q) for p in players for q in p.parameters]
+        if len(set(ids)) != len(ids):
+            raise ValueError("simultaneous players must not share parameters; use alternating updates")
+    return players
+
+
+def _settings(config: cfg.TrainConfig, role: str) -> tuple[float, Sequence[float]]:
+    """Adam's learning rate and betas for a player of this role."""
+    if role == "discriminator":
+        lr = config.lr_disc if config.lr_disc is not None else config.lr
+        betas = config.adam_betas_disc if config.adam_betas_disc is not None else config.adam_betas
+        return lr, betas
+    return config.lr, config.adam_betas
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -390,6 +484,10 @@ def _named_means(prefix: str, names: tuple[str, ...], means: Tensor) -> dict[str
 
 def _postfix(names: tuple[str, ...], means: Tensor, rate: float) -> dict[str, str]:
     values = dict(zip(names, means.tolist()))
+    if "objective" not in values:  # several players: each one's loss
+        shown = {k.removesuffix("_loss"): f"{v:.3f}" for k, v in values.items() if k.endswith("_loss")}
+        shown["ex/s"] = f"{rate:.0f}"
+        return shown
     shown = {"loss": f"{-values['objective']:.2f}"}
     for short, name in (("rec", "reconstruction"), ("kl", "kl")):
         if name in values:
@@ -412,11 +510,15 @@ def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Train
     t = config.train
     # a model with its own training loss (the VQ-VAE) names it; config refuses other objectives for it
     objective = vq if isinstance(model, VQVAE) else get_objective(t.objective, **t.objective_options())
+    if hasattr(model, "players"):
+        objective = None  # each player trains on its own loss (model.losses)
     schedule = None
     if t.kl_warmup or t.kl_cycles:
         kl_scale = kl_schedule(warmup=t.kl_warmup, cycles=t.kl_cycles, epochs=t.epochs)
         schedule = lambda time: {"kl_scale": kl_scale(time)}
-    if isinstance(model, VQVAE):
+    if hasattr(model, "players"):
+        monitors = []  # the collapse monitor reads a VAE's q(z|x) against its KL term, which these models lack
+    elif isinstance(model, VQVAE):
         monitors = [CodebookMonitor()]
     else:
         monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
