@@ -213,7 +213,8 @@ def tables(result: dict) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in result["fashion"]["rows"]:
             bound = "none" if r["bound"] is None else f"{r['bound']:.2f}"
-            out.append(f"| {r['model']} | {r['data']} | {bound} | {r['reconstruction_error']:.2f} | {r['fd']:.2f} | "
+            recon = "none (no encoder)" if r["reconstruction_error"] is None else f"{r['reconstruction_error']:.2f}"
+            out.append(f"| {r['model']} | {r['data']} | {bound} | {recon} | {r['fd']:.2f} | "
                        f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
                        f"{r['classifier_score']:.2f} | {r['epochs']} | {r['seconds_per_epoch']:.1f} |")  # fmt: skip
         ref = result["fashion"]["rows"][0]["reference"]

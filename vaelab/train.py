@@ -83,10 +83,17 @@ class TrainResult:
 class Trainer:
     """Fits a model by maximizing the mean of an objective's ``objective`` field with Adam.
 
+    A model with ``players()`` (the adversarial models) is trained player by player instead: one
+    Adam per player (discriminator-side players with ``lr_disc`` and ``adam_betas_disc``), each
+    on the mean of its own per-example loss from ``model.losses(x)``, in the model's ``update``
+    scheme (see ``_step_players``); ``objective`` is then None. Such a model has no bound: the
+    last epoch's weights are kept, and validation logs every player's loss.
+
     Args:
         model: any ``nn.Module``; the objective decides how it is used.
         objective: ``f(model, x)`` returning a NamedTuple of per-example tensors [B] with at least
-            ``objective`` (maximized) and ``bound`` (logged, and used for model selection).
+            ``objective`` (maximized) and ``bound`` (logged, and used for model selection); None
+            for a model with players.
         train: training split; batches are drawn from it with the trainer's data generator.
         valid: validation split, or None to keep the last model and never stop early.
         config: optimizer, epochs, patience and seed.
@@ -104,7 +111,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        objective: Objective,
+        objective: Objective | None,
         train: Split,
         valid: Split | None,
         config: cfg.TrainConfig,
