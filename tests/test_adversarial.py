@@ -479,3 +479,30 @@ def test_adversarial_models_take_grey_levels_with_a_sigmoid_output(tmp_path):
     assert result.epochs == 1
     with pytest.raises(ConfigError, match="needs binary data"):
         start_run(cfg.build({"data": {"data": "digits", "binarize": "none", "limit": 50}}), tmp_path / "v", progress=False)
+
+
+@pytest.mark.parametrize("name", ["gan", "veegan"])
+def test_a_ring8_run_is_drawn_sampled_and_scored_by_its_modes(name, tmp_path, capsys):
+    """The run's pictures and `vaelab quality` work for an adversarial model of points: samples.png
+    is a scatter over the data, the quality is the mode metrics of the model's own unclamped
+    samples, and reconstructions of points are refused in one line."""
+    from vaelab.quality import score_samples
+    from vaelab.sampling import sample_images
+
+    import vaelab
+
+    run = tmp_path / name
+    assert main(["train", "--data", "ring8", "--binarize", "none", "--likelihood", "gaussian", "--model", name,
+                 "--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--limit", "500", "--out", str(run),
+                 "--quiet"]) == 0  # fmt: skip
+    assert (run / "samples.png").stat().st_size > 0 and not (run / "reconstructions.png").exists()
+    capsys.readouterr()
+    assert main(["quality", str(run), "--n", "300", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    samples = sample_images(vaelab.load(run), 300, seed=0)
+    assert samples.shape == (300, 2)
+    assert result == score_samples(samples, "ring8")
+    assert main(["reconstruct", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert ("no encoder" if name == "gan" else "points in the plane") in err

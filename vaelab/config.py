@@ -104,7 +104,7 @@ class ModelConfig:
     """The model's architecture and observation model."""
 
     model: str = field(default="vae", metadata=_help("model family: vae | vqvae | gan | vaegan | aae | alphagan | veegan"))
-    likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z)"))
+    likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z) (adversarial models: the generator output, sigmoid or unbounded, and the aae/alphagan reconstruction loss)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
     net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
     channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
