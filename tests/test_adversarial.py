@@ -405,6 +405,7 @@ def test_cli_trains_evaluates_samples_and_reconstructs_every_model(name, tmp_pat
     assert main(["evaluate", str(run), "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["log_likelihood"] is None and summary["bound"] is None and "vaelab quality" in summary["note"]
+    assert summary["n_examples"] == 100 and summary["model"] == name
     if has_encoder:
         assert summary["reconstruction_error"] > 0 and summary["reconstruction_error_stderr"] > 0
     else:
@@ -506,3 +507,23 @@ def test_a_ring8_run_is_drawn_sampled_and_scored_by_its_modes(name, tmp_path, ca
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert ("no encoder" if name == "gan" else "points in the plane") in err
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv", "resnet"])
+def test_discriminators_follow_the_encoders_layout_with_leaky_relus(net):
+    """Each block of an image discriminator ends in a leaky ReLU of slope 0.2, and its
+    convolutions are the encoder's (same kernels, strides and channels; the resnet encoder's final
+    1x1 projection is left out); code discriminators are MLPs of the --hidden widths."""
+    torch.manual_seed(0)
+    extra = {"channels": 4, "res_blocks": 1} if net == "resnet" else {}
+    model = build_model("alphagan", (1, 8, 8), net=net, hidden=(8, 6), latent_dim=3, **extra)
+    for critic in (model.critic, model.code_critic):
+        for block in critic.blocks:
+            assert isinstance(block[-1], torch.nn.LeakyReLU) and block[-1].negative_slope == 0.2
+    convolutions = lambda m: [(c.in_channels, c.out_channels, c.kernel_size, c.stride)
+                              for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # fmt: skip
+    own, encoder = convolutions(model.critic), convolutions(model.encoder)
+    assert bool(own) == (net != "mlp") and own == encoder[: len(own)]
+    assert all(kernel == (1, 1) for _, _, kernel, _ in encoder[len(own) :])  # resnet: its final 1x1 projection
+    widths = [(l.in_features, l.out_features) for l in model.code_critic.modules() if isinstance(l, torch.nn.Linear)]
+    assert widths == [(3, 8), (8, 6), (6, 1)]

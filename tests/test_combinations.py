@@ -346,28 +346,137 @@ def test_every_vqvae_combination_trains_and_reports_its_bound(combo):
 
 # -- every option one family ignores is refused in one line ---------------------------------------
 
-GIVEN = {  # a valid, non-default value for every option that belongs to one family only
+GIVEN = {  # a valid, non-default value for every option that belongs to some families only
     "posterior": "full", "prior": "mog:3", "inference": "local", "latent_dim": "3", "hidden": "8",
     "activation": "relu", "local_steps": "3", "local_lr": "0.5", "layers": "2",
     "objective": "iwae", "beta": "0.5", "k": "5", "m": "2", "kl": "mc", "grad_estimator": "stl",
     "kl_warmup": "2", "kl_cycles": "2", "free_bits": "1",
     "codebook_size": "8", "code_dim": "4", "commitment": "0.5", "codebook_update": "ema", "ema_decay": "0.9",
     "dead_code_restart": "5",
+    "encoder": "gaussian", "gamma": "2", "feature_layer": "1", "lr_disc": "1e-4", "adam_betas_disc": "0.5,0.999",
 }  # fmt: skip
+ADVERSARIAL = ("gan", "vaegan", "aae", "alphagan", "veegan")
+
+
+def _accepts(model: str, name: str) -> bool:
+    """Whether --model takes the option: the model table, the VAE's objective options for the VAE,
+    the discriminators' optimizer for the adversarial models."""
+    if name in cfg.VAE_TRAIN_ONLY:
+        return model == "vae"
+    if name in cfg.DISC_TRAIN_ONLY:
+        return model in ADVERSARIAL
+    return name in cfg.MODEL_OPTIONS[model]
 
 
 def test_the_option_lists_are_covered():
-    assert set(GIVEN) == set(cfg.VAE_ONLY) | set(cfg.VAE_TRAIN_ONLY) | set(cfg.VQ_ONLY)
+    specific = {name for names in cfg.MODEL_OPTIONS.values() for name in names}
+    assert set(GIVEN) == specific | set(cfg.VAE_TRAIN_ONLY) | set(cfg.DISC_TRAIN_ONLY)
+    assert set(cfg.MODEL_OPTIONS) == {"vae", "vqvae", *ADVERSARIAL}
 
 
-@pytest.mark.parametrize("name", sorted(GIVEN))
-def test_every_option_the_other_family_ignores_is_a_one_line_exit_2_error(name, tmp_path):
+REFUSALS = [(model, name) for model in cfg.MODEL_OPTIONS for name in sorted(GIVEN) if not _accepts(model, name)]
+
+
+@pytest.mark.parametrize("model, name", REFUSALS, ids=[f"{m}-{n}" for m, n in REFUSALS])
+def test_every_option_a_family_ignores_is_a_one_line_exit_2_error(model, name, tmp_path):
     from test_cli import run_cli
 
-    model = "vae" if name in cfg.VQ_ONLY else "vqvae"
     out = tmp_path / "run"
     r = run_cli("train", "--model", model, "--data", "digits", "--epochs", "1", "--out", str(out), "--quiet",
                 f"--{name.replace('_', '-')}", GIVEN[name])  # fmt: skip
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert f"--{name.replace('_', '-')}" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ADVERSARIAL)
+def test_patience_is_refused_where_there_is_no_bound(model):
+    from test_cli import run_cli
+
+    r = run_cli("train", "--model", model, "--patience", "5", "--out", "never")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no likelihood bound" in r.stderr, r.stderr
+
+
+# -- the adversarial models' combinations -------------------------------------------------------
+
+ADV_AXES = {"model": ADVERSARIAL, "likelihood": ("bernoulli", "gaussian", "gaussian-learned"),
+            "net": ("mlp", "conv", "resnet"), "encoder": ("deterministic", "gaussian"),
+            "prior": ("standard", "mog:3", "vamp:3")}  # fmt: skip
+
+
+def _adv_config(model, likelihood, net, encoder, prior, feature_layer=0) -> cfg.RunConfig:
+    options = {"model": model, "likelihood": likelihood, "net": net, "hidden": [8, 6], "latent_dim": LATENT,
+               "channels": 4, "res_blocks": 1}  # fmt: skip
+    for name, value, default in (("encoder", encoder, "deterministic"), ("prior", prior, "standard"),
+                                 ("feature_layer", feature_layer, 0)):  # fmt: skip
+        if value != default:
+            options[name] = value
+    return cfg.build({"model": options})
+
+
+ADV_ACCEPTED, ADV_REFUSED = [], []
+for _combo in itertools.product(*ADV_AXES.values()):
+    try:
+        _adv_config(*_combo)
+    except ConfigError:
+        ADV_REFUSED.append(_combo)
+    else:
+        ADV_ACCEPTED.append(_combo)
+
+
+def test_the_adversarial_matrix_refuses_exactly_what_cannot_work():
+    """Every model takes every likelihood and backbone; --encoder is an option of aae and alphagan
+    only, --prior of aae only, and never the VampPrior (built from the encoder it regularizes)."""
+    for model, likelihood, net, encoder, prior in ADV_REFUSED:
+        assert (
+            (encoder != "deterministic" and model not in ("aae", "alphagan"))
+            or (prior != "standard" and model != "aae")
+            or prior.startswith("vamp")
+        ), (model, likelihood, net, encoder, prior)
+    for i, values in enumerate(ADV_AXES.values()):
+        assert {c[i] for c in ADV_ACCEPTED} == set(values) - {"vamp:3"}
+    assert len(ADV_ACCEPTED) == 9 * (1 + 1 + 4 + 2 + 1)
+
+
+@pytest.mark.parametrize("combo", ADV_ACCEPTED, ids=["-".join(c) for c in ADV_ACCEPTED])
+def test_every_adversarial_combination_trains_every_player_and_keeps_its_device(combo):
+    """On a tiny float64 model: every player's loss is finite per example and has a finite, non-zero
+    gradient for its own parameters; the generator's output is a sigmoid for ``bernoulli`` (in
+    (0, 1)) and the unbounded mean otherwise; forward and backward on the meta device."""
+    config = _adv_config(*combo)
+    event = EVENT if combo[2] == "mlp" else IMAGE
+    torch.manual_seed(0)
+    model = model_from_config(config, event).double()
+    x = torch.rand(BATCH, *event, dtype=torch.float64)
+    out = model.losses(x)
+    for player in model.players():
+        loss = out[player.name]
+        assert loss.shape == (BATCH,) and torch.isfinite(loss).all(), player.name
+        grads = torch.autograd.grad(loss.mean(), player.parameters, retain_graph=True, allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in grads), player.name
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), player.name
+    with torch.no_grad():
+        images = model.generate(10 * torch.randn(50, LATENT, dtype=torch.float64))
+    if combo[1] == "bernoulli":
+        assert 0 < images.min() and images.max() < 1
+    else:
+        assert images.min() < 0 or images.max() > 1
+    meta = model_from_config(config, event).to("meta")
+    out = meta.losses(torch.empty(BATCH, *event, device="meta"))
+    sum(v.mean() for k, v in out.items() if k in {p.name for p in meta.players()}).backward()
+    assert all(v.device.type == "meta" for v in out.values())
+    assert all(p.grad is None or p.grad.device.type == "meta" for p in meta.parameters())
+
+
+@pytest.mark.parametrize("net, depth", [("mlp", 2), ("conv", 3), ("resnet", 4)])
+def test_every_vaegan_feature_layer_of_every_backbone(net, depth):
+    """--feature-layer takes 0 (the last hidden layer) to the discriminator's depth (mlp: one per
+    --hidden width; conv: 3; resnet: 4) and refuses the next one in one ConfigError."""
+    event = EVENT if net == "mlp" else IMAGE
+    x = torch.rand(BATCH, *event)
+    for layer in range(depth + 1):
+        model = model_from_config(_adv_config("vaegan", "bernoulli", net, "deterministic", "standard", layer), event)
+        assert model.critic.depth == depth
+        assert torch.isfinite(model.losses(x)["encoder"]).all()
+    with pytest.raises(ConfigError, match=f"1 to {depth}"):
+        _adv_config("vaegan", "bernoulli", net, "deterministic", "standard", depth + 1)
