@@ -32,8 +32,6 @@ directories: finished runs are reused, interrupted ones resumed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import platform
 import statistics
@@ -46,9 +44,13 @@ from vaelab import config as cfg
 from vaelab.cli import main as cli
 from vaelab.codeprior import PRIOR_DIR, PriorConfig, fit_code_prior
 from vaelab.errors import RunError
-from vaelab.files import load_tensors, read_metrics
-from vaelab.runs import load
+from vaelab.evaluate import reconstruction_error
+from vaelab.files import read_metrics
+from vaelab.runs import load, load_data
 from vaelab.train import complete_run
+
+# the script's folder is on sys.path when it runs: the helpers of the sample-quality benchmark
+from bench_quality import _budget_seconds as _seconds, _figure, _json_cli
 
 MAX_EPOCHS = 100000  # the time limit stops every budgeted run first
 ADVERSARIAL = ("gan", "vaegan", "aae", "alphagan", "veegan")
@@ -59,21 +61,6 @@ MODES_TRAIN = {"batch_size": 100, "lr": 1e-3, "adam_betas": (0.5, 0.999)}
 # the image runs of the adversarial models: DCGAN-style conv nets, Adam 2e-4 with betas 0.5, 0.999
 IMAGE_MODEL = {"net": "conv", "hidden": (512,), "activation": "relu", "latent_dim": 32}
 IMAGE_TRAIN = {"batch_size": 64, "lr": 2e-4, "adam_betas": (0.5, 0.999)}
-
-
-def _json_cli(*args: str) -> dict:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli([*args, "--json"])
-    if code != 0:
-        raise SystemExit(f"vaelab {' '.join(args)} failed with status {code}")
-    return json.loads(out.getvalue())
-
-
-def _seconds(run: Path) -> float:
-    """The seconds the run's time limit counted (training, validation, monitors)."""
-    _, meta = load_tensors(run / "checkpoint" / "state.safetensors")
-    return json.loads(meta["state"])["seconds"]
 
 
 def _per_epoch(run: Path) -> float:
@@ -153,21 +140,11 @@ def part_fashion(args) -> tuple[dict, dict]:
         run, seconds, view = _train_budgeted(name, "fashion-mnist", args, "fashion")
         quality = _json_cli("quality", str(run), "--n", str(args.n))
         summary = _json_cli("evaluate", str(run), "--quiet", *(["--k", "1000", "--limit", "1000"] if name == "vae" else []))
-        if name == "vae":
-            from vaelab.evaluate import reconstruction_error
-            from vaelab.runs import load_data
-
+        if name in ("vae", "vqvae"):  # evaluate reports a likelihood's reconstruction term: take the squared error
             config, _ = _budgeted(name, "fashion-mnist", 1.0, args.limit)
             recon = reconstruction_error(load(run), load_data(config, "test").fixed())[0]
-            bound = summary["log_likelihood"]
-            bound_kind = "log p(x), IS K=1000, 1000 test images"
-        elif name == "vqvae":
-            from vaelab.evaluate import reconstruction_error
-            from vaelab.runs import load_data
-
-            config, _ = _budgeted(name, "fashion-mnist", 1.0, args.limit)
-            recon = reconstruction_error(load(run), load_data(config, "test").fixed())[0]
-            bound, bound_kind = summary["elbo"], "log p(x|z_q) + log p(z_q), PixelCNN prior"
+            bound, bound_kind = ((summary["log_likelihood"], "log p(x), IS K=1000, 1000 test images") if name == "vae"
+                                 else (summary["elbo"], "log p(x|z_q) + log p(z_q), PixelCNN prior"))  # fmt: skip
         else:
             recon, bound, bound_kind = summary["reconstruction_error"], None, "none"
         rows.append({"model": name, "run": str(run), "data": view, "epochs": len(read_metrics(run)),
@@ -228,17 +205,6 @@ def tables(result: dict) -> str:
         ref = result["stacked"]["rows"][0]["reference"]
         out.append(f"| reference (real training images) | {ref['modes']} | {ref['mode_kl']:.3f} | | |")
     return "\n".join(out)
-
-
-def _figure(figures: dict, path: Path) -> None:
-    import numpy as np
-
-    from vaelab.report import _as_images, _grid_figure, save_figure, tile
-
-    strips = [tile(_as_images(x), 16) for x in figures.values()]
-    gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
-    canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
-    save_figure(_grid_figure(canvas, "rows: " + " | ".join(figures), scale=3.0), path)
 
 
 def main(argv=None) -> int:

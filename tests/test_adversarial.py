@@ -7,15 +7,11 @@ import copy
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.distributions import Independent, Normal
 
 from vaelab import config as cfg
@@ -24,8 +20,10 @@ from vaelab.data import Split
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.files import load_tensors, read_metrics
 from vaelab.models import ADVERSARIAL, build_model
-from vaelab.models.adversarial import AAE, feature_log_likelihood
+from vaelab.models.adversarial import feature_log_likelihood
 from vaelab.train import Trainer, _postfix, start_run
+
+from test_train import kill_and_resume
 
 LR = 1e-2
 EPS = 1e-8
@@ -351,14 +349,6 @@ def test_runs_log_every_player_and_resume_exactly(name, tmp_path, monkeypatch):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _checkpoint_epoch(run_dir: Path) -> int:
-    try:
-        _, meta = load_tensors(run_dir / "checkpoint" / "state.safetensors")
-        return json.loads(meta["state"])["epoch"]
-    except Exception:
-        return 0
-
-
 def test_sigkill_then_resume_is_bitwise_for_several_players(tmp_path):
     """SIGKILL the CLI training an adversarial autoencoder (three players, two of them sharing
     the encoder, alternating) at three moments, resume, and compare with an uninterrupted run."""
@@ -371,19 +361,7 @@ def test_sigkill_then_resume_is_bitwise_for_several_players(tmp_path):
 
     subprocess.run(cmd(tmp_path / "ref"), check=True, env=env, capture_output=True)
     run = tmp_path / "killed"
-    command = cmd(run)
-    for kill_after_epoch, delay in ((0, 0.0), (2, 0.0), (5, 0.017)):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and not ((run / "config.json").exists() and _checkpoint_epoch(run) >= kill_after_epoch):
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-        command = [sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--quiet"]
-    subprocess.run(command, check=True, env=env, capture_output=True)
+    kill_and_resume(cmd(run), run, ((0, 0.0), (2, 0.0), (5, 0.017)), env)
     assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 11))
 

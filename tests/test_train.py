@@ -173,16 +173,11 @@ def _checkpoint_epoch(run_dir: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
-    """The real thing: SIGKILL the CLI mid-training (three times: before the first checkpoint,
-    after a checkpoint, and at an arbitrary moment), resume, compare with an uninterrupted run
-    byte for byte."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
-    run = tmp_path / "killed"
-    cmd = _train_cmd(run)
-    for kill_after_epoch, delay in ((0, 0.0), (2, 0.0), (6, 0.013)):
+def kill_and_resume(cmd: list[str], run: Path, kills, env: dict[str, str]) -> None:
+    """Runs ``cmd`` (a `vaelab train` into ``run``), SIGKILLs it once for each (epoch, delay) of
+    ``kills`` (``delay`` seconds after the checkpoint of ``epoch`` exists; epoch 0: as soon as the
+    run directory is there), resuming after each kill, then resumes it to the end."""
+    for kill_after_epoch, delay in kills:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and not (
@@ -196,6 +191,17 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
         assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
         cmd = [sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--quiet"]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+    """The real thing: SIGKILL the CLI mid-training (three times: before the first checkpoint,
+    after a checkpoint, and at an arbitrary moment), resume, compare with an uninterrupted run
+    byte for byte."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    kill_and_resume(_train_cmd(run), run, ((0, 0.0), (2, 0.0), (6, 0.013)), env)
     assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 13))
 

@@ -487,7 +487,9 @@ def _evaluate_adversarial(args: argparse.Namespace, config: cfg.RunConfig, model
             f"bound to report; judge its samples with: vaelab quality {args.run}")  # fmt: skip
     summary: dict[str, Any] = {"model": name, "log_likelihood": None, "bound": None, "note": note,
                                "n_examples": len(split)}  # fmt: skip
-    has_encoder = hasattr(model, "reconstruct")
+    from .sampling import can_reconstruct
+
+    has_encoder = can_reconstruct(model)
     if has_encoder:
         summary["reconstruction_error"], summary["reconstruction_error_stderr"] = reconstruction_error(model, split.fixed())
     else:
@@ -666,22 +668,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _positive("-n", args.n)
     _positive("--components", args.components)
+    config, event_shape = read_config(args.run)
     model = load(args.run)
     sampler, label = None, "p(z)"
     if args.sampler == "gmm":
         from .runs import load_data
         from .sampling import fit_latent_gmm
 
-        config, _ = read_config(args.run)
         _needs_continuous_latent(config, args.run, "--sampler gmm")
         x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
         sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
-    if sampler is None and tuple(read_config(args.run)[1]) == (2,):  # points in the plane: a scatter plot
+    if sampler is None and tuple(event_shape) == (2,):  # points in the plane: a scatter plot
         from .report import points_figure
         from .runs import load_data
 
-        test = load_data(read_config(args.run)[0], "test", limit=max(args.n, 2500)).fixed()
+        test = load_data(config, "test", limit=max(args.n, 2500)).fixed()
         print(points_figure(model, test, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed))
         return 0
     path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed,
@@ -697,7 +699,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _positive("-n", args.n)
     config, event_shape = read_config(args.run)
     model = load(args.run)
-    if not (hasattr(model, "reconstruct") or hasattr(model, "encode")):
+    from .sampling import can_reconstruct
+
+    if not can_reconstruct(model):
         raise VaelabError(f"--model {config.model.model} has no encoder to reconstruct with; draw from it with: vaelab sample {args.run}")
     if tuple(event_shape) == (2,):
         raise VaelabError(f"{args.run} models points in the plane, which reconstructions.png cannot show; use vaelab sample {args.run}")

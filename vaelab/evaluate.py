@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError
 from .estimators import sample_particles
 from .objectives import kl_to_prior
+from .sampling import reconstruct
 
 
 PROPOSALS = ("posterior", "prior")
@@ -380,17 +381,10 @@ def vq_summary(model: nn.Module, x: Tensor, *, batch: int = 500) -> dict:
 @torch.no_grad()
 def reconstruction_error(model: nn.Module, x: Tensor, *, batch: int = 500) -> tuple[float, float]:
     """Mean over x of the squared error ||x - x^||^2 summed over the data dimensions, and its
-    standard error over examples. x^ is the model's own reconstruction where it has one (the
-    adversarial models with an encoder: G(E(x)); the VQ-VAE: the decoder at the nearest codes),
-    else the mean of p(x|z) at z = E_q[z|x]: one number that every model with an encoder shares,
-    likelihood or not."""
+    standard error over examples, x^ from ``sampling.reconstruct``: one number that every model
+    with an encoder shares, likelihood or not."""
     with _eval_mode(model):
-        errors = []
-        for i in range(0, x.shape[0], batch):
-            chunk = x[i : i + batch]
-            own = getattr(model, "reconstruct", None)
-            recon = own(chunk) if own is not None else model.decode(model.encode(chunk).mean).mean
-            errors.append((chunk - recon).square().flatten(1).sum(-1))
-    values = torch.cat(errors)
+        chunks = [x[i : i + batch] for i in range(0, x.shape[0], batch)]
+        values = torch.cat([(chunk - reconstruct(model, chunk)).square().flatten(1).sum(-1) for chunk in chunks])
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan

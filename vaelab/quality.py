@@ -463,7 +463,33 @@ def check_samples(samples: np.ndarray | Tensor, event_shape: tuple[int, ...], da
     return x.to(torch.float32)
 
 
-class QualityScorer:
+class _ImageSamples:
+    """``check`` for scorers of images: :func:`check_samples` against the scorer's
+    ``event_shape``, then its ``check_n``."""
+
+    dataset: str
+    event_shape: tuple[int, ...]
+
+    def check_n(self, n: int) -> None:  # pragma: no cover - every scorer defines it
+        raise NotImplementedError
+
+    def check(self, samples: np.ndarray | Tensor) -> Tensor:
+        """Checks that samples are images of the dataset's shape with values in [0, 1] and that
+        there are as many as can be scored; returns them as ``(N, C, H, W)`` float32."""
+        x = check_samples(samples, self.event_shape, self.dataset)
+        self.check_n(len(x))
+        return x
+
+
+def _check_against_training_file(n: int, size: int, dataset: str, unit: str) -> None:
+    """Refuses a number of samples the training file (``size`` of them) cannot match for the reference."""
+    if n < 1:
+        raise DataError(f"no samples to score; pass at least one {unit}")
+    if n > size:
+        raise DataError(f"{n} samples, but {dataset} has {size} training {unit}s for the reference; use at most {size}")
+
+
+class QualityScorer(_ImageSamples):
     """Scores sets of samples against one labelled image dataset.
 
     Loading is cheap and checks the data; the feature classifier is trained (or read from the
@@ -521,12 +547,6 @@ class QualityScorer:
         if n > len(self.train):
             raise DataError(f"{n} samples, but {self.dataset} has {len(self.train)} training images for the "
                             f"reference; use at most {len(self.train)}")  # fmt: skip
-
-    def check(self, samples: np.ndarray | Tensor) -> Tensor:
-        """:func:`check_samples` and :meth:`check_n`: the samples as ``(N, C, H, W)`` float32."""
-        x = check_samples(samples, self.event_shape, self.dataset)
-        self.check_n(len(x))
-        return x
 
     @property
     def classifier(self) -> Classifier:
@@ -691,12 +711,7 @@ class MixtureModeScorer:
 
     def check_n(self, n: int) -> None:
         """Refuses a number of samples the training file cannot match for the reference."""
-        size = MIXTURE_SIZES["train"]
-        if n < 1:
-            raise DataError("no samples to score; pass at least one point")
-        if n > size:
-            raise DataError(f"{n} samples, but {self.dataset} has {size} training points for the reference; "
-                            f"use at most {size}")  # fmt: skip
+        _check_against_training_file(n, MIXTURE_SIZES["train"], self.dataset, "point")
 
     def check(self, samples: np.ndarray | Tensor) -> np.ndarray:
         """Checks that samples are an N x 2 array of finite floats; returns them as float64."""
@@ -736,7 +751,7 @@ class MixtureModeScorer:
         return result
 
 
-class StackedModeScorer:
+class StackedModeScorer(_ImageSamples):
     """Scores images against ``stacked-fashion-mnist``: each channel is classified, and
     :func:`stacked_mode_metrics` counts the class triples.
 
@@ -789,18 +804,7 @@ class StackedModeScorer:
 
     def check_n(self, n: int) -> None:
         """Refuses a number of samples the training file cannot match for the reference."""
-        size = STACKED_SIZES["train"]
-        if n < 1:
-            raise DataError("no samples to score; pass at least one image")
-        if n > size:
-            raise DataError(f"{n} samples, but {self.dataset} has {size} training images for the reference; "
-                            f"use at most {size}")  # fmt: skip
-
-    def check(self, samples: np.ndarray | Tensor) -> Tensor:
-        """Checks that samples are N x 3 x 28 x 28 floats in [0, 1]; returns them as float32."""
-        x = check_samples(samples, self.event_shape, self.dataset)
-        self.check_n(len(x))
-        return x
+        _check_against_training_file(n, STACKED_SIZES["train"], self.dataset, "image")
 
     def _metrics(self, images: Tensor) -> dict[str, Any]:
         codes = torch.cat([channel_codes(images[i : i + CHUNK], self.predict) for i in range(0, len(images), CHUNK)])

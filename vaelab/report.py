@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .files import atomic_path
+from .sampling import can_reconstruct, reconstruct, sample_images
 
 IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
@@ -107,7 +108,7 @@ def samples_figure(
 def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols: int = 8) -> Path:
     """Alternating rows of data and reconstructions (mean of p(x|z) at z = E_q[z|x], or at the
     nearest codes z_q(x) for a VQ-VAE)."""
-    recon = _reconstruct(model, x)
+    recon = reconstruct(model, x)
     data, rec = _as_images(x), _as_images(recon)
     rows = []
     for start in range(0, len(data), ncols):
@@ -120,11 +121,6 @@ def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols:
     return save_figure(_grid_figure(canvas, "data (odd rows) and reconstructions (even rows)"), path)
 
 
-def _reconstruct(model: nn.Module, x: Tensor) -> Tensor:
-    """A model's own reconstruction (VQ-VAE, adversarial models), else the mean of p(x|z) at E_q[z|x]."""
-    return model.reconstruct(x) if hasattr(model, "reconstruct") else model.decode(model.encode(x).mean).mean
-
-
 def _codes(model: nn.Module, x: Tensor) -> Tensor:
     """E_q[z|x], or a deterministic encoder's z = E(x)."""
     return model.code(x, sample=False) if hasattr(model, "code") else model.encode(x).mean
@@ -134,8 +130,6 @@ def _codes(model: nn.Module, x: Tensor) -> Tensor:
 def points_figure(model: nn.Module, data: Tensor, path: str | Path, n: int = 2500, seed: int = 0) -> Path:
     """For 2-D data: n samples of the model (G(z), or the mean of p(x|z) at z ~ p(z)) over the
     test points, to see which modes it covers."""
-    from .sampling import sample_images
-
     samples = sample_images(model, n, seed=seed).cpu().numpy()
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.subplots()
@@ -222,7 +216,7 @@ def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstruction
         written.append(points_figure(model, test.fixed(), run_dir / "samples.png"))
     elif getattr(model, "code_prior", True) is not None:  # a VQ-VAE samples once its prior is trained
         written.append(samples_figure(model, run_dir / "samples.png", n=n_samples))
-    if test.event_shape != (2,) and (hasattr(model, "reconstruct") or hasattr(model, "encode")):  # not the GAN
+    if test.event_shape != (2,) and can_reconstruct(model):  # not the GAN
         written.append(reconstructions_figure(model, test.fixed()[:n_reconstructions], run_dir / "reconstructions.png"))
     if getattr(model, "latent_dim", None) == 2 and test.event_shape != (2,) and (hasattr(model, "code") or hasattr(model, "encode")):
         written.append(latent_figure(model, test.fixed(), test.y, run_dir / "latent.png"))

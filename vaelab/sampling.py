@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .models import GaussianMixture
 
-__all__ = ["SAMPLERS", "fit_latent_gmm", "sample_images"]
+__all__ = ["SAMPLERS", "can_reconstruct", "fit_latent_gmm", "reconstruct", "sample_images"]
 
 SAMPLERS = ("prior", "gmm")
 CHUNK = 1000  # images decoded at a time
@@ -24,6 +24,20 @@ CHUNK = 1000  # images decoded at a time
 def _device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def can_reconstruct(model: nn.Module) -> bool:
+    """Whether ``reconstruct`` works for the model: it has an encoder (every model but the GAN)."""
+    return hasattr(model, "reconstruct") or hasattr(model, "encode")
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, x: Tensor) -> Tensor:
+    """x^ for x: a model's own reconstruction where it has one (a VQ-VAE: the decoder at the
+    nearest codes; an adversarial model with an encoder: G(E(x))), else the mean of p(x|z) at
+    z = E_q[z|x]."""
+    own = getattr(model, "reconstruct", None)
+    return own(x) if own is not None else model.decode(model.encode(x).mean).mean
 
 
 @torch.no_grad()
