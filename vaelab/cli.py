@@ -136,7 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z)")
+    p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z) (G(z) for the adversarial models; a scatter plot over the data for 2-D points)")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png)")
