@@ -144,3 +144,18 @@ def test_compare_errors_are_one_line_and_leave_the_runs_alone(runs, tmp_path):
     assert_one_line_error(run_cli("compare"), "RUN")
     assert not (tmp_path / "x.png").exists()
     assert {p: p.read_bytes() for run in runs for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_compare_shows_a_different_data_shape(runs, tmp_path):
+    import shutil
+
+    a, b = runs
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    config = json.loads((other / "config.json").read_text())
+    config["event_shape"] = [1, 4, 4]
+    (other / "config.json").write_text(json.dumps(config))
+    out = _json(run_cli("compare", str(a), str(other), "-o", str(tmp_path / "c.png"), "--json"))
+    assert out["config"] == {"event_shape": [[1, 8, 8], [1, 4, 4]]}
+    text = run_cli("compare", str(a), str(other), "-o", str(tmp_path / "c.png")).stdout
+    assert [line.split()[-2:] for line in text.splitlines() if line.strip().startswith("data shape")] == [["1,8,8", "1,4,4"]]

@@ -65,6 +65,25 @@ def test_every_metric_is_a_scalar_and_the_grids_are_images_every_epoch(runs):
         assert all(i.encoded_image_string[:4] == b"\x89PNG" and min(i.width, i.height) >= 64 for i in images)
 
 
+def test_the_grids_show_the_same_draws_every_epoch(runs):
+    """Fixed latent draws and fixed examples: two calls on the same weights give the same grids,
+    8 columns of images with 1-pixel gaps, enlarged by whole pixels."""
+    import numpy as np
+
+    from vaelab.runs import load, load_data, read_config
+    from vaelab.tensorboard import MIN_PIXELS, image_grids
+
+    model = load(runs / "a")
+    x = load_data(read_config(runs / "a")[0], "valid").fixed()
+    first, second = image_grids(model, x), image_grids(model, x)
+    assert set(first) == {"samples", "reconstructions"}
+    side = 8 * 8 + 7  # 8 digits of 8 pixels and 7 gaps: 64 samples, and 32 examples over 32 reconstructions
+    for tag in first:
+        assert np.array_equal(first[tag], second[tag])
+        assert first[tag].shape == (side * (MIN_PIXELS // side),) * 2
+        assert 0 <= first[tag].min() and first[tag].max() <= 1
+
+
 def test_logging_leaves_training_unchanged(runs):
     """The grids are drawn outside the training random stream: the run ends with the weights and
     metrics of the same run without --tensorboard."""

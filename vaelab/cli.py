@@ -73,7 +73,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
                        description="Scores a run: log p(x) by importance sampling (--method is, with the "
                        "ELBO, KL, active units), by annealed importance sampling (--method ais), or "
-                       "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc).")  # fmt: skip
+                       "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc). The result (the --json "
+                       "object) is kept in RUN/evaluation.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--method", default="is", choices=METHODS,
                    help="is: importance sampling from q(z|x); ais: annealed importance sampling with HMC "
@@ -98,7 +99,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Gradient SNR |E[g]| / std[g] of the encoder and decoder parameters "
                        "(mean over parameters) over repeated gradient draws on one fixed minibatch, and "
                        "the normalized effective sample size of the importance weights, for each K; "
-                       "prints a table and writes a plot (Rainforth et al. 2018).")  # fmt: skip
+                       "prints a table and writes a plot (Rainforth et al. 2018). The result (the --json object) is kept in "
+                       "RUN/diagnose.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
                    help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
@@ -120,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "within the encoder's posterior family, optimized per example from the encoder's "
                        "output; for other families also the best diagonal Gaussian's) and L[q] "
                        "(the encoder's own ELBO); approximation gap log p(x) - L[q*], amortization gap "
-                       "L[q*] - L[q]. Means in nats.")  # fmt: skip
+                       "L[q*] - L[q]. Means in nats. The result (the --json object) is kept in RUN/gaps.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--limit", type=int, default=100, help="first N test examples (default: 100)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (default: 5000)")
