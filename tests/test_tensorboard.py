@@ -141,3 +141,14 @@ def test_without_the_package_training_is_refused_in_one_line(tmp_path, monkeypat
     proc = run_cli("train", *TINY, "--epochs", "1", "--tensorboard", "--out", str(out))
     assert_one_line_error(proc, "--tensorboard", "pip install 'vaelab[tensorboard]'")
     assert not out.exists()  # refused before the run directory is written
+
+
+def test_points_in_the_plane_get_a_scatter_plot_of_samples(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "ring"
+    assert main(["train", "--data", "ring8", "--limit", "200", "--binarize", "none", "--likelihood", "gaussian",
+                 "--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--tensorboard", "--quiet", "--out", str(run)]) == 0  # fmt: skip
+    acc = _events(run / "tensorboard")
+    assert acc.Tags()["images"] == ["samples"]  # no reconstructions of points, as reconstruct refuses them
+    (image,) = acc.Images("samples")
+    assert image.step == 1 and image.width >= 200 and image.height >= 200

@@ -8,7 +8,8 @@ as the step:
   ``kl_scale``, ``active_units``, ...); a list such as ``kl_per_dim`` as one scalar per entry
   (``kl_per_dim/0``, ``kl_per_dim/1``, ...); a missing value (null) as NaN;
 - the images ``samples`` (64 draws of the model, fixed seed) and ``reconstructions`` (32 fixed
-  validation examples, data and reconstruction in alternating rows), from the epoch's latest weights.
+  validation examples, data and reconstruction in alternating rows), from the epoch's latest
+  weights; for points in the plane, ``samples`` is a scatter plot of 1000 draws over the data.
 
 Each run writes into its own directory, so ``tensorboard --logdir runs/`` shows several runs side
 by side, named after their run directories. A resumed run continues the same log: its writer
@@ -33,6 +34,7 @@ TENSORBOARD_DIR = "tensorboard"
 INSTALL = "pip install 'vaelab[tensorboard]'"
 N_SAMPLES = 64  # images in the samples grid
 N_RECONSTRUCTIONS = 32  # examples in the reconstructions grid
+N_POINTS = 1000  # samples and examples in the scatter plot of points in the plane
 IMAGE_SEED = 0  # the same latent draws every epoch, so the grids show the model changing, not the noise
 MIN_PIXELS = 256  # small grids (8x8 digits) are enlarged by whole pixels to about this size
 
@@ -72,12 +74,16 @@ def _enlarged(grid: np.ndarray) -> np.ndarray:
 def image_grids(model: nn.Module, examples: Tensor | None) -> dict[str, np.ndarray]:
     """The ``samples`` and ``reconstructions`` grids of a model as (H, W) or (H, W, 3) floats in
     [0, 1], each where the model can draw it: no samples from a VQ-VAE before its code prior is
-    trained, no reconstructions from a model without an encoder, no grids for points in the plane."""
+    trained, no reconstructions from a model without an encoder. For points in the plane
+    (ring8, grid25), ``samples`` is a scatter plot of samples over the examples instead, as in
+    ``samples.png``, and there are no reconstructions."""
     from .report import _as_images, tile  # figures' helpers; report sits beside train in the layers
     from .sampling import can_reconstruct, reconstruct, sample_images
 
-    if examples is None or tuple(examples.shape[1:]) == (2,):
+    if examples is None:
         return {}
+    if tuple(examples.shape[1:]) == (2,):
+        return {"samples": _points_image(sample_images(model, N_POINTS, seed=IMAGE_SEED), examples[:N_POINTS])}
     grids: dict[str, np.ndarray] = {}
     if getattr(model, "code_prior", True) is not None:
         images = _as_images(sample_images(model, N_SAMPLES, seed=IMAGE_SEED))
@@ -92,6 +98,24 @@ def image_grids(model: nn.Module, examples: Tensor | None) -> dict[str, np.ndarr
                 rows.append(np.concatenate([part, blank]))
         grids["reconstructions"] = tile(np.concatenate(rows), 8)
     return {tag: _enlarged(grid) for tag, grid in grids.items()}
+
+
+def _points_image(samples: Tensor, points: Tensor) -> np.ndarray:
+    """A scatter plot of samples (red) over data points (grey) as (H, W, 3) floats in [0, 1]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 4), dpi=MIN_PIXELS / 4)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    data, drawn = points.detach().cpu().numpy(), samples.detach().cpu().numpy()
+    ax.scatter(data[:, 0], data[:, 1], s=2, c="0.6", label=f"{len(data)} examples")
+    ax.scatter(drawn[:, 0], drawn[:, 1], s=2, c="C3", alpha=0.6, label=f"{len(drawn)} samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=6, markerscale=3)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float32) / 255
 
 
 def _device(model: nn.Module) -> torch.device:
