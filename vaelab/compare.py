@@ -130,15 +130,19 @@ def curves_figure(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
 
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
-    panels = (("valid_bound", "validation bound (nats)"), ("train_loss", "training loss (nats)"))
+    panels = (("valid_bound", "validation bound (nats), * the best epoch"), ("train_loss", "training loss (nats)"))
     for ax, (key, title) in zip(axes, panels):
         drawn = 0
         for label, run in zip(run_labels(run_dirs), run_dirs):
-            points = [(r["epoch"], r[key]) for r in read_metrics(run) if isinstance(r.get(key), (int, float))]
+            records = read_metrics(run)
+            points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             points = [(e, v) for e, v in points if math.isfinite(v)]
             if points:
-                ax.plot(*zip(*points), "o-" if len(points) < 20 else "-", ms=3, label=label)
+                (line,) = ax.plot(*zip(*points), "o-" if len(points) < 20 else "-", ms=3, label=label)
                 drawn += 1
+                best = [v for e, v in points if e == records[-1].get("best_epoch")]
+                if key == "valid_bound" and best:
+                    ax.plot(records[-1]["best_epoch"], best[0], "*", ms=12, color=line.get_color())
         if drawn:
             ax.legend(fontsize=8)
         else:
