@@ -792,7 +792,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(" " * first + "".join(f"  {label:>{w}}" for label, w in zip(labels, widths)))
     for label, cells in rows:
         print(label if cells is None else f"{label:<{first}}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths)))
-    print(f"bounds and gaps in nats, +- standard error; -: not in that run. Training curves: {summary['plot']}")
+    print(f"bounds and gaps in nats, +- standard error; -: not in that run (or not a number). Training curves: {summary['plot']}")
     return 0
 
 
