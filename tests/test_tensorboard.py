@@ -152,3 +152,20 @@ def test_points_in_the_plane_get_a_scatter_plot_of_samples(tmp_path):
     assert acc.Tags()["images"] == ["samples"]  # no reconstructions of points, as reconstruct refuses them
     (image,) = acc.Images("samples")
     assert image.step == 1 and image.width >= 200 and image.height >= 200
+
+
+@pytest.mark.parametrize(("name", "options", "tags"), [
+    ("vae", {"latent_dim": 2, "hidden": (16,)}, {"samples", "reconstructions"}),
+    ("gan", {"latent_dim": 2, "hidden": (16,)}, {"samples"}),  # no encoder to reconstruct with
+    ("vqvae", {"net": "resnet", "channels": 8, "res_blocks": 1, "codebook_size": 8, "code_dim": 4},
+     {"reconstructions"}),  # no samples before `vaelab prior` trains its code prior
+])  # fmt: skip
+def test_each_model_gets_the_grids_it_can_draw(name, options, tags):
+    import torch
+
+    from vaelab import build_model
+    from vaelab.tensorboard import image_grids
+
+    model = build_model(name, (1, 8, 8), **options).eval()
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()
+    assert set(image_grids(model, x)) == tags
