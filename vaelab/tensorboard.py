@@ -78,7 +78,7 @@ def image_grids(model: nn.Module, examples: Tensor | None) -> dict[str, np.ndarr
     (ring8, grid25), ``samples`` is a scatter plot of samples over the examples instead, as in
     ``samples.png``, and there are no reconstructions."""
     from .report import _as_images, tile  # figures' helpers; report sits beside train in the layers
-    from .sampling import can_reconstruct, reconstruct, sample_images
+    from .sampling import _device, can_reconstruct, reconstruct, sample_images
 
     if examples is None:
         return {}
@@ -116,11 +116,6 @@ def _points_image(samples: Tensor, points: Tensor) -> np.ndarray:
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float32) / 255
-
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class TensorBoardLog:
