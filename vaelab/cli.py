@@ -73,7 +73,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
                        description="Scores a run: log p(x) by importance sampling (--method is, with the "
                        "ELBO, KL, active units), by annealed importance sampling (--method ais), or "
-                       "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc).")  # fmt: skip
+                       "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc). The result (the --json "
+                       "object) is kept in RUN/evaluation.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--method", default="is", choices=METHODS,
                    help="is: importance sampling from q(z|x); ais: annealed importance sampling with HMC "
@@ -98,7 +99,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Gradient SNR |E[g]| / std[g] of the encoder and decoder parameters "
                        "(mean over parameters) over repeated gradient draws on one fixed minibatch, and "
                        "the normalized effective sample size of the importance weights, for each K; "
-                       "prints a table and writes a plot (Rainforth et al. 2018).")  # fmt: skip
+                       "prints a table and writes a plot (Rainforth et al. 2018). The result (the --json object) is kept in "
+                       "RUN/diagnose.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
                    help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
@@ -120,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "within the encoder's posterior family, optimized per example from the encoder's "
                        "output; for other families also the best diagonal Gaussian's) and L[q] "
                        "(the encoder's own ELBO); approximation gap log p(x) - L[q*], amortization gap "
-                       "L[q*] - L[q]. Means in nats.")  # fmt: skip
+                       "L[q*] - L[q]. Means in nats. The result (the --json object) is kept in RUN/gaps.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--limit", type=int, default=100, help="first N test examples (default: 100)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (default: 5000)")
@@ -168,6 +170,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
+
+    p = sub.add_parser("compare", help="runs side by side: differing configuration, best validation bounds, stored results, training curves",
+                       description="Compares two or more runs without recomputing anything: one table of the "
+                       "configuration values that differ between them, their best validation bounds (from "
+                       "metrics.jsonl), every result that vaelab evaluate, gaps and diagnose stored in them, and a "
+                       "figure of their validation bound and training loss against the epoch, overlaid.")  # fmt: skip
+    p.add_argument("runs", metavar="RUN", nargs="+", help="two or more run directories")
+    p.add_argument("-o", "--output", metavar="FILE.png", default="compare.png",
+                   help="figure of the overlaid training curves (default: compare.png)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object with the keys runs, config, epochs, "
+                   "best_epoch, best_valid_bound, results and plot")  # fmt: skip
 
     p = sub.add_parser("quality", help="sample quality: Frechet distance, precision/recall, density/coverage, classifier score",
                        description="Scores samples against the dataset's first N test images in the features of a "
@@ -281,6 +294,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(run: str, command: str, options: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keeps a command's result (its --json object) in the run directory, for compare and report.
+    A run directory that cannot take it (read-only, a corrupt results file) costs a warning line,
+    not the result just computed, which is still printed."""
+    from .results import save_result
+
+    try:
+        save_result(run, command, options, result)
+    except (OSError, VaelabError) as err:
+        logging.getLogger("vaelab").warning("the result was not stored in %s (%s)", run, err)
+
+
+def _evaluate_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The arguments an evaluation depends on, as stored beside its result."""
+    return {"method": args.method, "split": args.split, "limit": args.limit, **extra}
+
+
+def _ais_keys(options: dict[str, Any]) -> dict[str, Any]:
+    """AIS options under the names of the --json objects (steps, chains, leapfrog, ais_start)."""
+    return {"steps": options["steps"], "chains": options["chains"], "leapfrog": options["leapfrog"],
+            "ais_start": options["start"]}  # fmt: skip
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -346,6 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     what = _what_is_scored(config, split)
     if split.dequantize:
         _add_discrete_bound(summary, split, "log_likelihood")
+    _store(args.run, "evaluate", _evaluate_options(args, seed=args.seed, k=args.k, bounds=list(args.bounds),
+                                                   proposal=args.proposal), summary)  # fmt: skip
     if args.json:
         print(json.dumps(summary))
         _warn_heavy_tails(summary, args.proposal)
@@ -388,6 +426,7 @@ def _evaluate_ais(args: argparse.Namespace, config: cfg.RunConfig, model, split,
                "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
     if split.dequantize:
         _add_discrete_bound(summary, split, "log_likelihood")
+    _store(args.run, "evaluate", _evaluate_options(args, seed=args.seed, **_ais_keys(options)), summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -422,6 +461,8 @@ def _evaluate_bdmc(args: argparse.Namespace, config: cfg.RunConfig, model, optio
     summary = {**summarize_bdmc(result), "method": "bdmc", "steps": options["steps"], "chains": options["chains"],
                "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
     summary["step_size"] = 0.5 * (result.lower.step_size + result.upper.step_size).mean().item()
+    # simulated from the model: no split is read
+    _store(args.run, "evaluate", {"method": "bdmc", "limit": n, "seed": args.seed, **_ais_keys(options)}, summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -462,6 +503,7 @@ def _evaluate_vqvae(args: argparse.Namespace, config: cfg.RunConfig, model, spli
     if split.dequantize:
         _add_discrete_bound(summary, split, "elbo")
     torch.manual_seed(args.seed)  # unused: the VQ bound has no sampling; kept for a uniform interface
+    _store(args.run, "evaluate", _evaluate_options(args), summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -494,6 +536,7 @@ def _evaluate_adversarial(args: argparse.Namespace, config: cfg.RunConfig, model
         summary["reconstruction_error"], summary["reconstruction_error_stderr"] = reconstruction_error(model, split.fixed())
     else:
         summary["reconstruction_error"] = summary["reconstruction_error_stderr"] = None
+    _store(args.run, "evaluate", _evaluate_options(args), summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -586,6 +629,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     result["grad_estimator"] = args.grad_estimator
     path = snr_figure(result, args.output or Path(args.run) / "snr.png")
     result["plot"] = str(path)
+    _store(args.run, "diagnose", {"objective": result["objective"], "grad_estimator": result["grad_estimator"], **options,
+                                  "k_list": result["k"], "reps": args.reps, "batch": args.batch, "split": args.split,
+                                  "seed": args.seed}, result)  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0
@@ -628,6 +674,11 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     if args.method == "ais":
         out.update(method="ais", ais_steps=ais_options["steps"], chains=ais_options["chains"],
                    leapfrog=ais_options["leapfrog"], ais_start=ais_options["start"])  # fmt: skip
+    gaps_options = {"method": args.method, "split": args.split, "limit": args.limit, "seed": args.seed, "k": args.k,
+                    "steps": args.steps, "lr": args.lr, "samples": args.samples}  # fmt: skip
+    if args.method == "ais":
+        gaps_options.update({f"ais_{k}" if k == "steps" else k: v for k, v in _ais_keys(ais_options).items()})
+    _store(args.run, "gaps", gaps_options, out)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -709,6 +760,56 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     path = reconstructions_figure(model, x, args.output or Path(args.run) / "reconstructions.png")
     print(path)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, curves_figure, run_labels
+
+    summary = compare_runs(args.runs)
+    summary["plot"] = str(curves_figure(args.runs, args.output))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    rows: list[tuple[str, list[str] | None]] = []  # (label, one cell per run); None: a heading
+    rows.append(("configuration" + ("" if summary["config"] else ": identical"), None))
+    for name, values in summary["config"].items():
+        rows.append(("  " + ("data shape" if name == "event_shape" else "--" + name.replace("_", "-")),
+                     [_cell(v) for v in values]))  # fmt: skip
+    rows.append(("training", None))
+    rows.append(("  epochs", [_cell(v) for v in summary["epochs"]]))
+    rows.append(("  best validation bound", [_cell(v) for v in summary["best_valid_bound"]]))
+    rows.append(("  at epoch", [_cell(v) for v in summary["best_epoch"]]))
+    heading = None
+    for row in summary["results"]:
+        options = ", ".join(f"{k}={_option(v)}" for k, v in row["options"].items() if v not in (None, []))
+        if (row["command"], options) != heading:
+            heading = (row["command"], options)
+            rows.append((f"{row['command']} ({options})" if options else row["command"], None))
+        rows.append(("  " + row["metric"], [_cell(v, e) for v, e in zip(row["values"], row["stderr"])]))
+    labels = run_labels(summary["runs"])
+    first = max(len(label) for label, cells in rows if cells is not None)
+    widths = [max(len(labels[i]), *(len(cells[i]) for _, cells in rows if cells is not None)) for i in range(len(labels))]
+    print(" " * first + "".join(f"  {label:>{w}}" for label, w in zip(labels, widths)))
+    for label, cells in rows:
+        print(label if cells is None else f"{label:<{first}}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths)))
+    print(f"bounds and gaps in nats, +- standard error; -: not in that run (or not a number). Training curves: {summary['plot']}")
+    return 0
+
+
+def _option(value: Any) -> str:
+    return ",".join(_option(v) for v in value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any, stderr: Any = None) -> str:
+    """A value of the compare table as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+        return text if stderr is None else f"{text} +- {stderr:.3f}"
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value)
+    return str(value)
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
@@ -830,6 +931,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "quality": cmd_quality,
     "reconstruct": cmd_reconstruct,
+    "compare": cmd_compare,
 }
 
 

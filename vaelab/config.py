@@ -194,6 +194,7 @@ class TrainConfig:
     patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
     time_limit: float = field(default=0.0, metadata=_help("stop after the epoch in which the run's wall-clock seconds (training, validation, monitors; summed over resumes) reach this (0: no limit)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
+    tensorboard: bool = field(default=False, metadata=_help("log every epoch's metrics and its samples and reconstructions for TensorBoard in RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')"))
 
     def objective_options(self) -> dict[str, Any]:
         """The options to build the objective with (``objectives.get_objective``); beta is left
