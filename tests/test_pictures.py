@@ -96,6 +96,9 @@ def test_traversal_sweeps_in_prior_standard_deviations_of_a_learned_prior():
     assert ((sd - z.std(0)).abs() < 4 * se).all()  # the sd's standard error is below the mean's here
     assert ((sd - 1).abs() > 0.5).any()
     t = traverse(model, x, dims=[1], steps=3, span=1.0)
+    assert t.score_name == "activity"  # a mixture prior has no KL per dimension: ranked by Cov_x E[z_d|x]
+    mu = model.encode(x).mean.detach()
+    assert t.scores == pytest.approx([float(mu[:, 1].var(unbiased=False))], rel=1e-5)
     base = model.encode(x[:1]).mean[0]
     zs = base.repeat(3, 1)
     zs[:, 1] = mean[1] + torch.tensor([-1.0, 0.0, 1.0]) * sd[1]
@@ -154,6 +157,8 @@ def test_many_samples_each_get_at_least_their_own_pixels(tmp_path):
     """2500 digits (50 x 50 of 8 x 8 pixels, 1 pixel apart) used to be squeezed into a fixed
     figure; now the image is at least as large as the tiled canvas."""
     model = _model()
+    width, height = Image.open(samples_figure(model, tmp_path / "few.png", n=64)).size
+    assert width >= 320 and height >= 320  # a small grid (71 x 71 pixels) magnified
     canvas = 50 * 9 - 1
     width, height = Image.open(samples_figure(model, tmp_path / "s.png", n=2500)).size
     assert width >= canvas and height >= canvas
@@ -178,6 +183,8 @@ def test_latent_map_is_readable_and_decodes_prior_quantiles(tmp_path, monkeypatc
     width, height = Image.open(path).size
     assert height >= 15 * 29 - 1 and width >= 2 * (15 * 29 - 1)
     (z,) = seen
+    small = _model(latent_dim=2)
+    assert Image.open(latent_figure(small, _data(), None, tmp_path / "small.png")).size[1] >= 400
     u = (torch.arange(15, dtype=torch.float64) + 0.5) / 15
     phi = torch.distributions.Normal(0.0, 1.0).cdf(z.double())
     torch.testing.assert_close(phi[:15, 0], u, atol=1e-5, rtol=0)  # first row: z1 left to right
@@ -257,3 +264,17 @@ def test_pictures_commands_refuse_a_model_without_an_encoder(tmp_path):
     assert_one_line_error(run_cli("traverse", str(out)), "--model gan", "no encoder")
     assert_one_line_error(run_cli("interpolate", str(out), "--from", "0", "--to", "1"), "--model gan", "no encoder")
     assert (out / "curves.png").exists()  # the players' losses
+
+
+def test_pictures_need_a_continuous_code_per_example(tmp_path):
+    two_layers = _model(latent_dim=2, layers=2)
+    with pytest.raises(VaelabError, match="one stochastic layer"):
+        traverse(two_layers, _data())
+    with pytest.raises(VaelabError, match="one stochastic layer"):
+        interpolate(two_layers, _data(), 0, 1)
+    out = tmp_path / "ring"
+    proc = run_cli("train", "--data", "ring8", "--binarize", "none", "--likelihood", "gaussian", "--limit", "200",
+                   "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(run_cli("traverse", str(out)), "points in the plane")
+    assert_one_line_error(run_cli("interpolate", str(out), "--from", "0", "--to", "1"), "points in the plane")

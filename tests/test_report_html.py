@@ -82,6 +82,12 @@ def test_report_is_written_into_the_run_by_default(vae2):
 def test_report_leaves_out_what_does_not_apply_and_says_why(tmp_path):
     """Every family gets a page; sections that do not apply are named with the reason."""
     gan = _train(tmp_path / "gan", "--model", "gan", "--hidden", "16", "--latent-dim", "3", "--epochs", "1")
+    proc = run_cli("report", str(gan))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "  not shown: Evaluations and diagnostics: none stored yet; vaelab evaluate, gaps and diagnose keep their results in the run directory"
+    assert "  not shown: Reconstructions: --model gan has no encoder to reconstruct with" in lines
+    assert lines[-1].endswith(str(gan / "report.html"))
     report = write_report(gan)
     omitted = dict(report.omitted)
     assert report.sections == ["Configuration", "Training curves", "Samples"]
