@@ -64,6 +64,7 @@ def test_report_has_every_section_for_a_vae_with_a_2d_latent(vae2, tmp_path):
     assert "Spherical interpolation (the prior is N(0, I))" in page
     config = json.loads((vae2 / "config.json").read_text())
     assert f"<td class=\"v\">{config['train']['lr']}</td>" in page
+    assert "<th>dequantize</th><td class=\"v\">false</td>" in page and "<th>beta</th><td class=\"v\">null</td>" in page
     images = _images(page)
     assert len(images) == 6  # curves, samples, reconstructions, latent map, traversal, interpolation
     assert all(im.format == "PNG" and im.size[0] > 50 and im.size[1] > 20 for im in images)
@@ -111,6 +112,13 @@ def test_report_leaves_out_what_does_not_apply_and_says_why(tmp_path):
     assert "Reconstructions" in report.sections and "vaelab prior" in omitted["Samples"]
     for title in ("Latent map", "Traversals", "Interpolation"):
         assert "discrete codes" in omitted[title]
+
+    ring = _train(tmp_path / "ring", "--data", "ring8", "--binarize", "none", "--likelihood", "gaussian", "--hidden", "16",
+                  "--latent-dim", "2", "--epochs", "1")  # fmt: skip
+    report = write_report(ring)
+    assert "Samples" in report.sections  # a scatter plot over the data
+    for title in ("Reconstructions", "Latent map", "Traversals", "Interpolation"):
+        assert "points in the plane" in dict(report.omitted)[title]
 
 
 def test_report_of_a_run_whose_model_cannot_be_loaded(vae2, tmp_path):

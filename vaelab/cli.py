@@ -199,15 +199,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("traverse", help="latent traversals: each dimension swept while the others stay at an example's code",
                        description="The beta-VAE figure (Higgins et al. 2017): one row per latent dimension, swept over "
-                       "[-RANGE, RANGE] prior standard deviations around the prior mean while the other dimensions stay "
+                       "[-R, R] prior standard deviations around the prior mean while the other dimensions stay "
                        "at a test example's posterior mean E_q[z|x] (E(x) for a deterministic encoder). Rows are ordered "
                        "by the dimension's KL(q(z_d|x) || p(z_d)), mean over test examples, largest first (by the "
                        "activity Cov_x E[z_d|x] where the posterior or prior has no KL per dimension) and labelled with it.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     p.add_argument("--dims", metavar="D,D,...", type=_index_list("--dims"),
                    help="latent dimensions to show, counted from 0, in this order (default: all, largest KL first)")  # fmt: skip
-    p.add_argument("--range", dest="span", type=float, default=3.0,
-                   help="sweep from -RANGE to +RANGE prior standard deviations around the prior mean (default: 3)")  # fmt: skip
+    p.add_argument("--range", dest="span", metavar="R", type=float, default=3.0,
+                   help="sweep from -R to +R prior standard deviations around the prior mean (default: 3)")  # fmt: skip
     p.add_argument("--steps", type=int, default=11, help="images per dimension (default: 11)")
     p.add_argument("--example", type=int, default=0, help="the test example whose code holds the other dimensions (default: 0)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/traversal.png)")

@@ -91,8 +91,10 @@ def _cell(value: Any, limit: int = 400) -> str:
     """A value for a table cell: numbers to 6 significant digits, other values as compact JSON."""
     if isinstance(value, float):
         text = f"{value:.6g}" if math.isfinite(value) else str(value)
-    elif isinstance(value, (str, int, bool)) or value is None:
-        text = "null" if value is None else str(value)
+    elif isinstance(value, (bool, type(None))):
+        text = json.dumps(value)  # as config.json spells them: true, false, null
+    elif isinstance(value, (str, int)):
+        text = str(value)
     else:
         text = json.dumps(value, separators=(", ", ": "), default=str)
     if len(text) > limit:
