@@ -434,14 +434,14 @@ def interpolate(model: nn.Module, x: Tensor, start: int, end: int, *, steps: int
     return Interpolation(model.decode(z).mean.cpu(), z.cpu(), method, start, end)
 
 
-def interpolation_figure(path_: Interpolation, path: str | Path, x: Tensor | None = None) -> Path:
+def interpolation_figure(result: Interpolation, path: str | Path, x: Tensor | None = None) -> Path:
     """The decoded interpolation in one row, framed by the two examples themselves when ``x``
     (the examples the indices refer to) is given."""
-    images = path_.images
+    images = result.images
     if x is not None:
-        images = torch.cat([x[path_.start : path_.start + 1].cpu().to(images), images, x[path_.end : path_.end + 1].cpu().to(images)])
+        images = torch.cat([x[result.start : result.start + 1].cpu().to(images), images, x[result.end : result.end + 1].cpu().to(images)])
     canvas = tile(_as_images(images), len(images))
-    title = f"{path_.method} interpolation between the codes of test examples {path_.start} and {path_.end}"
+    title = f"{result.method} interpolation between the codes of test examples {result.start} and {result.end}"
     if x is not None:
         title += "\n(first and last: the examples themselves)"
     h = canvas.shape[0]
@@ -469,8 +469,9 @@ def curve_panels(records: list[dict]) -> list[tuple[str, str, list[str]]]:
     panels = [(title, unit, [k for k in keys if has(k)]) for title, unit, keys in CURVES]
     panels = [p for p in panels if p[2]]
     losses = sorted({k for r in records for k in r if k.endswith("_loss") and k not in ("train_loss", "valid_loss")})
-    if losses and has(losses[0]):
-        panels.append(("player losses", "loss per example", [k for k in losses if has(k)]))
+    losses = [k for k in losses if has(k)]
+    if losses:
+        panels.append(("player losses", "loss per example", losses))
     return panels
 
 

@@ -184,7 +184,7 @@ def _results(page: _Page, run_dir: Path) -> None:
             page.add(_table(rows))
 
 
-def _model_sections(page: _Page, run_dir: Path, doc: dict | None) -> None:
+def _model_sections(page: _Page, run_dir: Path) -> None:
     """Samples, reconstructions, the latent map, a traversal and an interpolation, each where it
     applies to the model; otherwise the reason."""
     from .report import (
@@ -289,11 +289,11 @@ def _model_sections(page: _Page, run_dir: Path, doc: dict | None) -> None:
     elif len(x) < 2:
         page.omit("Interpolation", "the test split has fewer than two examples")
     else:
-        path = interpolate(model, x, 0, 1, steps=10)
+        between = interpolate(model, x, 0, 1, steps=10)
         page.heading("Interpolation")
-        why = "the prior is N(0, I)" if path.method == "spherical" else "the prior is not N(0, I)"
-        page.image(_png(lambda p: interpolation_figure(path, p, x)), "interpolation",
-                   f"{path.method.capitalize()} interpolation ({why}) between the codes of test examples 0 and 1.")  # fmt: skip
+        why = "the prior is N(0, I)" if between.method == "spherical" else "the prior is not N(0, I)"
+        page.image(_png(lambda p: interpolation_figure(between, p, x)), "interpolation",
+                   f"{between.method.capitalize()} interpolation ({why}) between the codes of test examples 0 and 1.")  # fmt: skip
 
 
 def write_report(run_dir: str | Path, path: str | Path | None = None) -> Report:
@@ -318,7 +318,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Report:
     doc = _configuration(page, run_dir)
     _curves(page, run_dir)
     _results(page, run_dir)
-    _model_sections(page, run_dir, doc)
+    _model_sections(page, run_dir)
     family = ""
     if doc is not None and isinstance(doc.get("model"), dict):
         family = f" (model {doc['model'].get('model', '?')})"
