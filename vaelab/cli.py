@@ -210,6 +210,39 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, searched first (default for a "
                    "RUN: its own)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("traverse", help="latent traversals: each dimension swept while the others stay at an example's code",
+                       description="The beta-VAE figure (Higgins et al. 2017): one row per latent dimension, swept over "
+                       "[-R, R] prior standard deviations around the prior mean while the other dimensions stay "
+                       "at a test example's posterior mean E_q[z|x] (E(x) for a deterministic encoder). Rows are ordered "
+                       "by the dimension's KL(q(z_d|x) || p(z_d)), mean over test examples, largest first (by the "
+                       "activity Cov_x E[z_d|x] where the posterior or prior has no KL per dimension) and labelled with it.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--dims", metavar="D,D,...", type=_index_list("--dims"),
+                   help="latent dimensions to show, counted from 0, in this order (default: all, largest KL first)")  # fmt: skip
+    p.add_argument("--range", dest="span", metavar="R", type=float, default=3.0,
+                   help="sweep from -R to +R prior standard deviations around the prior mean (default: 3)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=11, help="images per dimension (default: 11)")
+    p.add_argument("--example", type=int, default=0, help="the test example whose code holds the other dimensions (default: 0)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/traversal.png)")
+
+    p = sub.add_parser("interpolate", help="decoded interpolation between two test examples' codes",
+                       description="Decodes --steps points on the path from test example I's posterior mean to "
+                       "test example J's: a great-circle arc (spherical interpolation) when the prior is N(0, I), "
+                       "a straight line otherwise; the output and the figure title say which. The two examples "
+                       "themselves frame the row.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--from", dest="start", metavar="I", type=int, required=True, help="index of the first test example")
+    p.add_argument("--to", dest="end", metavar="J", type=int, required=True, help="index of the last test example")
+    p.add_argument("--steps", type=int, default=10, help="decoded points, both ends included (default: 10)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/interpolation.png)")
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run",
+                       description="Writes one HTML file that needs no network: the configuration, the training "
+                       "curves, the results stored by vaelab evaluate, gaps and diagnose, samples, reconstructions, "
+                       "the 2-D latent map, traversals and an interpolation, images inline. Sections that do not "
+                       "apply to the model are listed with the reason.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-o", "--output", metavar="FILE.html", help="where to write the page (default: RUN/report.html)")
     return parser
 
 
@@ -262,6 +295,21 @@ def _int_list(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} needs comma-separated integers such as 1,5,50, got {text!r}") from None
         if not values or any(v < 1 for v in values):
             raise argparse.ArgumentTypeError(f"{flag} needs positive integers such as 1,5,50, got {text!r}")
+        return values
+
+    return parse
+
+
+def _index_list(flag: str):
+    """argparse type for comma-separated indices counted from 0, such as 0,3,7."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} needs comma-separated integers such as 0,3,7, got {text!r}") from None
+        if not values or any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} needs indices counted from 0, such as 0,3,7, got {text!r}")
         return values
 
     return parse
@@ -907,6 +955,87 @@ def _print_mode_table(scorer: Any, result: dict[str, Any], what: str) -> None:
           "from the data distribution would score")  # fmt: skip
 
 
+def _pictures_model(args: argparse.Namespace, what: str):
+    """The model and test examples for `vaelab traverse` and `interpolate`; refuses, in one line,
+    a model without a continuous latent code per example."""
+    from .report import latent_codes_available
+    from .runs import load, read_config
+
+    config, event_shape = read_config(args.run)
+    if tuple(event_shape) == (2,):
+        raise VaelabError(f"{args.run} models points in the plane, which {what} cannot draw as images; use vaelab sample {args.run}")
+    model = load(args.run)
+    reason = latent_codes_available(model)
+    if reason is not None:
+        raise VaelabError(f"{what} needs an example's continuous latent code; {args.run} is a --model "
+                          f"{config.model.model} run: {reason}")  # fmt: skip
+    return config, model
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    from .report import RANKING_EXAMPLES, traversal_figure, traverse
+    from .runs import load_data
+
+    if not (args.span > 0 and math.isfinite(args.span)):
+        raise VaelabError(f"--range must be a positive number of prior standard deviations, got {args.span}")
+    if args.steps < 2:
+        raise VaelabError(f"--steps must be at least 2, got {args.steps}")
+    config, model = _pictures_model(args, "vaelab traverse")
+    limit = RANKING_EXAMPLES if config.data.limit is None else min(RANKING_EXAMPLES, config.data.limit)
+    x = load_data(config, "test", limit=max(limit, args.example + 1)).fixed()
+    if not 0 <= args.example < len(x):
+        raise VaelabError(f"--example {args.example} is not a test example of {args.run}: there are {len(x)} (0 to {len(x) - 1})")
+    if args.dims:
+        bad = [d for d in args.dims if d >= model.latent_dim]
+        if bad:
+            raise VaelabError(f"--dims {bad[0]} is not a latent dimension of {args.run}: it has {model.latent_dim} (0 to {model.latent_dim - 1})")
+    t = traverse(model, x, example=args.example, dims=args.dims, span=args.span, steps=args.steps)
+    path = traversal_figure(t, args.output or Path(args.run) / "traversal.png")
+    unit = " nats" if t.score_name == "KL" else ""
+    order = "in the order given" if args.dims else f"ordered by {t.score_name}, largest first"
+    print(f"{len(t.dims)} latent dimensions {order} ({t.score_name} per dimension, mean over {len(x)} test examples"
+          f"{'' if t.score_name == 'KL' else ': the posterior or prior has no KL per dimension, activity is Cov_x E[z_d|x]'}):")  # fmt: skip
+    print("  " + ", ".join(f"z{d} {s:.3f}{unit}" for d, s in zip(t.dims, t.scores)))
+    print(f"each swept over [-{args.span:g}, +{args.span:g}] prior standard deviations around the prior mean, the "
+          f"others at test example {args.example}'s posterior mean: {path}")  # fmt: skip
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .report import interpolate, interpolation_figure
+    from .runs import load_data
+
+    if args.steps < 2:
+        raise VaelabError(f"--steps must be at least 2, got {args.steps}")
+    for flag, i in (("--from", args.start), ("--to", args.end)):
+        if i < 0:
+            raise VaelabError(f"{flag} must be a test example index, counted from 0, got {i}")
+    config, model = _pictures_model(args, "vaelab interpolate")
+    x = load_data(config, "test", limit=max(args.start, args.end) + 1).fixed()
+    for flag, i in (("--from", args.start), ("--to", args.end)):
+        if i >= len(x):
+            raise VaelabError(f"{flag} {i} is not a test example of {args.run}: there are {len(x)} (0 to {len(x) - 1})")
+    result = interpolate(model, x, args.start, args.end, steps=args.steps)
+    path = interpolation_figure(result, args.output or Path(args.run) / "interpolation.png", x)
+    why = "great-circle arc: the prior is N(0, I)" if result.method == "spherical" else "straight line: the prior is not N(0, I)"
+    print(f"{result.method} interpolation ({why}) in {args.steps} steps between the posterior means of test examples "
+          f"{args.start} and {args.end}: {path}")  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report_html import write_report
+
+    out = args.output
+    if out is not None and not str(out).lower().endswith((".html", ".htm")):
+        raise VaelabError(f"-o {out}: the report is an HTML page; give a file name ending in .html")
+    report = write_report(args.run, out)
+    for title, reason in report.omitted:
+        print(f"  not shown: {title}: {reason}")
+    print(f"report with {len(report.sections)} sections ({', '.join(report.sections)}): {report.path}")
+    return 0
+
+
 GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to
 
 def cmd_prior(args: argparse.Namespace) -> int:
@@ -932,6 +1061,9 @@ COMMANDS = {
     "quality": cmd_quality,
     "reconstruct": cmd_reconstruct,
     "compare": cmd_compare,
+    "traverse": cmd_traverse,
+    "interpolate": cmd_interpolate,
+    "report": cmd_report,
 }
 
 
