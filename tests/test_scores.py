@@ -122,6 +122,23 @@ def test_encode_codes_are_the_posterior_means_scales_and_draws(linear_model, lin
     assert encode_codes(linear_model, linear_data).samples is None
 
 
+def test_encode_codes_of_a_flow_posterior_take_the_scale_from_draws():
+    """A planar flow has no closed-form standard deviation: its scale is that of SCALE_DRAWS draws,
+    which agrees with the spread of many more draws within the sampling error of a standard deviation."""
+    from vaelab.scores import SCALE_DRAWS
+
+    torch.manual_seed(0)
+    model = vaelab.build_model("vae", (6,), likelihood="gaussian", posterior="planar:2", latent_dim=3, hidden=(8,))
+    x = torch.rand(5, 6)
+    codes = encode_codes(model, x, seed=1)
+    with torch.no_grad():
+        q = model.encode(x)
+        reference = q.sample((20000,)).std(0)
+    assert codes.scale.shape == (5, 3) and (codes.scale > 0).all()
+    assert ((codes.scale / reference - 1).abs() < 5 / math.sqrt(2 * SCALE_DRAWS)).all()
+    torch.testing.assert_close(codes.mean, q.mean)
+
+
 def test_decode_means_and_its_latent_size_check(linear_model):
     z = torch.randn(7, 3, dtype=torch.float64)
     torch.testing.assert_close(decode_means(linear_model, z), linear_model.decode(z).mean.float(), check_dtype=False)
@@ -179,6 +196,11 @@ def test_score_elbo_rows_have_no_khat_and_a_table_is_printed(run_dir, tmp_path):
     assert "ELBO, 4 draws per example" in proc.stdout and "mean score" in proc.stdout
     rows = read_csv(out)
     assert len(rows) == 10 and all(r["khat"] == "" and float(r["stderr"]) > 0 for r in rows)
+    # without --limit, the whole split, whatever --limit the run trained with (200)
+    proc = run_cli("score", str(run_dir), "--bound", "elbo", "--draws", "2", "--json", "--quiet")
+    summary = json.loads(proc.stdout)
+    assert set(summary) == {"bound", "data", "split", "n_examples", "mean", "stderr", "output", "draws"}
+    assert summary["n_examples"] == 360 and summary["draws"] == 2 and summary["output"] is None
 
 
 def test_score_auroc_against_another_dataset_is_the_auroc_of_the_two_csvs(run_dir, tmp_path):
@@ -201,6 +223,7 @@ def test_score_auroc_against_another_dataset_is_the_auroc_of_the_two_csvs(run_di
     expected = roc_auc_score([0] * len(ood) + [1] * len(ind), ood + ind)
     assert summary["auroc"] == pytest.approx(expected, abs=1e-6)
     assert summary["against"] == "digits" and summary["against_n_examples"] == 60
+    assert summary["against_mean"] == pytest.approx(np.mean(ind), abs=1e-4)
     assert all(r["label"] == "" for r in read_csv(a))  # no labels in the file: empty cells
     text = run_cli("score", str(run_dir), "--data", str(other), "--auroc-against", "digits", *common).stdout
     assert "AUROC" in text and f"{summary['auroc']:.4f}" in text
@@ -216,6 +239,18 @@ def test_score_refuses_bad_input_in_one_line(run_dir, tmp_path):
     assert_one_line_error(run_cli("score", str(run_dir), "--limit", "2", "-o", str(tmp_path / "s.txt")), "CSV")
     assert_one_line_error(run_cli("score", str(run_dir), "--draws", "0", "--bound", "elbo"), "--draws")
     assert not (tmp_path / "s.txt").exists()
+
+
+def test_score_refuses_grey_levels_under_a_bernoulli_likelihood(tmp_path):
+    """A run on binary data without binarization cannot score grey levels: its Bernoulli
+    "log-likelihood" of them would not be one."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "binary.npy", rng.random((120, 16)) < 0.5)
+    np.save(tmp_path / "grey.npy", (rng.random((120, 16)) * 255).astype(np.uint8))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "binary.npy"), "--binarize", "none", "--out", str(run), *TINY]) == 0
+    assert run_cli("score", str(run), "--bound", "elbo", "--quiet").returncode == 0
+    assert_one_line_error(run_cli("score", str(run), "--data", str(tmp_path / "grey.npy")), "needs binary data")
 
 
 def test_encode_writes_codes_a_second_vae_trains_on(run_dir, codes_and_stage2):
@@ -273,3 +308,15 @@ def test_stage2_refuses_a_second_run_of_the_wrong_size(run_dir, tmp_path):
                           "latent of 2 dimensions", "vaelab encode")  # fmt: skip
     assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "stage3:x"), "stage2:RUN2")
     assert not (tmp_path / "s.png").exists()
+
+
+def test_runs_without_a_vae_latent_are_refused_in_one_line(run_dir, tmp_path):
+    gan = tmp_path / "gan"
+    assert main(["train", "--model", "gan", "--data", "digits", "--binarize", "none", "--out", str(gan), *TINY]) == 0
+    np.save(tmp_path / "z.npy", np.zeros((3, 2), np.float32))
+    for args in (["score", str(gan)], ["encode", str(gan), "-o", str(tmp_path / "c.npz")],
+                 ["decode", str(gan), str(tmp_path / "z.npy"), "-o", str(tmp_path / "x.npy")]):  # fmt: skip
+        assert_one_line_error(run_cli(*args), f"{args[0]} needs a VAE", "--model gan")
+    assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", f"stage2:{gan}", "-o", str(tmp_path / "s.png")),
+                          "--model gan")  # fmt: skip
+    assert not any((tmp_path / name).exists() for name in ("c.npz", "x.npy", "s.png"))

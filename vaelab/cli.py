@@ -257,7 +257,8 @@ def _sampler(text: str) -> str:
     """argparse type of --sampler: prior, gmm or stage2:RUN2."""
     if text in ("prior", "gmm") or (text.startswith("stage2:") and len(text) > len("stage2:")):
         return text
-    raise argparse.ArgumentTypeError(f"choose prior, gmm or stage2:RUN2 (RUN2 a run trained on this run's codes), got {text!r}")
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from prior, gmm, stage2:RUN2 with RUN2 a run "
+                                     "trained on this run's codes)")  # fmt: skip
 AIS_DEFAULTS = {"steps": 1000, "chains": 16, "leapfrog": 10, "ais_start": "prior"}
 
 
@@ -896,7 +897,13 @@ def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model) -> Any
 def _other_data(config: cfg.RunConfig, data: str | None, **changes: Any) -> cfg.RunConfig:
     """The run's configuration with its data replaced by ``data`` (a dataset name or file, read
     from the working directory), prepared as the run prepares its own (binarization,
-    dequantization, data folder), with ``changes`` to the data options."""
+    dequantization, data folder), with ``changes`` to the data options. Data given by name is
+    taken whole: a label filter of the run's own data (``classes``, where the configuration has
+    one) does not apply to it; without ``data``, the run's own data is used as the run used it."""
+    if data is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg.DataConfig)}
+        if "classes" in defaults:
+            changes.setdefault("classes", defaults["classes"])
     return dataclasses.replace(config, data=dataclasses.replace(config.data, data=data or config.data.data, **changes))
 
 
