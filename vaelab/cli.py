@@ -21,6 +21,8 @@ from . import __version__
 from . import config as cfg
 from .errors import VaelabError
 from .estimators import GRAD_ESTIMATORS
+from .scores import DEFAULT_BOUND as DEFAULT_SCORE_BOUND
+from .scores import DEFAULT_DRAWS
 
 EXIT_USAGE = 2
 
@@ -184,7 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="elbo: the ELBO; iwae:K: the IWAE bound E[L_K] (Burda et al. 2015); is:K: log p(x) by "
                    f"importance sampling with K particles, delta-method standard error (default: {DEFAULT_SCORE_BOUND})")  # fmt: skip
     p.add_argument("--draws", type=int, help="elbo and iwae:K: independent draws of the bound averaged per example, "
-                   "their spread giving the standard error (default: 10)")  # fmt: skip
+                   f"their spread giving the standard error (default: {DEFAULT_DRAWS})")  # fmt: skip
     p.add_argument("--limit", type=int, help="only the first N examples of the split (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the particles (default: 0)")
     p.add_argument("--auroc-against", metavar="D2", help="also score D2 (same split and --limit) and print the AUROC "
@@ -250,7 +252,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 METHODS = ("is", "ais", "bdmc")
-DEFAULT_SCORE_BOUND = "is:1000"  # vaelab.scores.DEFAULT_BOUND, without importing torch for --help
 
 
 def _sampler(text: str) -> str:
@@ -932,7 +933,7 @@ def _load_scored(config: cfg.RunConfig, run: str, event_shape, data: str | None,
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scores import DEFAULT_DRAWS, auroc, finite_mean, parse_bound, score
+    from .scores import auroc, finite_mean, parse_bound, score
     from .runs import load, read_config
 
     _positive("--limit", args.limit)
