@@ -34,7 +34,7 @@ import torch
 from vaelab.cli import _build_parser, _config_from_args
 from vaelab.cli import main as cli
 from vaelab.files import read_metrics
-from vaelab.runs import load, load_data
+from vaelab.runs import load, load_data, read_config
 from vaelab.sampling import sample_images
 from vaelab.train import complete_run
 
@@ -125,8 +125,6 @@ def _figure(stage1: Path, stage2: Path, path: Path, limit: int | None) -> None:
     from vaelab.report import _as_images, _grid_figure, save_figure, tile
 
     model = load(stage1)
-    from vaelab.runs import read_config
-
     config, _ = read_config(stage1)
     train_x = load_data(config, "train", limit=10000 if limit is None else limit).fixed()
     rows = {

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .evaluate import log_likelihood
 
-__all__ = ["BOUNDS", "DEFAULT_BOUND", "Codes", "Scores", "auroc", "decode_means", "encode_codes", "parse_bound", "score"]
+__all__ = ["BOUNDS", "DEFAULT_BOUND", "DEFAULT_DRAWS", "Codes", "Scores", "auroc", "decode_means", "encode_codes", "finite_mean", "parse_bound", "score"]
 
 BOUNDS = ("elbo", "iwae:K", "is:K")
 DEFAULT_BOUND = "is:1000"  # a fifth of evaluate's K=5000: scoring serves whole datasets, one row each
@@ -64,7 +64,7 @@ def parse_bound(text: str) -> tuple[str, int]:
         return "elbo", 1
     if name in ("iwae", "is") and k.isdigit() and int(k) >= 1:
         return name, int(k)
-    raise ConfigError(f"unknown bound {text!r}; choose one of: elbo, iwae:K, is:K with K a positive integer (e.g. is:1000)")
+    raise ConfigError(f"unknown bound {text!r}; choose one of: {', '.join(BOUNDS)} with K a positive integer (e.g. is:1000)")
 
 
 def score(
@@ -121,15 +121,12 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
     if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
         raise ConfigError("the AUROC needs finite scores; some are nan or infinite")
     both = torch.cat([pos, neg])
-    order = torch.argsort(both, stable=True)
-    sorted_values = both[order]
+    order = torch.argsort(both)
+    # ranks 1..n in sorted order, each run of equal values given the average rank of the run
+    _, inverse, counts = torch.unique_consecutive(both[order], return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).to(both.dtype)  # the largest rank in each run
     ranks = torch.empty_like(both)
-    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
-    # average rank within each run of equal values
-    _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(both.dtype)  # last rank of each run
-    mean_rank = ends - (counts.to(both.dtype) - 1) / 2
-    ranks[order] = mean_rank[inverse]
+    ranks[order] = (last - (counts.to(both.dtype) - 1) / 2)[inverse]
     n_pos, n_neg = len(pos), len(neg)
     u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
