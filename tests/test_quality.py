@@ -325,6 +325,24 @@ def test_quality_of_a_run_with_either_sampler(vae_run, digits_scorer):
     assert_one_line_error(run_cli("quality", str(vae_run), "--samples", "x.npy"), "drop --samples")
 
 
+def test_quality_with_the_stage2_sampler(vae_run, digits_scorer, tmp_path):
+    """The two-stage VAE's samples (z from a second VAE trained on the run's codes) are scored like
+    any other sampler's, and the table says where z came from."""
+    codes, stage2 = tmp_path / "codes.npz", tmp_path / "stage2"
+    assert main(["encode", str(vae_run), "-o", str(codes)]) == 0
+    assert main(["train", "--data", str(codes), "--binarize", "none", "--likelihood", "gaussian-learned", "--hidden", "16",
+                 "--latent-dim", "4", "--epochs", "1", "--out", str(stage2), "--quiet"]) == 0  # fmt: skip
+    proc = run_cli("quality", str(vae_run), "--n", "100", "--json", "--sampler", f"stage2:{stage2}")
+    assert proc.returncode == 0, proc.stderr
+    stage2_result = json.loads(proc.stdout)
+    prior = json.loads(run_cli("quality", str(vae_run), "--n", "100", "--json").stdout)
+    assert all(math.isfinite(stage2_result[key]) for key in KEYS) and stage2_result["fd"] != prior["fd"]
+    proc = run_cli("quality", str(vae_run), "--n", "100", "--sampler", f"stage2:{stage2}")
+    assert proc.returncode == 0 and f"z from the stage-2 VAE {stage2}" in proc.stdout
+    assert_one_line_error(run_cli("quality", str(vae_run), "--n", "100", "--sampler", f"stage2:{vae_run}"),
+                          "latent of 4 dimensions")  # fmt: skip
+
+
 def test_sample_images(vae_run):
     import vaelab
 

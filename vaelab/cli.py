@@ -21,6 +21,8 @@ from . import __version__
 from . import config as cfg
 from .errors import VaelabError
 from .estimators import GRAD_ESTIMATORS
+from .scores import DEFAULT_BOUND as DEFAULT_SCORE_BOUND
+from .scores import DEFAULT_DRAWS
 
 EXIT_USAGE = 2
 
@@ -143,9 +145,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--sampler", default="prior", choices=("prior", "gmm"),
-                   help="where z comes from: the prior, or a Gaussian mixture fitted to the encoder means of "
-                   "the training data (ex-post density estimation, Ghosh et al. 2020) (default: prior)")  # fmt: skip
+    p.add_argument("--sampler", default="prior", type=_sampler, metavar="prior|gmm|stage2:RUN2",
+                   help="where z comes from: the prior, a Gaussian mixture fitted to the encoder means of "
+                   "the training data (ex-post density estimation, Ghosh et al. 2020), or the second VAE RUN2 "
+                   "trained on this run's codes (two-stage VAE, Dai & Wipf 2019) (default: prior)")  # fmt: skip
     p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm (default: 10)")
 
     p = sub.add_parser("prior", help="train the learned prior (gated PixelCNN) over a VQ-VAE's code grids",
@@ -182,6 +185,53 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with the keys runs, config, epochs, "
                    "best_epoch, best_valid_bound, results and plot")  # fmt: skip
 
+    p = sub.add_parser("score", help="per-example log-likelihood bounds in a CSV file; AUROC against other data",
+                       description="Scores every example of a dataset by a bound on log p(x) under the run's model "
+                       "(the data prepared as the run prepares its own: binarization, dequantization): one CSV "
+                       "row per example with index, label, bound, score (nats), stderr (its Monte-Carlo "
+                       "standard error) and khat (is:K only: the Pareto k-hat of the weights). With "
+                       "--auroc-against D2, the AUROC of telling D2 from D by the score.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file to score, of the run's data shape "
+                   "(default: the run's own data)")  # fmt: skip
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split of D (default: test)")
+    p.add_argument("--bound", default=DEFAULT_SCORE_BOUND, metavar="elbo|iwae:K|is:K",
+                   help="elbo: the ELBO; iwae:K: the IWAE bound E[L_K] (Burda et al. 2015); is:K: log p(x) by "
+                   f"importance sampling with K particles, delta-method standard error (default: {DEFAULT_SCORE_BOUND})")  # fmt: skip
+    p.add_argument("--draws", type=int, help="elbo and iwae:K: independent draws of the bound averaged per example, "
+                   f"their spread giving the standard error (default: {DEFAULT_DRAWS})")  # fmt: skip
+    p.add_argument("--limit", type=int, help="only the first N examples of the split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the particles (default: 0)")
+    p.add_argument("--auroc-against", metavar="D2", help="also score D2 (same split and --limit) and print the AUROC "
+                   "of telling D2 from D by the score, D2 taken as in-distribution (higher score)")  # fmt: skip
+    p.add_argument("-o", "--output", metavar="FILE.csv", help="CSV file of per-example scores (default: none, "
+                   "only the summary)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("encode", help="latent codes: posterior means and scales (and draws) of a dataset, to a .npz",
+                       description="Encodes the training and test files of a dataset (prepared as the run prepares "
+                       "its own) into FILE.npz: mean_train, scale_train, mean_test, scale_test (posterior means "
+                       "and standard deviations), y_train, y_test (labels, when known), samples_train, "
+                       "samples_test (with --samples), and x_train, x_test (the means again), so that "
+                       "vaelab train --data FILE.npz trains a second VAE on the codes.")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file, of the run's data shape (default: the "
+                   "run's own data)")  # fmt: skip
+    p.add_argument("-o", "--output", metavar="FILE.npz", required=True, help="the codes file to write")
+    p.add_argument("--samples", type=int, default=0, metavar="S", help="also S draws z ~ q(z|x) per example (default: 0)")
+    p.add_argument("--limit", type=int, help="only the first N examples of each file (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+
+    p = sub.add_parser("decode", help="decode latent codes to the means of p(x|z): a .png grid or a .npy array",
+                       description="Decodes codes (an N x latent_dim .npy array, or a .npz from vaelab encode) "
+                       "to the means of p(x|z), written as an image grid (.png) or an array (.npy).")  # fmt: skip
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("codes", metavar="CODES", help="N x latent_dim .npy array, or a .npz file")
+    p.add_argument("-o", "--output", metavar="FILE.png|FILE.npy", required=True, help="image grid or array to write")
+    p.add_argument("--key", help="the array of a .npz to decode (default: x_test, the test means of vaelab encode; "
+                   "or its only array)")  # fmt: skip
+
     p = sub.add_parser("quality", help="sample quality: Frechet distance, precision/recall, density/coverage, classifier score",
                        description="Scores samples against the dataset's first N test images in the features of a "
                        "small classifier trained on its labelled training images (on first use, then cached): "
@@ -195,9 +245,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", nargs="?", help="a run directory whose model draws the samples")
     p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 2500 "
                    "for ring8 and grid25, 10000 otherwise)")  # fmt: skip
-    p.add_argument("--sampler", choices=("prior", "gmm"),
-                   help="RUN: z from the prior, or from a Gaussian mixture fitted to the encoder means of the "
-                   "training data (Ghosh et al. 2020) (default: prior)")  # fmt: skip
+    p.add_argument("--sampler", type=_sampler, metavar="prior|gmm|stage2:RUN2",
+                   help="RUN: z from the prior, from a Gaussian mixture fitted to the encoder means of the "
+                   "training data (Ghosh et al. 2020), or from the second VAE RUN2 trained on RUN's codes "
+                   "(Dai & Wipf 2019) (default: prior)")  # fmt: skip
     p.add_argument("--components", type=int, help="RUN: mixture components for --sampler gmm (default: 10)")
     p.add_argument("--sample-pixels", action="store_true", default=None,
                    help="RUN: score draws x ~ p(x|z) instead of the decoder means")  # fmt: skip
@@ -247,6 +298,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 METHODS = ("is", "ais", "bdmc")
+
+
+def _sampler(text: str) -> str:
+    """argparse type of --sampler: prior, gmm or stage2:RUN2."""
+    if text in ("prior", "gmm") or (text.startswith("stage2:") and len(text) > len("stage2:")):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from prior, gmm, stage2:RUN2 with RUN2 a run "
+                                     "trained on this run's codes)")  # fmt: skip
 AIS_DEFAULTS = {"steps": 1000, "chains": 16, "leapfrog": 10, "ais_start": "prior"}
 
 
@@ -778,6 +837,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         x = load_data(config, "train", limit=GMM_EXAMPLES).fixed()
         sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
+    elif args.sampler.startswith("stage2:"):
+        sampler = _stage2_sampler(args.sampler, config, args.run, model)
+        label = f"the stage-2 VAE {args.sampler[len('stage2:'):]}"
     if sampler is None and tuple(event_shape) == (2,):  # points in the plane: a scatter plot
         from .report import points_figure
         from .runs import load_data
@@ -906,10 +968,15 @@ def cmd_quality(args: argparse.Namespace) -> int:
         model = load(args.run)
         own = hasattr(model, "sample_images")
         train_x = load_data(config, "train", limit=GMM_EXAMPLES).fixed() if sampler == "gmm" and not own else None
+        stage2 = None
+        if sampler.startswith("stage2:"):
+            stage2 = _stage2_sampler(sampler, config, args.run, model).stage2
+            sampler, run2 = "stage2", sampler[len("stage2:"):]
         samples = sample_images(model, n, sampler=sampler, components=components, sample_pixels=bool(args.sample_pixels),
-                                seed=args.seed or 0, train_x=train_x)  # fmt: skip
+                                seed=args.seed or 0, train_x=train_x, stage2=stage2)  # fmt: skip
         pixels = "draws from p(x|z)" if args.sample_pixels else "means of p(x|z)"
         latent = ("codes from the learned prior" if own else "z ~ p(z)" if sampler == "prior"
+                  else f"z from the stage-2 VAE {run2}" if sampler == "stage2"
                   else f"z from a GMM({components}) of encoder means")  # fmt: skip
         what = f"{n} samples of {args.run} ({pixels}, {latent})"
     result = scorer.score(samples)
@@ -1038,6 +1105,241 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to
 
+
+def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model) -> Any:
+    """The ``--sampler stage2:RUN2`` latent sampler: RUN2, a VAE trained on RUN's codes, checked to
+    draw vectors of RUN's latent size."""
+    from .runs import load, read_config
+    from .sampling import Stage2Sampler
+
+    run2 = sampler[len("stage2:"):]
+    _needs_continuous_latent(config, run, "--sampler stage2")
+    config2, shape2 = read_config(run2)
+    _needs_continuous_latent(config2, run2, "--sampler stage2:RUN2")
+    if tuple(shape2) != (model.latent_dim,):
+        raise VaelabError(
+            f"--sampler stage2:{run2}: {run2} models data of shape {list(shape2)}, but {run} has a latent of "
+            f"{model.latent_dim} dimensions; train RUN2 on {run}'s codes (vaelab encode {run} -o codes.npz, then "
+            f"vaelab train --data codes.npz --binarize none --likelihood gaussian-learned)"
+        )
+    return Stage2Sampler(load(run2), model.latent_dim)
+
+
+def _other_data(config: cfg.RunConfig, data: str | None, **changes: Any) -> cfg.RunConfig:
+    """The run's configuration with its data replaced by ``data`` (a dataset name or file, read
+    from the working directory), prepared as the run prepares its own (binarization,
+    dequantization, data folder), with ``changes`` to the data options. Data given by name is
+    taken whole: a label filter of the run's own data (``classes``, where the configuration has
+    one) does not apply to it; without ``data``, the run's own data is used as the run used it."""
+    if data is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg.DataConfig)}
+        if "classes" in defaults:
+            changes.setdefault("classes", defaults["classes"])
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data=data or config.data.data, **changes))
+
+
+def _check_shape(split, event_shape, run: str, flag: str) -> None:
+    from .errors import DataError
+
+    if tuple(split.event_shape) != tuple(event_shape):
+        raise DataError(
+            f"{flag} {split.name} holds examples of shape {list(split.event_shape)}, but {run} models data of "
+            f"shape {list(event_shape)}; give data of the shape the run was trained on"
+        )
+
+
+def _load_scored(config: cfg.RunConfig, run: str, event_shape, data: str | None, split: str, limit: int | None, flag: str):
+    """One split of ``data`` (default: the run's own) prepared as the run prepares its data, all of
+    it unless ``limit``, checked against the run's data shape and likelihood."""
+    from .runs import check_compatible, load_data
+
+    other = _other_data(config, data, limit=None)
+    part = load_data(other, split, limit=limit)
+    if len(part) == 0:
+        raise VaelabError(f"the {split} split of {part.name} is empty")
+    _check_shape(part, event_shape, run, flag)
+    check_compatible(other, part)
+    return part
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .scores import auroc, finite_mean, parse_bound, score
+    from .runs import load, read_config
+
+    _positive("--limit", args.limit)
+    _positive("--draws", args.draws)
+    name, k = parse_bound(args.bound)
+    if name == "is" and args.draws is not None:
+        raise VaelabError("--draws averages draws of elbo or iwae:K; is:K gets its standard error from its K weights: drop --draws")
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    if args.output is not None and Path(args.output).suffix.lower() != ".csv":
+        raise VaelabError(f"-o {args.output}: scores are written as CSV; name the file FILE.csv")
+    config, event_shape = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab score")
+    parts = {"data": _load_scored(config, args.run, event_shape, args.data, args.split, args.limit, "--data")}
+    if args.auroc_against is not None:
+        parts["against"] = _load_scored(config, args.run, event_shape, args.auroc_against, args.split, args.limit,
+                                        "--auroc-against")  # fmt: skip
+    model = load(args.run)
+    progress = not (args.quiet or args.json)
+    scores = {key: score(model, part.fixed(), args.bound, draws=draws, seed=args.seed, progress=progress)
+              for key, part in parts.items()}  # fmt: skip
+    data = parts["data"]
+    if args.output is not None:
+        _write_scores_csv(args.output, data, args.bound, scores["data"])
+    mean = finite_mean(scores["data"].score)
+    spread = scores["data"].score.std().item() if len(data) > 1 else math.nan
+    summary: dict[str, Any] = {"bound": args.bound, "data": data.name, "split": args.split, "n_examples": len(data),
+                               "mean": mean, "stderr": spread / math.sqrt(len(data)), "output": args.output}  # fmt: skip
+    if name != "is":
+        summary["draws"] = draws
+    if "against" in parts:
+        against = parts["against"]
+        summary.update(against=against.name, against_n_examples=len(against),
+                       against_mean=finite_mean(scores["against"].score),
+                       auroc=auroc(scores["against"].score, scores["data"].score))  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    what = {"is": f"log p(x) by importance sampling, K={k}", "iwae": f"IWAE bound L_{k}, {draws} draws per example",
+            "elbo": f"ELBO, {draws} draws per example"}[name]  # fmt: skip
+    print(f"{args.run}: {len(data)} {args.split} examples of {data.name} scored by {args.bound} ({what})")
+    print(f"  mean score  {mean:.3f} +- {summary['stderr']:.3f} nats (+- standard error over examples)")
+    if "against" in parts:
+        print(f"  {summary['against']}: mean score {summary['against_mean']:.3f} nats over {summary['against_n_examples']} examples")
+        print(f"  AUROC {summary['auroc']:.4f} of telling {summary['against']} (higher score) from {data.name}: 1 = every "
+              f"{data.name} example scores below every {summary['against']} one, 0.5 = no separation, below 0.5 = "
+              f"{data.name} scores higher")  # fmt: skip
+    if args.output is not None:
+        print(f"  per-example scores: {args.output}")
+    return 0
+
+
+def _write_scores_csv(path: str, data, bound: str, scores) -> None:
+    """index,label,bound,score,stderr,khat per example; empty cells where there is no value."""
+    from .files import atomic_write_bytes
+
+
+    def cell(value: float) -> str:
+        return f"{value:.8g}" if math.isfinite(value) else ""
+
+    labels = data.y.tolist() if data.y is not None else [None] * len(data)
+    khat = scores.khat.tolist() if scores.khat is not None else [math.nan] * len(data)
+    lines = ["index,label,bound,score,stderr,khat"]
+    for i, (label, value, se, kh) in enumerate(zip(labels, scores.score.tolist(), scores.stderr.tolist(), khat)):
+        lines.append(f"{i},{'' if label is None else label},{bound},{cell(value)},{cell(se)},{cell(kh)}")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+
+    from .files import atomic_write_bytes
+    from .runs import load, read_config
+    from .scores import encode_codes
+
+    _positive("--limit", args.limit)
+    if args.samples < 0:
+        raise VaelabError(f"--samples must be at least 0, got {args.samples}")
+    if Path(args.output).suffix.lower() != ".npz":
+        raise VaelabError(f"-o {args.output}: codes are written as a .npz file; name it FILE.npz")
+    config, event_shape = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab encode")
+    # the whole training file (no validation carve), so that row i of x_train is row i of the file
+    # and a second VAE trained on the codes carves its own validation split
+    train = _load_scored(_other_data(config, args.data, valid_fraction=0.0), args.run, event_shape, None, "train",
+                         args.limit, "--data")  # fmt: skip
+    test = _load_scored(config, args.run, event_shape, args.data, "test", args.limit, "--data")
+    model = load(args.run)
+    arrays: dict[str, Any] = {}
+    for name, part in (("train", train), ("test", test)):
+        codes = encode_codes(model, part.fixed(), samples=args.samples, seed=args.seed)
+        mean = codes.mean.numpy().astype(np.float32)
+        arrays[f"x_{name}"] = mean
+        arrays[f"mean_{name}"] = mean
+        arrays[f"scale_{name}"] = codes.scale.numpy().astype(np.float32)
+        if codes.samples is not None:
+            arrays[f"samples_{name}"] = codes.samples.numpy().astype(np.float32)
+        if part.y is not None:
+            arrays[f"y_{name}"] = part.y.numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    print(f"{args.run}: codes of {len(train)} training and {len(test)} test examples of {train.name}, "
+          f"{mean.shape[1]} dimensions, in {args.output} ({', '.join(sorted(arrays))})")  # fmt: skip
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .errors import DataError
+    from .files import atomic_write_bytes
+    from .runs import load, read_config
+    from .scores import decode_means
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise VaelabError(f"-o {args.output}: write the decoded means as an image grid (.png) or an array (.npy)")
+    config, _ = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab decode")
+    codes = _read_codes(args.codes, args.key)
+    model = load(args.run)
+    if codes.ndim < 2 or codes.shape[-1] != model.latent_dim or codes.size == 0:
+        raise DataError(
+            f"{args.codes}: codes of shape {list(codes.shape)} do not fit {args.run}'s latent of {model.latent_dim} "
+            f"dimensions; pass an N x {model.latent_dim} array (vaelab encode {args.run} writes them)"
+        )
+    z = torch.from_numpy(np.ascontiguousarray(codes.reshape(-1, codes.shape[-1]), dtype=np.float32))
+    means = decode_means(model, z)
+    if suffix == ".npy":
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, means.numpy())
+        atomic_write_bytes(args.output, buffer.getvalue())
+    else:
+        from .report import codes_figure
+
+        codes_figure(means, args.output, f"{len(z)} codes decoded: mean of p(x|z)")
+    print(args.output)
+    return 0
+
+
+def _read_codes(path: str, key: str | None):
+    """The array of codes in a .npy file, or the ``key`` array of a .npz (default x_test, or its only array)."""
+    import zipfile
+
+    import numpy as np
+
+    from .errors import DataError
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file; pass a .npy array of codes or a .npz from vaelab encode")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                names = list(loaded.files)
+                chosen = key or ("x_test" if "x_test" in names else names[0] if len(names) == 1 else None)
+                if chosen not in names:
+                    raise DataError(f"{path} holds {', '.join(names)}; choose the codes with --key NAME")
+                codes = loaded[chosen]
+        else:
+            if key is not None:
+                raise DataError(f"--key picks an array of a .npz file; {path} is a single array: drop --key")
+            codes = loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: cannot read it as a .npy/.npz array ({err})".replace("\n", " ")) from None
+    if not (np.issubdtype(codes.dtype, np.floating) or np.issubdtype(codes.dtype, np.integer)):
+        raise DataError(f"{path}: codes have dtype {codes.dtype}; save them as floats")
+    if not np.isfinite(codes).all():
+        raise DataError(f"{path}: codes hold nan or infinite values")
+    return codes
+
 def cmd_prior(args: argparse.Namespace) -> int:
     from .codeprior import PriorConfig, fit_code_prior
     from .report import write_run_figures
@@ -1064,6 +1366,9 @@ COMMANDS = {
     "traverse": cmd_traverse,
     "interpolate": cmd_interpolate,
     "report": cmd_report,
+    "score": cmd_score,
+    "encode": cmd_encode,
+    "decode": cmd_decode,
 }
 
 

@@ -149,6 +149,13 @@ def reconstructions_figure(model: nn.Module, x: Tensor, path: str | Path, ncols:
     return save_figure(_grid_figure(canvas, "data (odd rows) and reconstructions (even rows)"), path)
 
 
+def codes_figure(means: Tensor, path: str | Path, title: str) -> Path:
+    """Decoded codes (n, *event) as a grid of about square shape (``vaelab decode``)."""
+    images = _as_images(means)
+    ncols = min(len(images), max(1, math.ceil(math.sqrt(len(images)))))
+    return save_figure(_grid_figure(tile(images, ncols), title), path)
+
+
 def _codes(model: nn.Module, x: Tensor) -> Tensor:
     """E_q[z|x], or a deterministic encoder's z = E(x)."""
     return model.code(x, sample=False) if hasattr(model, "code") else model.encode(x).mean

@@ -3,6 +3,8 @@
 Two latent samplers for a VAE: the prior p(z), or a Gaussian mixture fitted to the encoder means
 of the training data ("ex-post density estimation", Ghosh et al. 2020, "From variational to
 deterministic autoencoders"), which fills the holes between the aggregate posterior and the prior.
+A third, ``stage2``, draws z from a second VAE trained on the first one's codes (the two-stage VAE
+of Dai & Wipf 2019, "Diagnosing and enhancing VAE models"): u ~ p2(u), z = the mean of p2(z|u).
 A model with a latent of its own kind (a VQ-VAE with a learned prior over code grids) provides a
 ``sample_images(n, *, sample_pixels, generator)`` method, which is used instead.
 """
@@ -15,9 +17,9 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .models import GaussianMixture
 
-__all__ = ["SAMPLERS", "can_reconstruct", "fit_latent_gmm", "reconstruct", "sample_images"]
+__all__ = ["SAMPLERS", "Stage2Sampler", "can_reconstruct", "fit_latent_gmm", "reconstruct", "sample_images"]
 
-SAMPLERS = ("prior", "gmm")
+SAMPLERS = ("prior", "gmm", "stage2")
 CHUNK = 1000  # images decoded at a time
 
 
@@ -59,6 +61,39 @@ def fit_latent_gmm(model: nn.Module, train_x: Tensor, components: int, *, seed: 
     return mixture
 
 
+class Stage2Sampler:
+    """Latent codes of a first VAE drawn from a second VAE trained on them (Dai & Wipf 2019):
+    u ~ p2(u) from the second VAE's prior, z = the mean of its p2(z|u), as in their paper (the
+    second stage's decoder, with a learned variance, is nearly deterministic at its optimum).
+
+    Args:
+        stage2: the second VAE, whose data are vectors of the first VAE's ``latent_dim``.
+        latent_dim: the first VAE's latent size, checked against the second VAE's data size.
+    """
+
+    def __init__(self, stage2: nn.Module, latent_dim: int) -> None:
+        parameter = next(stage2.parameters())
+        with torch.no_grad():  # the shape of what the second VAE decodes, read off one code
+            shape = tuple(stage2.decode(parameter.new_zeros(1, stage2.latent_dim)).mean.shape[1:])
+        if shape != (latent_dim,):
+            raise ConfigError(
+                f"the stage-2 model draws data of shape {list(shape)}, but the first model's latent has "
+                f"{latent_dim} dimensions; train the second VAE on the first one's codes (vaelab encode)"
+            )
+        self.stage2 = stage2
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor]:
+        """(z,) with z (n, latent_dim) on the second model's device; the seed comes from
+        ``generator`` (the second VAE's prior draws from the global stream, forked here)."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+        device = _device(self.stage2)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            chunks = [self.stage2.decode(self.stage2.prior().sample((min(CHUNK, n - i),))).mean for i in range(0, n, CHUNK)]
+        return (torch.cat(chunks),)
+
+
 @torch.no_grad()
 def sample_images(
     model: nn.Module,
@@ -69,13 +104,15 @@ def sample_images(
     sample_pixels: bool = False,
     seed: int = 0,
     train_x: Tensor | None = None,
+    stage2: nn.Module | None = None,
 ) -> Tensor:
     """n samples from a trained model: images clamped to [0, 1], vector data as decoded.
 
     A model with a ``sample_images(n, *, sample_pixels, generator)`` method (a VQ-VAE with a
     learned prior) draws its own; otherwise z comes from ``model.prior()`` (``sampler="prior"``)
     or from a Gaussian mixture fitted to the encoder means of ``train_x`` (``sampler="gmm"``,
-    Ghosh et al. 2020), and each image is the mean of p(x|z), or one draw from it with
+    Ghosh et al. 2020), or from the second VAE ``stage2`` (``sampler="stage2"``, Dai & Wipf 2019,
+    ``Stage2Sampler``), and each image is the mean of p(x|z), or one draw from it with
     ``sample_pixels``. Decoded in chunks of 1000, without gradients. The same seed gives the same
     images; the caller's random state is left as it was.
 
@@ -87,6 +124,7 @@ def sample_images(
         sample_pixels: draw x ~ p(x|z) instead of taking its mean.
         seed: seeds the latent draws, the mixture fit and the pixel draws.
         train_x: training data whose encoder means the mixture is fitted to (``sampler="gmm"``).
+        stage2: the second VAE, trained on the model's codes (``sampler="stage2"``).
 
     Returns:
         ``(n, *event)`` tensor on the model's device. Images (an event of three dimensions,
@@ -101,8 +139,10 @@ def sample_images(
     if isinstance(components, bool) or not isinstance(components, int) or components < 1:
         raise ConfigError(f"components must be a positive integer, got {components!r}")
     own = getattr(model, "sample_images", None)
-    if own is not None and sampler == "gmm":
-        raise ConfigError("--sampler gmm needs a VAE's continuous latent")
+    if own is not None and sampler in ("gmm", "stage2"):
+        raise ConfigError(f"--sampler {sampler} needs a VAE's continuous latent")
+    if own is None and sampler == "stage2" and stage2 is None:
+        raise ConfigError("sampler='stage2' draws z from a second VAE trained on the model's codes; pass stage2")
     if own is None and sampler == "gmm" and train_x is None:
         raise ConfigError("sampler='gmm' fits a mixture to the encoder means of training data; pass train_x")
     device = _device(model)
@@ -113,6 +153,8 @@ def sample_images(
             chunks.append(own(min(CHUNK, n - start), sample_pixels=sample_pixels, generator=generator))
         return _clamp_images(torch.cat(chunks))
     mixture = fit_latent_gmm(model, train_x, components, seed=seed) if sampler == "gmm" else None
+    if sampler == "stage2":
+        mixture = Stage2Sampler(stage2, model.latent_dim)
     # prior().sample() and the decoder's .sample() take no generator: fork the global streams
     # (those of the model's device too), seed them, and put them back afterwards.
     devices = [device] if device.type == "cuda" else []
@@ -124,7 +166,7 @@ def sample_images(
             if mixture is None:
                 z = model.prior().sample((b,))  # (b, latent)
             else:
-                z = mixture.sample(b, generator=cpu)[0]  # float64, CPU
+                z = mixture.sample(b, generator=cpu)[0]  # the mixture: float64 on the CPU
                 z = z.to(device=device, dtype=next(model.parameters()).dtype)
             p = model.decode(z)
             chunks.append(p.sample() if sample_pixels else p.mean)
