@@ -164,3 +164,16 @@ def test_the_config_accepts_resnet():
     assert convs and all(m.out_channels == 8 for m in convs)
     x = torch.rand(2, 1, 28, 28).round()
     assert model.encode(x).batch_shape == (2,)
+
+
+def test_old_config_files_name_the_resnet_width_channels(tmp_path):
+    """Runs written before the data's --channels existed stored the resnet width as
+    model.channels; they still load, with it as resnet_channels."""
+    import json
+
+    config = cfg.build({"model": {"net": "resnet", "resnet_channels": 8, "res_blocks": 1}})
+    doc = json.loads(cfg.save_json(config, (1, 28, 28)))
+    doc["model"]["channels"] = doc["model"].pop("resnet_channels")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    loaded, shape = cfg.load_json(tmp_path / "config.json")
+    assert loaded == config and loaded.model.resnet_channels == 8 and shape == (1, 28, 28)

@@ -265,6 +265,9 @@ def _decoded_chunks(files: Sequence[Path], event_shape: tuple[int, int, int], ch
         sampler=chunks,
         num_workers=workers,
         prefetch_factor=2 if workers else None,
+        # the DataLoader draws its workers' base seed from this generator, not from the global
+        # one, which initialization and rsample use: streaming must not change the training draws
+        generator=torch.Generator().manual_seed(0),
     )
     for images, indices, error in loader:
         if error:
