@@ -1060,3 +1060,11 @@ def test_channels_first_arrays_are_left_alone(tmp_path, caplog):
         train = load_split(tmp_path / "chw.npz", valid_fraction=0)
     assert train.event_shape == (3, 8, 8) and torch.equal(train.x, as_float(images)[:, 0])
     assert not [r for r in caplog.records if r.name == "vaelab"]
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
+    wide = (np.arange(16).reshape(4, 4) * 4369).astype(np.uint16)  # 0 .. 65535
+    for i in range(3):
+        save_png(tmp_path / "deep" / f"{i}.png", wide)
+    x = load_split(tmp_path / "deep", "test").x
+    assert torch.equal(x[0, 0], torch.from_numpy(np.rint(wide / 257)).float() / 255)

@@ -1,13 +1,14 @@
 """Datasets by name, the IDX reader, binarization, validation splits and in-memory batching.
 
 A dataset is named either by a registered short name (``"digits"``, ``"fashion-mnist"``,
-``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``)
-or by a path to a ``.npy``/``.npz`` file. Every dataset has a *training file* and a
+``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``),
+by a path to a ``.npy``/``.npz`` file, or by a folder of images (``vaelab.imagefolder``). Every dataset has a *training file* and a
 *test file*; the validation split is carved from the training file with a seed, so ``train`` and
 ``valid`` are disjoint and together make up the training file, each in file order.
 
 Whole splits live in memory as float32 tensors and are batched by index: there is no per-example
-Python work and no ``DataLoader``. Randomness (shuffling, dynamic binarization) is drawn only from
+Python work and no ``DataLoader`` (only an image folder too large for memory is streamed, see
+``vaelab.imagefolder.StreamSplit``). Randomness (shuffling, dynamic binarization) is drawn only from
 a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state can
 resume bitwise-identically.
 

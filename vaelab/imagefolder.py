@@ -12,8 +12,8 @@ Layout (hidden entries, names starting with ".", and files that are not ``.png``
   file; the validation split is carved from the training file with ``valid_fraction`` and the
   run's seed, as for every dataset.
 
-Pixels are 8-bit grey levels scaled to [0, 1] (``levels`` 256), like uint8 arrays and the IDX
-sets, so every binarization mode and dequantization applies. A split is decoded into memory
+Pixels are 8-bit grey levels scaled to [0, 1] (``levels`` 256; 16-bit greyscale PNGs are scaled
+to 8 bits first), like uint8 arrays and the IDX sets, so every binarization mode and dequantization applies. A split is decoded into memory
 when its float32 tensor fits the memory budget; otherwise :class:`StreamSplit` reads it batch by
 batch through a ``torch.utils.data.DataLoader`` with worker processes. A file that cannot be
 read is an error naming it; nothing is skipped silently.
@@ -37,6 +37,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEST_FRACTION = 0.1  # of a folder without train/ and test/ subfolders
 # Pillow modes read as greyscale when choosing the default number of channels
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# 16-bit greyscale PNGs open in these modes; they are scaled to 8 bits (1 / 257)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 DECODE_CHUNK = 256  # images per DataLoader item when decoding a split into memory
 
 
@@ -223,6 +225,9 @@ def decode(path: Path, channels: int, height: int, width: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert("L") would clip these at 255
+                wide = np.asarray(image, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
+                image = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
             image = image.convert("L" if channels == 1 else "RGB")  # decodes every pixel
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
