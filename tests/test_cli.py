@@ -528,6 +528,8 @@ def test_data_errors_are_one_line(tmp_path):
     out = tmp_path / "never"
     assert_one_line_error(run_cli("train", "--channels", "2", "--out", str(out)), "--channels", "1", "3")
     assert_one_line_error(run_cli("train", "--image-size", "0", "--out", str(out)), "--image-size")
+    assert_one_line_error(run_cli("train", "--image-size", "8", "--out", str(out)), "--image-size", "folders of images")
+    assert_one_line_error(run_cli("train", "--channels", "3", "--out", str(out)), "--channels", "folders of images")
     assert_one_line_error(run_cli("train", "--classes", "1,1", "--out", str(out)), "--classes")
     assert_one_line_error(run_cli("train", "--classes", "1,x", "--out", str(out)), "--classes")
     assert_one_line_error(run_cli("train", "--classes", "1,10", "--out", str(out)), "label 10 does not occur")

@@ -1068,3 +1068,12 @@ def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
         save_png(tmp_path / "deep" / f"{i}.png", wide)
     x = load_split(tmp_path / "deep", "test").x
     assert torch.equal(x[0, 0], torch.from_numpy(np.rint(wide / 257)).float() / 255)
+
+
+def test_a_changed_folder_is_scanned_again(tmp_path):
+    root = class_folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    before = len(load_split(root, "train", valid_fraction=0))
+    class_folder(tmp_path / "more", {"emu": 10})
+    (tmp_path / "more" / "emu").rename(root / "emu")
+    after = load_split(root, "train", valid_fraction=0)
+    assert before == 18 and len(after) == 27 and after.y.max() == 2

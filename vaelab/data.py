@@ -453,6 +453,12 @@ def load_split(
         return _folder_split(name, split, file, binarize=binarize, limit=limit, valid_fraction=valid_fraction,
                              seed=seed, dequantize=dequantize, classes=classes, image_size=image_size,
                              channels=channels, memory_budget=memory_budget, workers=workers)  # fmt: skip
+    for option, value in (("image_size", image_size), ("channels", channels)):
+        if value is not None:  # refused rather than ignored
+            raise DataError(
+                f"{option} applies to folders of images, and {name} is not one; drop {option} "
+                f"(--{option.replace('_', '-')})"
+            )
     source = _source(name, data_dir, download, progress)
     part = source.test() if split == "test" else source.train()
     if classes is not None:

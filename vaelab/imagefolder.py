@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import BINARIZE_MODES, SPLITS, _check_choice, _derived_seed
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -139,18 +140,37 @@ def _unreadable(path: Path, error: BaseException) -> DataError:
     )
 
 
-@functools.lru_cache(maxsize=8)
 def scan(root: str, image_size: int | None, channels: int | None) -> Folder:
     """Scans an image folder and reads every image's header (not its pixels).
 
-    Cached per process (the training, validation and test splits of a run scan once); a folder
-    changed under a running process is not rescanned.
+    The result is cached, so the training, validation and test splits of a run scan once; an
+    image or class folder added or removed since (which changes the modification time of the
+    folder holding it, down to the class folders) is seen by the next scan.
 
     Args:
         root: the folder.
         image_size: resize to S x S; None keeps the images' size (H x W), which all must share.
         channels: 1 or 3; None: 1 when every image is greyscale, else 3.
     """
+    return _scan(root, image_size, channels, _signature(Path(root)))
+
+
+def _signature(folder: Path) -> tuple[tuple[str, int], ...]:
+    """Modification times of the folder, its subfolders and theirs (train/CLASS/)."""
+    stamps = []
+    for level in range(3):
+        pattern = "/".join(["*"] * level) if level else "."
+        for path in sorted(folder.glob(pattern)) if level else [folder]:
+            try:
+                if path.is_dir():
+                    stamps.append((str(path), path.stat().st_mtime_ns))
+            except OSError:
+                pass
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(root: str, image_size: int | None, channels: int | None, signature: tuple) -> Folder:
     folder = Path(root)
     entries = _visible(folder)
     names = {p.name for p in entries if p.is_dir()}
@@ -318,8 +338,6 @@ class StreamSplit:
     def __init__(self, files: Sequence[Path], y: torch.Tensor | None, event_shape: tuple[int, int, int], name: str,
                  split: str, binarize: str = "none", seed: int = 0, dequantize: bool = False,
                  workers: int = 0) -> None:  # fmt: skip
-        from .data import BINARIZE_MODES, SPLITS, _check_choice
-
         _check_choice(split, SPLITS, "split")
         _check_choice(binarize, BINARIZE_MODES, "binarize mode")
         if dequantize and binarize != "none":
@@ -386,8 +404,6 @@ class StreamSplit:
         return (u < x).to(torch.float32)
 
     def _fixed_uniform(self, like: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        from .data import _derived_seed
-
         base = _derived_seed(self.seed, self.split)
         out = torch.empty(like.shape)
         for row, i in enumerate(indices.tolist()):
