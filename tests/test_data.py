@@ -859,15 +859,15 @@ def _bad_png(kind: str, path: Path) -> None:
         path.write_bytes(path.read_bytes()[:-60])  # the end of the image data is missing
 
 
-@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("stream, workers", [(False, 0), (True, 0), (True, 1)])
 @pytest.mark.parametrize("kind", ["text", "truncated"])
-def test_unreadable_images_are_reported_with_their_path(tmp_path, kind, stream):
+def test_unreadable_images_are_reported_with_their_path(tmp_path, kind, stream, workers):
     root = tmp_path / "bad"
     for i in range(9):
         save_png(root / f"{i}.png", np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8))
     _bad_png(kind, root / "5.png")
     with pytest.raises(DataError) as info:
-        split = load_split(root, "train", valid_fraction=0, memory_budget=0 if stream else None)
+        split = load_split(root, "train", valid_fraction=0, memory_budget=0 if stream else None, workers=workers)
         list(split.batches(4))  # a streamed split meets the pixels only here
     message = str(info.value)
     assert str(root / "5.png") in message and "\n" not in message
@@ -1034,6 +1034,12 @@ def test_classes_errors(tmp_path):
     with pytest.raises(DataError, match="label 12 does not occur") as info:
         load_split("digits", classes=[1, 12])
     assert "\n" not in str(info.value)
+    # the test file needs one of the labels, not all
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((6, 2)), x_test=np.zeros((3, 2)),
+             y_train=np.array([5, 9, 5, 1, 9, 9]), y_test=np.array([9, 1, 1]))
+    assert load_split(tmp_path / "d.npz", "test", classes=[5, 9]).y.tolist() == [9]
+    with pytest.raises(DataError, match="label 5 does not occur in the test file"):
+        load_split(tmp_path / "d.npz", "test", classes=[5])
 
 
 # ------------------------------------------------------------------------------------------
