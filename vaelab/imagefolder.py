@@ -13,10 +13,11 @@ Layout (hidden entries, names starting with ".", and files that are not ``.png``
   run's seed, as for every dataset.
 
 Pixels are 8-bit grey levels scaled to [0, 1] (``levels`` 256; 16-bit greyscale PNGs are scaled
-to 8 bits first), like uint8 arrays and the IDX sets, so every binarization mode and dequantization applies. A split is decoded into memory
-when its float32 tensor fits the memory budget; otherwise :class:`StreamSplit` reads it batch by
-batch through a ``torch.utils.data.DataLoader`` with worker processes. A file that cannot be
-read is an error naming it; nothing is skipped silently.
+to 8 bits first), like uint8 arrays and the IDX sets, so every binarization mode and
+dequantization applies. A split is decoded into memory when its float32 tensor fits the memory
+budget; otherwise :class:`StreamSplit` reads it batch by batch through a
+``torch.utils.data.DataLoader`` with worker processes. A file that cannot be read is an error
+naming it; nothing is skipped silently.
 """
 
 from __future__ import annotations
