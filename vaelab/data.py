@@ -2,15 +2,16 @@
 
 A dataset is named either by a registered short name (``"digits"``, ``"fashion-mnist"``,
 ``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``),
-by a path to a ``.npy``/``.npz`` file, or by a folder of images (``vaelab.imagefolder``). Every dataset has a *training file* and a
-*test file*; the validation split is carved from the training file with a seed, so ``train`` and
-``valid`` are disjoint and together make up the training file, each in file order.
+by a path to a ``.npy``/``.npz`` file, or by a folder of images (``vaelab.imagefolder``). Every
+dataset has a *training file* and a *test file*; the validation split is carved from the training
+file with a seed, so ``train`` and ``valid`` are disjoint and together make up the training file,
+each in file order.
 
 Whole splits live in memory as float32 tensors and are batched by index: there is no per-example
 Python work and no ``DataLoader`` (only an image folder too large for memory is streamed, see
-``vaelab.imagefolder.StreamSplit``). Randomness (shuffling, dynamic binarization) is drawn only from
-a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state can
-resume bitwise-identically.
+``vaelab.imagefolder.StreamSplit``). Randomness (shuffling, dynamic binarization) is drawn only
+from a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state
+can resume bitwise-identically.
 
 Binarization modes (``BINARIZE_MODES``), for grey levels in [0, 1]:
 
@@ -420,7 +421,8 @@ def load_split(
         download: fetch missing IDX files from the official mirrors into the user cache.
         progress: show a download progress bar on stderr.
         classes: keep only the examples with these labels (which keep their values), before the
-            validation carve and ``limit``; every label must occur in the file loaded.
+            validation carve and ``limit``; every label must occur in the training file, and
+            at least one of them in the test file.
         image_size: image folders: resize to S x S (None: keep the size all images share).
         channels: image folders: 1 (greyscale) or 3 (RGB) (None: 1 when all are greyscale).
         memory_budget: image folders: GiB the split may take decoded as float32; a larger split
