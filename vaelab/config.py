@@ -62,7 +62,7 @@ class DataConfig:
     image_size: int | None = field(default=None, metadata=_help("image folders: resize every image to S x S pixels (default: keep the size, which all images must then share)"))
     channels: int | None = field(default=None, metadata=_help("image folders: 1 (greyscale) or 3 (RGB) (default: 1 when every image is greyscale, else 3)"))
     classes: tuple[int, ...] | None = field(default=None, metadata=_help("keep only these labels of a labelled dataset, comma-separated, e.g. 0,1,2 (labels keep their values)"))
-    workers: int = field(default=2, metadata=_help("image folders too large for --memory-budget: worker processes that decode the streamed images (0: decode in the main process)"))
+    workers: int = field(default=2, metadata=_help("image folders: worker processes that decode the images, once into memory or batch by batch when streamed (0: decode in the main process)"))
     memory_budget: float = field(default=4.0, metadata=_help("image folders: GiB a split may take decoded (float32) in memory; larger splits are streamed from disk during training (0: always stream)"))
     binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
     dequantize: bool = field(default=False, metadata=_help("add uniform noise to grey levels, (k + u) / levels, for continuous likelihoods; needs --binarize none"))
