@@ -1083,3 +1083,23 @@ def test_a_changed_folder_is_scanned_again(tmp_path):
     (tmp_path / "more" / "emu").rename(root / "emu")
     after = load_split(root, "train", valid_fraction=0)
     assert before == 18 and len(after) == 27 and after.y.max() == 2
+
+
+def test_a_folder_runs_image_options_leave_other_data_alone(tmp_path):
+    """--image-size and --channels shape a run's folders only: the run's preparation applied to
+    other data (an array to score against it) takes the array as it is, while training on data
+    that is not a folder refuses them."""
+    import dataclasses
+
+    from vaelab import config as cfg
+    from vaelab.runs import check_data_options, load_data
+
+    root = grey_folder(tmp_path / "g")
+    config = cfg.build({"data": {"data": str(root), "image_size": 4, "channels": 3}})
+    check_data_options(config)
+    assert load_data(config, "test").event_shape == (3, 4, 4)
+    np.save(tmp_path / "a.npy", np.zeros((10, 1, 4, 4), np.uint8))
+    other = dataclasses.replace(config, data=dataclasses.replace(config.data, data=str(tmp_path / "a.npy")))
+    assert load_data(other, "test").event_shape == (1, 4, 4)
+    with pytest.raises(ConfigError, match="--image-size applies to folders"):
+        check_data_options(other)

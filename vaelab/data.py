@@ -451,7 +451,7 @@ def load_split(
             raise DataError("classes must list at least one label, e.g. classes=[0, 1]")
     file = "test file" if split == "test" else "training file"
 
-    if is_path(name) and Path(name).expanduser().is_dir():
+    if is_folder(name):
         return _folder_split(name, split, file, binarize=binarize, limit=limit, valid_fraction=valid_fraction,
                              seed=seed, dequantize=dequantize, classes=classes, image_size=image_size,
                              channels=channels, memory_budget=memory_budget, workers=workers)  # fmt: skip
@@ -597,6 +597,12 @@ def is_path(name: str | os.PathLike[str]) -> bool:
         or os.sep in name
         or Path(name).expanduser().exists()
     )
+
+
+def is_folder(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is a folder (of images), which ``load_split`` reads with
+    ``vaelab.imagefolder``."""
+    return is_path(name) and Path(os.fspath(name)).expanduser().is_dir()
 
 
 def _source(

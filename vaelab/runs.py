@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from . import config as cfg
-from .data import Split, load_split
+from .data import Split, is_folder, load_split
 from .errors import ConfigError, RunError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
 from .imagefolder import StreamSplit
@@ -45,6 +45,9 @@ def load_data(
             ``Split`` in memory.
     """
     d = config.data
+    # a folder-trained run's image options shape its folders only: other data it is given (e.g. an
+    # array to score) is taken as it is
+    folder = is_folder(d.data)
     return load_split(
         d.data,
         split,
@@ -56,11 +59,22 @@ def load_data(
         dequantize=d.dequantize,
         progress=progress,
         classes=d.classes,
-        image_size=d.image_size,
-        channels=d.channels,
+        image_size=d.image_size if folder else None,
+        channels=d.channels if folder else None,
         memory_budget=d.memory_budget if stream else None,
         workers=d.workers,
     )
+
+
+def check_data_options(config: cfg.RunConfig) -> None:
+    """Refuses --image-size and --channels for data that is not a folder of images, where they
+    would be ignored."""
+    d = config.data
+    given = [flag for flag, value in (("--image-size", d.image_size), ("--channels", d.channels)) if value is not None]
+    if given and not is_folder(d.data):
+        raise ConfigError(
+            f"{given[0]} applies to folders of images, and {d.data} is not one; drop {given[0]}"
+        )
 
 
 # examples of a streamed split whose values check_compatible reads

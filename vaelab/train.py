@@ -41,7 +41,7 @@ from .diagnostics import CodebookMonitor, CollapseMonitor
 from .models.vqvae import VQVAE
 from .objectives import get_objective, vq
 from .schedules import kl_schedule
-from .runs import check_compatible, load_data, model_from_config, read_config
+from .runs import check_compatible, check_data_options, load_data, model_from_config, read_config
 
 Objective = Callable[..., NamedTuple]
 # training time in epochs (fractional) -> keyword options for the objective, e.g. {"kl_scale": 0.5}
@@ -510,6 +510,7 @@ def _postfix(names: tuple[str, ...], means: Tensor, rate: float) -> dict[str, st
 
 
 def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Trainer:
+    check_data_options(config)
     train = load_data(config, "train", progress=progress, stream=True)
     if len(train) == 0:
         raise RunError(f"the training split of {config.data.data} is empty")
