@@ -110,7 +110,7 @@ def _budgeted(name: str, dataset: str, budget: float, limit: int | None) -> tupl
         return _config(data, {**IMAGE_MODEL, "model": name}, {**IMAGE_TRAIN, **timed}), "grey levels"
     data = {"data": dataset, "binarize": "dynamic", "limit": limit}
     if name == "vqvae":
-        return _config(data, {"model": "vqvae", "channels": 64}, {**timed, "patience": 0}), "binarized"
+        return _config(data, {"model": "vqvae", "resnet_channels": 64}, {**timed, "patience": 0}), "binarized"
     net = {"net": "conv"} if dataset.startswith("stacked") else {}
     return _config(data, net, {**timed, "patience": 0}), "binarized"
 

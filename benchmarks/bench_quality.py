@@ -4,7 +4,7 @@ Models (dynamically binarized Fashion-MNIST, Bernoulli likelihood, batch 100, Ad
 the weights kept are the best by validation bound):
 
 - VAE (mlp): Burda et al.'s 784-200-200-50 tanh MLP;
-- VAE (resnet): ``--net resnet`` (``--channels``, 2 residual blocks), 50 latents;
+- VAE (resnet): ``--net resnet`` (``--resnet-channels``, 2 residual blocks), 50 latents;
 - beta-VAE, two betas (``--betas``), on the mlp;
 - VQ-VAE (resnet, K = 512 codes of 64 numbers on a 7x7 grid) + its gated PixelCNN prior: the
   VQ-VAE gets ``--vq-share`` of the budget and the prior the rest.
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--budget", type=float, default=420.0, help="training seconds per model (default: 420)")
     parser.add_argument("--vq-share", type=float, default=0.6, help="fraction of the budget for the VQ-VAE itself, the rest for its prior")
-    parser.add_argument("--channels", type=int, default=64, help="--channels of the resnet backbones (default: 64)")
+    parser.add_argument("--resnet-channels", type=int, default=64, help="--resnet-channels of the resnet backbones (default: 64)")
     parser.add_argument("--betas", default="0.5,2", help="the two beta-VAE betas (default: 0.5,2)")
     parser.add_argument("--n", type=int, default=10000, help="samples scored per model (default: 10000)")
     parser.add_argument("--limit", type=int, help="first N examples of each split (smoke tests)")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         if "beta" in train_options:
             train_options = {"beta": betas[0] if f"beta={betas[0]}" in label else betas[1]}
         if model_options.get("net") == "resnet" or model_options.get("model") == "vqvae":
-            model_options = {**model_options, "channels": args.channels}
+            model_options = {**model_options, "resnet_channels": args.resnet_channels}
         vq_model = model_options.get("model") == "vqvae"
         budget = args.budget * (args.vq_share if vq_model else 1.0)
         config = cfg.build({"data": data, "model": model_options,
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), file=sys.stderr)
     result = {
         "protocol": {"data": args.data, "binarize": "dynamic", "budget_seconds": args.budget, "vq_share": args.vq_share,
-                     "resnet_channels": args.channels, "betas": betas, "n_samples": args.n, "limit": args.limit},
+                     "resnet_channels": args.resnet_channels, "betas": betas, "n_samples": args.n, "limit": args.limit},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "rows": rows,
     }  # fmt: skip

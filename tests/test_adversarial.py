@@ -273,7 +273,7 @@ def test_every_model_runs_on_the_meta_device(name):
 @pytest.mark.parametrize("name", ADVERSARIAL)
 def test_every_model_on_image_backbones(name, net):
     torch.manual_seed(0)
-    extra = {"channels": 4, "res_blocks": 1} if net == "resnet" else {}
+    extra = {"resnet_channels": 4, "res_blocks": 1} if net == "resnet" else {}
     model = build_model(name, (1, 8, 8), net=net, hidden=(8,), latent_dim=3, **extra)
     out = model.losses(torch.rand(5, 1, 8, 8))
     assert all(torch.isfinite(v).all() and v.shape == (5,) for v in out.values())
@@ -493,7 +493,7 @@ def test_discriminators_follow_the_encoders_layout_with_leaky_relus(net):
     convolutions are the encoder's (same kernels, strides and channels; the resnet encoder's final
     1x1 projection is left out); code discriminators are MLPs of the --hidden widths."""
     torch.manual_seed(0)
-    extra = {"channels": 4, "res_blocks": 1} if net == "resnet" else {}
+    extra = {"resnet_channels": 4, "res_blocks": 1} if net == "resnet" else {}
     model = build_model("alphagan", (1, 8, 8), net=net, hidden=(8, 6), latent_dim=3, **extra)
     for critic in (model.critic, model.code_critic):
         for block in critic.blocks:

@@ -444,3 +444,110 @@ def test_issue_4_options_are_checked(tmp_path):
     for flags, needles in cases:
         assert_one_line_error(run_cli("train", *flags, "--out", out), *needles)
     assert not (tmp_path / "z").exists()
+
+
+# -- your data (issue 12): image folders, --classes, channels-last arrays, relative paths ------------
+
+
+def _image_folder(root: Path, n_per_class: int = 30, rgb: bool = False) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("shirt", "boot")):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            pixels = (rng.random((8, 8, 3) if rgb else (8, 8)) < 0.3 + 0.4 * label).astype(np.uint8) * 255
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def _metrics_without_timings(run: Path) -> list[dict]:
+    timed = ("train_seconds", "examples_per_second")
+    return [{k: v for k, v in r.items() if k not in timed} for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_an_image_folder_trains_the_same_streamed_as_in_memory(tmp_path, monkeypatch):
+    """A relative folder path is stored absolute; streaming the folder through worker processes
+    (--memory-budget 0) trains exactly the model that the in-memory folder trains."""
+    monkeypatch.chdir(tmp_path)
+    _image_folder(tmp_path / "clothes")
+    common = ["train", "--data", "clothes/", "--binarize", "threshold", "--hidden", "16", "--latent-dim", "2",
+              "--epochs", "2", "--batch-size", "10", "--quiet"]  # fmt: skip
+    assert run_cli(*common, "--out", "memory").returncode == 0
+    streamed = run_cli(*common, "--memory-budget", "0", "--workers", "1", "--out", "stream")
+    assert streamed.returncode == 0, streamed.stderr
+    config = json.loads((tmp_path / "stream" / "config.json").read_text())
+    assert config["data"]["data"] == str(tmp_path / "clothes") and config["event_shape"] == [1, 8, 8]
+    assert (tmp_path / "stream" / "model.safetensors").read_bytes() == (tmp_path / "memory" / "model.safetensors").read_bytes()
+    assert _metrics_without_timings(tmp_path / "stream") == _metrics_without_timings(tmp_path / "memory")
+    # the default run name is the folder's own name
+    assert run_cli(*common, "--epochs", "1").returncode == 0
+    assert [p.name.rsplit("-", 2)[0] for p in (tmp_path / "runs").iterdir()] == ["clothes"]
+
+
+def test_a_run_on_relative_paths_works_from_another_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    np.save("grey.npy", np.random.default_rng(0).integers(0, 256, (120, 8, 8), dtype=np.uint8))
+    _image_folder(work / "pics", n_per_class=25, rgb=True)
+    for data, out in (("grey.npy", "a"), ("pics", "b")):
+        assert run_cli("train", "--data", data, "--binarize", "threshold", "--out", out, *SMALL).returncode == 0
+    monkeypatch.chdir(elsewhere)
+    for out in ("a", "b"):
+        r = run_cli("evaluate", str(work / out), "--k", "5", "--limit", "4", "--json", "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["n_examples"] == 4
+    assert json.loads((work / "b" / "config.json").read_text())["event_shape"] == [3, 8, 8]
+
+
+def test_classes_keep_the_listed_labels(tmp_path):
+    out = tmp_path / "some"
+    assert run_cli("train", "--data", "digits", "--binarize", "threshold", "--classes", "3,8", "--out", str(out), *SMALL).returncode == 0
+    assert json.loads((out / "config.json").read_text())["data"]["classes"] == [3, 8]
+    config, _ = vaelab.config.load_json(out / "config.json")
+    from vaelab.runs import load_data
+
+    assert set(load_data(config, "test").y.tolist()) == {3, 8}
+
+
+def test_data_errors_are_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    np.save(tmp_path / "plain.npy", np.zeros((20, 4), np.float32))
+    sizes = tmp_path / "sizes"
+    sizes.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(sizes / "a.png")
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(sizes / "b.png")
+    bad = _image_folder(tmp_path / "bad", n_per_class=3)
+    (bad / "boot" / "01.png").write_text("not a png")
+    out = tmp_path / "never"
+    assert_one_line_error(run_cli("train", "--channels", "2", "--out", str(out)), "--channels", "1", "3")
+    assert_one_line_error(run_cli("train", "--image-size", "0", "--out", str(out)), "--image-size")
+    assert_one_line_error(run_cli("train", "--image-size", "8", "--out", str(out)), "--image-size", "folders of images")
+    assert_one_line_error(run_cli("train", "--channels", "3", "--out", str(out)), "--channels", "folders of images")
+    assert_one_line_error(run_cli("train", "--classes", "1,1", "--out", str(out)), "--classes")
+    assert_one_line_error(run_cli("train", "--classes", "1,x", "--out", str(out)), "--classes")
+    assert_one_line_error(run_cli("train", "--classes", "1,10", "--out", str(out)), "label 10 does not occur")
+    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "plain.npy"), "--classes", "1", "--out", str(out)),
+                          "no labels")
+    assert_one_line_error(run_cli("train", "--data", str(sizes), "--out", str(out)), "--image-size")
+    assert_one_line_error(run_cli("train", "--data", str(bad), "--out", str(out)), str(bad / "boot" / "01.png"))
+    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing/"), "--out", str(out)), "no such file")
+    assert not out.exists()
+
+
+def test_a_channels_last_array_trains_with_a_one_line_note(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "photos.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (60, 8, 8, 3), dtype=np.uint8))
+    r = run_cli("train", "--data", str(path), "--binarize", "threshold", "--out", str(tmp_path / "r"), *SMALL)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "channels last" in line]
+    assert len(notes) == 1 and notes[0].startswith("vaelab: warning: ")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["event_shape"] == [3, 8, 8]

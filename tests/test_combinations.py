@@ -48,7 +48,7 @@ def _config(likelihood, posterior, prior, objective, estimator, kl, free_bits, l
     if kl != "analytic":
         train["kl"] = kl
     model = {"likelihood": likelihood, "posterior": posterior, "prior": prior, "hidden": [8], "latent_dim": LATENT,
-             "net": net, "channels": 4, "res_blocks": 1}  # fmt: skip
+             "net": net, "resnet_channels": 4, "res_blocks": 1}  # fmt: skip
     if layers != 1:
         model["layers"] = layers
     return cfg.build({"model": model, "train": train})
@@ -292,7 +292,7 @@ VQ_AXES = {"likelihood": ("bernoulli", "gaussian", "gaussian-learned"), "codeboo
 
 def _vq_config(likelihood, codebook_update, dead_code_restart, net) -> cfg.RunConfig:
     model = {"model": "vqvae", "likelihood": likelihood, "codebook_update": codebook_update, "net": net,
-             "dead_code_restart": dead_code_restart, "channels": 4, "res_blocks": 1, "codebook_size": 5, "code_dim": 3}  # fmt: skip
+             "dead_code_restart": dead_code_restart, "resnet_channels": 4, "res_blocks": 1, "codebook_size": 5, "code_dim": 3}  # fmt: skip
     return cfg.build({"model": model})
 
 
@@ -406,7 +406,7 @@ ADV_AXES = {"model": ADVERSARIAL, "likelihood": ("bernoulli", "gaussian", "gauss
 
 def _adv_config(model, likelihood, net, encoder, prior, feature_layer=0) -> cfg.RunConfig:
     options = {"model": model, "likelihood": likelihood, "net": net, "hidden": [8, 6], "latent_dim": LATENT,
-               "channels": 4, "res_blocks": 1}  # fmt: skip
+               "resnet_channels": 4, "res_blocks": 1}  # fmt: skip
     for name, value, default in (("encoder", encoder, "deterministic"), ("prior", prior, "standard"),
                                  ("feature_layer", feature_layer, 0)):  # fmt: skip
         if value != default:

@@ -8,6 +8,7 @@ closed local port), and downloads are served by a local HTTP server.
 from __future__ import annotations
 
 import functools
+import math
 import gzip
 import hashlib
 import http.server
@@ -750,3 +751,355 @@ def test_dequantize_is_refused_where_it_makes_no_sense(tmp_path):
         Split(x, None, "grey", "train", "threshold", 0, 256, True)
     loaded = load_split("digits", "test", dequantize=True, limit=5)
     assert loaded.dequantize and loaded.levels == 17
+
+
+# ------------------------------------------------------------------------------------------
+# folders of images
+
+
+def save_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+    return path
+
+
+def grey_image(ident: int, size: tuple[int, int] = (4, 4), level: int = 0) -> np.ndarray:
+    """A grey image that says who it is: pixel (0, 0) is its id, (0, 1) its class level, the rest
+    a pattern of grey levels."""
+    pixels = ((np.arange(size[0] * size[1]).reshape(size) * 37 + ident) % 256).astype(np.uint8)
+    pixels[0, 0], pixels[0, 1] = ident, level
+    return pixels
+
+
+def class_folder(root: Path, counts: dict[str, int], ext: str = ".png") -> Path:
+    """root/CLASS/NNN.png with grey images; image ids run over all classes in sorted order, and
+    pixel (0, 1) is 100 * the class's rank in sorted order."""
+    ident = 0
+    for rank, name in enumerate(sorted(counts)):
+        for i in range(counts[name]):
+            save_png(root / name / f"{i:03d}{ext}", grey_image(ident, level=100 * rank))
+            ident += 1
+    return root
+
+
+def ids(x: torch.Tensor) -> list[int]:
+    return torch.round(x[:, 0, 0, 0] * 255).long().tolist()
+
+
+def test_class_subfolders_are_labels_in_sorted_order(tmp_path):
+    root = class_folder(tmp_path / "pets", {"dog": 12, "cat": 9, "emu": 9})
+    (root / "README.txt").write_text("not an image: ignored")
+    (root / "cat" / "notes.md").write_text("ignored too")
+    train = load_split(root, "train", valid_fraction=0)
+    test = load_split(root, "test")
+    assert train.event_shape == (1, 4, 4) and train.levels == 256
+    # every image is in exactly one of the two files, and its label is its folder's rank
+    assert sorted(ids(train.x) + ids(test.x)) == list(range(30))
+    assert len(test) == 3  # 10% held out
+    for split in (train, test):
+        level = torch.round(split.x[:, 0, 0, 1] * 255).long()
+        assert torch.equal(split.y * 100, level)
+    # grey levels scaled like every 8-bit image set
+    first = np.asarray(ids(train.x)).argmin()
+    assert torch.equal(train.x[first, 0], torch.from_numpy(grey_image(0)).float() / 255)
+
+
+def test_the_held_out_test_file_does_not_depend_on_the_run_seed(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(40):
+        save_png(root / f"img{i:02d}.png", grey_image(i))
+    a = load_split(root, "test", seed=0)
+    b = load_split(root, "test", seed=7)
+    assert a.y is None and ids(a.x) == ids(b.x) and len(a) == 4
+    assert ids(a.x) == sorted(ids(a.x))  # file order
+    # the validation split is carved from the training file with the run's seed
+    train, valid = load_split(root, "train", seed=3), load_split(root, "valid", seed=3)
+    assert sorted(ids(train.x) + ids(valid.x) + ids(a.x)) == list(range(40))
+    assert len(valid) == round(0.1 * 36)
+    assert ids(load_split(root, "valid", seed=4).x) != ids(valid.x)
+
+
+def test_train_and_test_subfolders_are_the_two_files(tmp_path):
+    root = tmp_path / "split"
+    class_folder(root / "train", {"a": 5, "b": 5})
+    class_folder(root / "test", {"b": 3, "c": 2})
+    train = load_split(root, "train", valid_fraction=0)
+    test = load_split(root, "test")
+    assert len(train) == 10 and len(test) == 5
+    # labels from the sorted union of class names: a=0, b=1, c=2
+    assert train.y.tolist() == [0] * 5 + [1] * 5 and test.y.tolist() == [1] * 3 + [2] * 2
+
+
+def test_sizes_and_channels(tmp_path):
+    root = tmp_path / "mixed"
+    rng = np.random.default_rng(0)
+    save_png(root / "a.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    save_png(root / "b.jpg", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    save_png(root / "c.png", rng.integers(0, 256, (8, 6), dtype=np.uint8))
+    with pytest.raises(DataError, match="--image-size") as info:
+        load_split(root, "train")
+    assert "\n" not in str(info.value)
+    assert load_split(root, "test", image_size=4).event_shape == (3, 4, 4)  # one RGB image: 3
+    assert load_split(root, "test", image_size=4, channels=1).event_shape == (1, 4, 4)
+    grey = tmp_path / "grey"
+    for i in range(3):
+        save_png(grey / f"{i}.png", rng.integers(0, 256, (5, 7), dtype=np.uint8))  # 7 wide, 5 high
+    assert load_split(grey, "test").event_shape == (1, 5, 7)
+    rgb = load_split(grey, "test", channels=3)
+    assert rgb.event_shape == (3, 5, 7) and torch.equal(rgb.x[:, 0], rgb.x[:, 2])
+
+
+def _bad_png(kind: str, path: Path) -> None:
+    if kind == "text":
+        path.write_text("this is not a picture")
+    else:
+        save_png(path, np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[:-60])  # the end of the image data is missing
+
+
+@pytest.mark.parametrize("stream, workers", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_unreadable_images_are_reported_with_their_path(tmp_path, kind, stream, workers):
+    root = tmp_path / "bad"
+    for i in range(9):
+        save_png(root / f"{i}.png", np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8))
+    _bad_png(kind, root / "5.png")
+    with pytest.raises(DataError) as info:
+        split = load_split(root, "train", valid_fraction=0, memory_budget=0 if stream else None, workers=workers)
+        list(split.batches(4))  # a streamed split meets the pixels only here
+    message = str(info.value)
+    assert str(root / "5.png") in message and "\n" not in message
+
+
+def test_layout_errors_are_one_line(tmp_path):
+    both = tmp_path / "both"
+    class_folder(both, {"a": 2})
+    save_png(both / "loose.png", grey_image(9))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.txt").write_text("no images here")
+    half = tmp_path / "half"
+    class_folder(half / "train", {"a": 3})
+    for root, phrase in ((both, "both images"), (empty, "no PNG/JPEG"), (half, "no test/")):
+        with pytest.raises(DataError, match=phrase) as info:
+            load_split(root, "train")
+        assert "\n" not in str(info.value)
+
+
+def grey_folder(root: Path, n: int = 40) -> Path:
+    for i in range(n):
+        save_png(root / f"{i:03d}.png", grey_image(i, size=(6, 6)))
+    return root
+
+
+@pytest.mark.parametrize("mode", [*BINARIZE_MODES, "dequantize"])
+def test_streaming_serves_what_memory_serves(tmp_path, mode):
+    """A streamed split serves the same examples in the same order as the in-memory one, with the
+    same values where the view is deterministic; binarized and dequantized views follow their
+    definition and are reproducible."""
+    root = grey_folder(tmp_path / "g")
+    options = {"binarize": "none", "dequantize": True} if mode == "dequantize" else {"binarize": mode}
+    memory = load_split(root, "train", seed=1, **options)
+    stream = load_split(root, "train", seed=1, memory_budget=0, **options)
+    assert type(stream).__name__ == "StreamSplit" and len(stream) == len(memory) == 32
+    assert stream.event_shape == memory.event_shape and stream.levels == memory.levels
+
+    def one_pass(split, seed=5):
+        batches = split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True)
+        assert len(batches) == 4
+        return torch.cat(list(batches))
+
+    a, b = one_pass(memory), one_pass(stream)
+    assert a.shape == b.shape == (32, 1, 6, 6)
+    if mode in ("none", "threshold"):
+        assert torch.equal(a, b)
+        assert torch.equal(memory.fixed(), stream.head(None))
+        assert torch.equal(memory.fixed(), torch.cat(list(stream.fixed_batches(7))))
+    elif mode == "dequantize":  # (k + u) / 256 stays in grey level k's cell: the same examples
+        assert torch.equal(torch.floor(b * 256), torch.floor(a * 256)) and not torch.equal(a, b)
+    else:  # Bernoulli draws: binary, and only where the grey level is not 0
+        assert set(b.unique().tolist()) <= {0.0, 1.0}
+        x = torch.cat(list(stream.batches(10, generator=torch.Generator().manual_seed(5), shuffle=True)))
+        assert torch.equal(x, b)  # reproducible from the generator
+        grey = one_pass(load_split(root, "train", seed=1, memory_budget=0))
+        assert not b[grey == 0].any() and b[grey == 1].all()
+    assert torch.equal(stream.head(None), stream.head(None))  # fixed view is fixed
+    assert torch.equal(stream.head(5), torch.cat(list(stream.fixed_batches(5)))[:5])
+
+
+def test_static_draws_of_a_stream_do_not_depend_on_the_order(tmp_path):
+    root = grey_folder(tmp_path / "g")
+    stream = load_split(root, "train", binarize="static", memory_budget=0)
+    fixed = stream.head(None)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(stream), generator=torch.Generator().manual_seed(0))
+    shuffled = torch.cat(list(stream.batches(7, generator=generator, shuffle=True)))
+    assert torch.equal(shuffled, fixed[order])
+    # a fresh pass draws afresh under dynamic binarization
+    dynamic = load_split(root, "train", binarize="dynamic", memory_budget=0)
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(torch.cat(list(dynamic.batches(7, generator=g))), torch.cat(list(dynamic.batches(7, generator=g))))
+
+
+def test_the_memory_budget_decides_what_is_streamed(tmp_path):
+    root = grey_folder(tmp_path / "g")  # 36 training images of 1 x 6 x 6 float32: 5184 bytes
+    assert isinstance(load_split(root, "train", valid_fraction=0, memory_budget=5184 / 2**30), Split)
+    assert not isinstance(load_split(root, "train", valid_fraction=0, memory_budget=5183 / 2**30), Split)
+    assert isinstance(load_split(root, "train", valid_fraction=0), Split)  # None: always in memory
+
+
+def test_streaming_through_worker_processes(tmp_path):
+    root = grey_folder(tmp_path / "g")
+    stream = load_split(root, "train", memory_budget=0, workers=2)
+    memory = load_split(root, "train")
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = torch.cat(list(stream.batches(8, generator=g1, shuffle=True)))
+    b = torch.cat(list(memory.batches(8, generator=g2, shuffle=True)))
+    assert torch.equal(a, b)
+
+
+def _stream_trainer(root: Path, run_dir: Path, crash_at: int | None = None):
+    from vaelab import config as cfg
+    from vaelab.models import build_model
+    from vaelab.objectives import get_objective
+    from vaelab.train import Trainer
+
+    train = load_split(root, "train", binarize="dynamic", memory_budget=0)
+    valid = load_split(root, "valid", binarize="dynamic", memory_budget=0)
+    torch.manual_seed(0)
+    model = build_model("vae", train.event_shape, hidden=(16,), latent_dim=2)
+    calls = {"n": 0}
+    base = get_objective("elbo")
+
+    def objective(model, x):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise KeyboardInterrupt
+        return base(model, x)
+
+    config = cfg.TrainConfig(epochs=3, batch_size=8, patience=0)
+    return Trainer(model, objective, train, valid, config, run_dir=run_dir, progress=False)
+
+
+def test_training_from_a_stream_resumes_exactly(tmp_path):
+    from vaelab.files import load_tensors
+
+    root = grey_folder(tmp_path / "g")  # 32 training examples: 4 steps per epoch
+    full = _stream_trainer(root, tmp_path / "full")
+    result = full.fit()
+    assert result.epochs == 3 and all(math.isfinite(r["valid_bound"]) for r in result.history)
+    crashed = _stream_trainer(root, tmp_path / "crashed", crash_at=7)  # epoch 2, after one checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    resumed = _stream_trainer(root, tmp_path / "crashed")
+    resumed.load_checkpoint()
+    assert resumed.state.epoch == 1
+    resumed.fit()
+    a, _ = load_tensors(tmp_path / "full" / "checkpoint" / "state.safetensors")
+    b, _ = load_tensors(tmp_path / "crashed" / "checkpoint" / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ------------------------------------------------------------------------------------------
+# classes
+
+
+def test_classes_keep_the_listed_labels_with_their_values(tmp_path):
+    full = load_split("digits", "train", valid_fraction=0)
+    kept = load_split("digits", "train", valid_fraction=0, classes=[7, 3])
+    mask = (full.y == 3) | (full.y == 7)
+    assert torch.equal(kept.y, full.y[mask]) and torch.equal(kept.x, full.x[mask])
+    # the validation carve and the limit apply to the kept examples
+    train = load_split("digits", "train", classes=[3, 7])
+    valid = load_split("digits", "valid", classes=[3, 7])
+    assert len(train) + len(valid) == len(kept) and set(valid.y.tolist()) <= {3, 7}
+    assert torch.equal(load_split("digits", "train", classes=[3, 7], limit=5).y, train.y[:5])
+    # .npz labels and image folders too
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((6, 2)), x_test=np.zeros((3, 2)),
+             y_train=np.array([5, 9, 5, 1, 9, 9]), y_test=np.array([9, 1, 1]))
+    assert load_split(tmp_path / "d.npz", "test", classes=[9]).y.tolist() == [9]
+    root = class_folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    test = load_split(root, "test", classes=[1])
+    assert set(test.y.tolist()) == {1} and len(test) == (load_split(root, "test").y == 1).sum()
+
+
+def test_classes_errors(tmp_path):
+    np.save(tmp_path / "plain.npy", np.zeros((10, 3), np.float32))
+    with pytest.raises(DataError, match="no labels") as info:
+        load_split(tmp_path / "plain.npy", classes=[0])
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="label 12 does not occur") as info:
+        load_split("digits", classes=[1, 12])
+    assert "\n" not in str(info.value)
+    # the test file needs one of the labels, not all
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((6, 2)), x_test=np.zeros((3, 2)),
+             y_train=np.array([5, 9, 5, 1, 9, 9]), y_test=np.array([9, 1, 1]))
+    assert load_split(tmp_path / "d.npz", "test", classes=[5, 9]).y.tolist() == [9]
+    with pytest.raises(DataError, match="label 5 does not occur in the test file"):
+        load_split(tmp_path / "d.npz", "test", classes=[5])
+
+
+# ------------------------------------------------------------------------------------------
+# channels-last arrays
+
+
+def test_channels_last_arrays_are_transposed_with_a_note(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 6, 3), dtype=np.uint8)  # N x H x W x C
+    np.save(tmp_path / "hwc.npy", images)
+    with caplog.at_level("WARNING", logger="vaelab"):
+        train = load_split(tmp_path / "hwc.npy", valid_fraction=0)
+        load_split(tmp_path / "hwc.npy", "test")
+    assert train.event_shape == (3, 8, 6)
+    assert torch.equal(train.x, as_float(images[:18].transpose(0, 3, 1, 2))[:, 0])
+    notes = [r.getMessage() for r in caplog.records if r.name == "vaelab"]
+    assert len(notes) == 1 and "channels last" in notes[0] and "\n" not in notes[0]
+
+
+def test_channels_first_arrays_are_left_alone(tmp_path, caplog):
+    images = np.random.default_rng(0).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "chw.npz", x_train=images, x_test=images[:4])
+    with caplog.at_level("WARNING", logger="vaelab"):
+        train = load_split(tmp_path / "chw.npz", valid_fraction=0)
+    assert train.event_shape == (3, 8, 8) and torch.equal(train.x, as_float(images)[:, 0])
+    assert not [r for r in caplog.records if r.name == "vaelab"]
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
+    wide = (np.arange(16).reshape(4, 4) * 4369).astype(np.uint16)  # 0 .. 65535
+    for i in range(3):
+        save_png(tmp_path / "deep" / f"{i}.png", wide)
+    x = load_split(tmp_path / "deep", "test").x
+    assert torch.equal(x[0, 0], torch.from_numpy(np.rint(wide / 257)).float() / 255)
+
+
+def test_a_changed_folder_is_scanned_again(tmp_path):
+    root = class_folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    before = len(load_split(root, "train", valid_fraction=0))
+    class_folder(tmp_path / "more", {"emu": 10})
+    (tmp_path / "more" / "emu").rename(root / "emu")
+    after = load_split(root, "train", valid_fraction=0)
+    assert before == 18 and len(after) == 27 and after.y.max() == 2
+
+
+def test_a_folder_runs_image_options_leave_other_data_alone(tmp_path):
+    """--image-size and --channels shape a run's folders only: the run's preparation applied to
+    other data (an array to score against it) takes the array as it is, while training on data
+    that is not a folder refuses them."""
+    import dataclasses
+
+    from vaelab import config as cfg
+    from vaelab.runs import check_data_options, load_data
+
+    root = grey_folder(tmp_path / "g")
+    config = cfg.build({"data": {"data": str(root), "image_size": 4, "channels": 3}})
+    check_data_options(config)
+    assert load_data(config, "test").event_shape == (3, 4, 4)
+    np.save(tmp_path / "a.npy", np.zeros((10, 1, 4, 4), np.uint8))
+    other = dataclasses.replace(config, data=dataclasses.replace(config.data, data=str(tmp_path / "a.npy")))
+    assert load_data(other, "test").event_shape == (1, 4, 4)
+    with pytest.raises(ConfigError, match="--image-size applies to folders"):
+        check_data_options(other)

@@ -93,7 +93,7 @@ def test_resnet_refuses_data_that_is_not_an_image_of_multiples_of_4(event_shape)
         NETS["resnet"](spec(event_shape))
 
 
-@pytest.mark.parametrize("channels,res_blocks,flag", [(0, 1, "--channels"), (-3, 1, "--channels"),
+@pytest.mark.parametrize("channels,res_blocks,flag", [(0, 1, "--resnet-channels"), (-3, 1, "--resnet-channels"),
                                                       (8, -1, "--res-blocks")])  # fmt: skip
 def test_resnet_refuses_bad_sizes(channels, res_blocks, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -122,7 +122,7 @@ def test_the_accepted_combinations_are_all_but_vamp_with_a_flow():
 
 def resnet_vae(posterior, prior):
     torch.manual_seed(0)
-    return build_model("vae", (1, 28, 28), net="resnet", channels=8, res_blocks=1, latent_dim=4,
+    return build_model("vae", (1, 28, 28), net="resnet", resnet_channels=8, res_blocks=1, latent_dim=4,
                        posterior=posterior, prior=prior)  # fmt: skip
 
 
@@ -156,11 +156,24 @@ def test_elbo_keeps_its_tensors_on_the_models_device(posterior, prior):
 
 
 def test_the_config_accepts_resnet():
-    config = cfg.build({"model": {"net": "resnet", "channels": 8, "res_blocks": 1}})
-    assert (config.model.net, config.model.channels, config.model.res_blocks) == ("resnet", 8, 1)
+    config = cfg.build({"model": {"net": "resnet", "resnet_channels": 8, "res_blocks": 1}})
+    assert (config.model.net, config.model.resnet_channels, config.model.res_blocks) == ("resnet", 8, 1)
     model = model_from_config(config, (1, 28, 28))
     assert n_blocks(model.encoder) == n_blocks(model.decoder) == 1
     convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.out_channels == 8 for m in convs)
     x = torch.rand(2, 1, 28, 28).round()
     assert model.encode(x).batch_shape == (2,)
+
+
+def test_old_config_files_name_the_resnet_width_channels(tmp_path):
+    """Runs written before the data's --channels existed stored the resnet width as
+    model.channels; they still load, with it as resnet_channels."""
+    import json
+
+    config = cfg.build({"model": {"net": "resnet", "resnet_channels": 8, "res_blocks": 1}})
+    doc = json.loads(cfg.save_json(config, (1, 28, 28)))
+    doc["model"]["channels"] = doc["model"].pop("resnet_channels")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    loaded, shape = cfg.load_json(tmp_path / "config.json")
+    assert loaded == config and loaded.model.resnet_channels == 8 and shape == (1, 28, 28)

@@ -27,7 +27,7 @@ from test_cli import run_cli
 from test_train import _checkpoint_epoch
 
 TINY = ["--model", "vqvae", "--data", "digits", "--binarize", "threshold", "--codebook-size", "8", "--code-dim", "4",
-        "--channels", "8", "--res-blocks", "1", "--limit", "200"]  # fmt: skip
+        "--resnet-channels", "8", "--res-blocks", "1", "--limit", "200"]  # fmt: skip
 
 
 def _quantizer(update="loss", **options) -> VectorQuantizer:
@@ -146,7 +146,7 @@ def test_codebook_usage():
 @pytest.mark.parametrize("update", ["loss", "ema"])
 def test_vq_bound_is_its_definition(likelihood, update):
     torch.manual_seed(0)
-    model = build_vqvae((1, 8, 8), likelihood=likelihood, channels=8, res_blocks=1, codebook_size=5, code_dim=3,
+    model = build_vqvae((1, 8, 8), likelihood=likelihood, resnet_channels=8, res_blocks=1, codebook_size=5, code_dim=3,
                         codebook_update=update).double().eval()  # fmt: skip
     x = torch.rand(4, 1, 8, 8, dtype=torch.float64).round()
     res = vq(model, x)
@@ -165,7 +165,7 @@ def test_vq_bound_is_its_definition(likelihood, update):
 
 def test_vq_bound_uses_the_learned_prior_when_attached():
     torch.manual_seed(0)
-    model = build_vqvae((1, 8, 8), channels=8, res_blocks=1, codebook_size=5, code_dim=3).eval()
+    model = build_vqvae((1, 8, 8), resnet_channels=8, res_blocks=1, codebook_size=5, code_dim=3).eval()
     from vaelab.pixelcnn import GatedPixelCNN
 
     prior = GatedPixelCNN(5, layers=2, channels=8).eval()
@@ -179,7 +179,7 @@ def test_vq_bound_uses_the_learned_prior_when_attached():
 def test_ema_codebook_gets_no_gradient_and_the_loss_codebook_does():
     for update, moves in (("loss", True), ("ema", False)):
         torch.manual_seed(0)
-        model = build_vqvae((1, 8, 8), channels=8, res_blocks=1, codebook_size=5, code_dim=3, codebook_update=update)
+        model = build_vqvae((1, 8, 8), resnet_channels=8, res_blocks=1, codebook_size=5, code_dim=3, codebook_update=update)
         model.train()
         res = vq(model, torch.rand(6, 1, 8, 8).round())
         res.objective.mean().backward()
@@ -191,7 +191,7 @@ def test_ema_codebook_gets_no_gradient_and_the_loss_codebook_does():
 def test_vqvae_runs_on_the_meta_device(update):
     """Forward and backward in eval mode (the training-time codebook updates branch on data,
     which the meta device cannot; they take their device from the batch, checked on the CPU)."""
-    model = build_vqvae((1, 8, 8), channels=8, res_blocks=1, codebook_size=5, code_dim=3, codebook_update=update,
+    model = build_vqvae((1, 8, 8), resnet_channels=8, res_blocks=1, codebook_size=5, code_dim=3, codebook_update=update,
                         dead_code_restart=1).to("meta").eval()  # fmt: skip
     res = vq(model, torch.empty(2, 1, 8, 8, device="meta"))
     res.objective.mean().backward()
@@ -375,7 +375,7 @@ def test_sigkill_then_resume_is_bitwise_for_an_ema_vqvae_and_its_prior(tmp_path)
 
 def test_library_prior_fit_and_load(tmp_path):
     config = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 150},
-                        "model": {"model": "vqvae", "channels": 8, "res_blocks": 1, "codebook_size": 6, "code_dim": 3},
+                        "model": {"model": "vqvae", "resnet_channels": 8, "res_blocks": 1, "codebook_size": 6, "code_dim": 3},
                         "train": {"epochs": 1}})  # fmt: skip
     start_run(config, tmp_path / "r", progress=False)
     assert load_code_prior(tmp_path / "r") is None

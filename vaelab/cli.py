@@ -391,7 +391,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume_run(run_dir, progress=not args.quiet)
     else:
         config = _config_from_args(args)
-        name = Path(config.data.data).stem if config.data.data.endswith((".npy", ".npz")) else config.data.data
+        from .data import is_path
+
+        # a file's or folder's own name (paths are stored absolute), else the dataset's
+        name = Path(config.data.data).stem if is_path(config.data.data) else config.data.data
         run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # for the resume hint if interrupted
         result = start_run(config, run_dir, progress=not args.quiet)

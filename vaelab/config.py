@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,13 @@ def _flag(name: str) -> str:
 class DataConfig:
     """Which data, and how it is prepared."""
 
-    data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist, stacked-fashion-mnist, ring8, grid25) or a .npy/.npz path"))
+    data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist, stacked-fashion-mnist, ring8, grid25), a .npy/.npz path, or a folder of PNG/JPEG images (subfolders: class labels); paths are stored absolute"))
     data_dir: str | None = field(default=None, metadata=_help("directory holding the IDX files (searched first)"))
+    image_size: int | None = field(default=None, metadata=_help("image folders: resize every image to S x S pixels (default: keep the size, which all images must then share)"))
+    channels: int | None = field(default=None, metadata=_help("image folders: 1 (greyscale) or 3 (RGB) (default: 1 when every image is greyscale, else 3)"))
+    classes: tuple[int, ...] | None = field(default=None, metadata=_help("keep only these labels of a labelled dataset, comma-separated, e.g. 0,1,2 (labels keep their values)"))
+    workers: int = field(default=2, metadata=_help("image folders: worker processes that decode the images, once into memory or batch by batch when streamed (0: decode in the main process)"))
+    memory_budget: float = field(default=4.0, metadata=_help("image folders: GiB a split may take decoded (float32) in memory; larger splits are streamed from disk during training (0: always stream)"))
     binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
     dequantize: bool = field(default=False, metadata=_help("add uniform noise to grey levels, (k + u) / levels, for continuous likelihoods; needs --binarize none"))
     valid_fraction: float = field(default=0.1, metadata=_help("fraction of the training file held out for validation (0 disables validation)"))
@@ -74,6 +80,24 @@ class DataConfig:
             raise ConfigError("--dequantize adds noise to grey levels; use it with --binarize none")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be a positive number of pixels, got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"--channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+        if self.classes is not None:
+            if not self.classes:
+                raise ConfigError("--classes needs at least one label, e.g. --classes 0,1,2")
+            if len(set(self.classes)) != len(self.classes):
+                raise ConfigError(f"--classes lists a label twice ({','.join(map(str, self.classes))}); list each once")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 (decode in the main process) or more, got {self.workers}")
+        if not (self.memory_budget >= 0 and math.isfinite(self.memory_budget)):
+            raise ConfigError(f"--memory-budget must be 0 (always stream) or a positive number of GiB, got {self.memory_budget}")
+        # Paths are stored absolute, so a run directory works from any working directory.
+        if _data.is_path(self.data):
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", os.path.abspath(os.path.expanduser(self.data_dir)))
 
 
 # Which model-specific options each model family uses: the one home of that rule. An option a
@@ -107,7 +131,7 @@ class ModelConfig:
     likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z) (adversarial models: the generator output, sigmoid or unbounded, and the aae/alphagan reconstruction loss)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
     net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
-    channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
+    resnet_channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
     res_blocks: int = field(default=2, metadata=_help("--net resnet: residual blocks after the downsampling (and before the upsampling) stages"))
     hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
     activation: str = field(default="tanh", metadata=_help("activation between layers"))
@@ -145,8 +169,8 @@ class ModelConfig:
         check_combination(self.posterior, self.prior, self.inference)
         if self.model == "vae":
             check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
-        if self.channels < 1 or self.res_blocks < 0:
-            raise ConfigError(f"--channels must be at least 1 and --res-blocks at least 0, got {self.channels} and {self.res_blocks}")
+        if self.resnet_channels < 1 or self.res_blocks < 0:
+            raise ConfigError(f"--resnet-channels must be at least 1 and --res-blocks at least 0, got {self.resnet_channels} and {self.res_blocks}")
         if self.model == "vqvae":
             check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
                         self.ema_decay, self.dead_code_restart)  # fmt: skip
@@ -432,6 +456,10 @@ def load_json(path: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
         doc = json.loads(path.read_text())
         event_shape = tuple(int(s) for s in doc.pop("event_shape"))
         doc.pop("version", None)
+        model = doc.get("model")
+        if isinstance(model, dict) and "channels" in model:
+            # runs written before the data's --channels existed named the resnet width "channels"
+            model.setdefault("resnet_channels", model.pop("channels"))
         return build(doc), event_shape
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: is {path.parent} a vaelab run directory?") from None

@@ -1,15 +1,17 @@
 """Datasets by name, the IDX reader, binarization, validation splits and in-memory batching.
 
 A dataset is named either by a registered short name (``"digits"``, ``"fashion-mnist"``,
-``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``)
-or by a path to a ``.npy``/``.npz`` file. Every dataset has a *training file* and a
-*test file*; the validation split is carved from the training file with a seed, so ``train`` and
-``valid`` are disjoint and together make up the training file, each in file order.
+``"mnist"``; the mode-collapse benchmarks ``"ring8"``, ``"grid25"`` and ``"stacked-fashion-mnist"``),
+by a path to a ``.npy``/``.npz`` file, or by a folder of images (``vaelab.imagefolder``). Every
+dataset has a *training file* and a *test file*; the validation split is carved from the training
+file with a seed, so ``train`` and ``valid`` are disjoint and together make up the training file,
+each in file order.
 
 Whole splits live in memory as float32 tensors and are batched by index: there is no per-example
-Python work and no ``DataLoader``. Randomness (shuffling, dynamic binarization) is drawn only from
-a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state can
-resume bitwise-identically.
+Python work and no ``DataLoader`` (only an image folder too large for memory is streamed, see
+``vaelab.imagefolder.StreamSplit``). Randomness (shuffling, dynamic binarization) is drawn only
+from a ``torch.Generator`` the caller passes in, so a trainer that checkpoints the generator state
+can resume bitwise-identically.
 
 Binarization modes (``BINARIZE_MODES``), for grey levels in [0, 1]:
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import logging
 import math
 import os
 import sys
@@ -40,13 +43,16 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .imagefolder import StreamSplit
 
 __all__ = [
     "BINARIZE_MODES",
@@ -265,6 +271,15 @@ class Split:
             raise ValueError("dynamic binarization needs a torch.Generator; pass generator=...")
         return torch.rand(self.x.shape, generator=generator) < self.x
 
+    def fixed_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Slices of :meth:`fixed` of ``batch_size`` rows, in order (validation, scoring)."""
+        view = self.fixed()
+        return (view[i : i + batch_size] for i in range(0, len(view), batch_size))
+
+    def head(self, n: int | None) -> torch.Tensor:
+        """The first ``n`` rows of :meth:`fixed` (all when None)."""
+        return self.fixed() if n is None else self.fixed()[:n]
+
     def _dequantized(self, generator: torch.Generator) -> torch.Tensor:
         # grey level k = x * (L - 1) -> (k + u) / L, in [0, 1)
         levels = float(self.levels)
@@ -384,11 +399,17 @@ def load_split(
     dequantize: bool = False,
     download: bool = True,
     progress: bool = False,
-) -> Split:
-    """Load one split of a dataset into memory.
+    classes: Sequence[int] | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    memory_budget: float | None = None,
+    workers: int = 0,
+) -> Split | StreamSplit:
+    """Load one split of a dataset into memory (or, for a large image folder, stream it).
 
     Args:
-        name: a registered dataset (``DATASETS.names()``) or a path to a ``.npy``/``.npz`` file.
+        name: a registered dataset (``DATASETS.names()``), a path to a ``.npy``/``.npz`` file,
+            or a folder of PNG/JPEG images (see :mod:`vaelab.imagefolder` for its layout).
         split: ``"train"``, ``"valid"`` (carved from the training file) or ``"test"``.
         binarize: one of ``BINARIZE_MODES``.
         data_dir: a folder to search first for IDX files (itself, then ``data_dir/<name>``).
@@ -399,9 +420,18 @@ def load_split(
         dequantize: serve grey levels with uniform noise (see ``Split``); needs binarize="none".
         download: fetch missing IDX files from the official mirrors into the user cache.
         progress: show a download progress bar on stderr.
+        classes: keep only the examples with these labels (which keep their values), before the
+            validation carve and ``limit``; every label must occur in the training file, and
+            at least one of them in the test file.
+        image_size: image folders: resize to S x S (None: keep the size all images share).
+        channels: image folders: 1 (greyscale) or 3 (RGB) (None: 1 when all are greyscale).
+        memory_budget: image folders: GiB the split may take decoded as float32; a larger split
+            is returned as a :class:`~vaelab.imagefolder.StreamSplit` read from disk (0: always).
+            None: always in memory.
+        workers: image folders: processes that decode the images (0: this one).
 
     Returns:
-        the split, with ``x`` float32 on the CPU.
+        the split, with ``x`` float32 on the CPU; a ``StreamSplit`` (no ``x``) when streamed.
     """
     name = os.fspath(name)
     _check_choice(split, SPLITS, "split")
@@ -415,9 +445,27 @@ def load_split(
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"seed must be an integer, got {seed!r}")
+    if classes is not None:
+        classes = tuple(int(c) for c in classes)
+        if not classes:
+            raise DataError("classes must list at least one label, e.g. classes=[0, 1]")
+    file = "test file" if split == "test" else "training file"
 
+    if is_folder(name):
+        return _folder_split(name, split, file, binarize=binarize, limit=limit, valid_fraction=valid_fraction,
+                             seed=seed, dequantize=dequantize, classes=classes, image_size=image_size,
+                             channels=channels, memory_budget=memory_budget, workers=workers)  # fmt: skip
+    for option, value in (("image_size", image_size), ("channels", channels)):
+        if value is not None:  # refused rather than ignored
+            raise DataError(
+                f"{option} applies to folders of images, and {name} is not one; drop {option} "
+                f"(--{option.replace('_', '-')})"
+            )
     source = _source(name, data_dir, download, progress)
     part = source.test() if split == "test" else source.train()
+    if classes is not None:
+        keep = _class_rows(part.y, classes, name, file)
+        part = _Part(part.x[keep], part.y[keep], part.scale, part.levels)
 
     index: Any = slice(None)
     if split != "test":
@@ -437,6 +485,66 @@ def load_split(
         x = x.div_(part.scale)
     y = None if part.y is None else torch.from_numpy(part.y[index].astype(np.int64))
     return Split(x, y, name, split, binarize, seed, part.levels, dequantize)
+
+
+def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file: str) -> np.ndarray:
+    """The rows (in file order) whose label is one of ``classes``. Every label must occur in the
+    training file; the test file needs only one of them (a small image folder's held-out images
+    may miss a class)."""
+    if y is None:
+        raise DataError(
+            f"{name} has no labels, so there are no classes to keep; drop classes (--classes), or "
+            "use a labelled dataset (class subfolders of images, an .npz with y_train/y_test or y)"
+        )
+    missing = [c for c in classes if not (y == c).any()]
+    if missing and (file != "test file" or len(missing) == len(classes)):
+        present = np.unique(y)
+        shown = ",".join(map(str, present[:20])) + (",..." if len(present) > 20 else "")
+        raise DataError(
+            f"label {missing[0]} does not occur in the {file} of {name} (its labels: {shown}); "
+            "fix the classes (--classes)"
+        )
+    return np.flatnonzero(np.isin(y, classes))
+
+
+def _folder_split(name: str, split: str, file: str, *, binarize: str, limit: int | None, valid_fraction: float,
+                  seed: int, dequantize: bool, classes: tuple[int, ...] | None, image_size: int | None,
+                  channels: int | None, memory_budget: float | None, workers: int) -> Split | StreamSplit:  # fmt: skip
+    """One split of an image folder: files chosen (classes, validation carve, limit) before any
+    pixel is decoded; decoded into memory when it fits ``memory_budget``, else streamed."""
+    from . import imagefolder
+
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"image_size must be a positive number of pixels or None, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (greyscale), 3 (RGB) or None, got {channels!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise DataError(f"workers must be 0 or a positive integer, got {workers!r}")
+    root = os.path.abspath(os.path.expanduser(name))
+    folder = imagefolder.scan(root, image_size, channels)
+    files = folder.test if split == "test" else folder.train
+    y = folder.test_y if split == "test" else folder.train_y
+    index = np.arange(len(files))
+    if classes is not None:
+        index = _class_rows(y, classes, name, file)
+    if split != "test":
+        train_index, valid_index = _carve(len(index), valid_fraction, seed)
+        if split == "train" and len(train_index) == 0:
+            raise DataError(
+                f"{name}: valid_fraction={valid_fraction} leaves no training examples out of "
+                f"{len(index)}; use a smaller valid_fraction"
+            )
+        index = index[valid_index if split == "valid" else train_index]
+    if limit is not None:
+        index = index[:limit]
+    chosen = [files[i] for i in index]
+    labels = None if y is None else torch.from_numpy(y[index])
+    shape = folder.event_shape
+    decoded_bytes = len(chosen) * math.prod(shape) * 4  # float32, as Split holds it
+    if memory_budget is not None and decoded_bytes > memory_budget * 2**30:
+        return imagefolder.StreamSplit(chosen, labels, shape, name, split, binarize, seed, dequantize, workers)
+    x = torch.from_numpy(imagefolder.decode_all(chosen, shape, workers)).to(torch.float32).div_(255.0)
+    return Split(x, labels, name, split, binarize, seed, imagefolder.LEVELS, dequantize)
 
 
 def load_dataset(
@@ -476,17 +584,38 @@ def _carve(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     return train, valid
 
 
+def is_path(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` names a file or folder rather than a registered dataset: a ``.npy``/``.npz``
+    name, a name with a path separator, or an existing path. Registered names win over a
+    same-named file in the working directory."""
+    name = os.fspath(name)
+    if name in DATASETS:
+        return False
+    return (
+        Path(name).suffix.lower() in (".npy", ".npz")
+        or "/" in name
+        or os.sep in name
+        or Path(name).expanduser().exists()
+    )
+
+
+def is_folder(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is a folder (of images), which ``load_split`` reads with
+    ``vaelab.imagefolder``."""
+    return is_path(name) and Path(os.fspath(name)).expanduser().is_dir()
+
+
 def _source(
     name: str, data_dir: str | os.PathLike[str] | None, download: bool, progress: bool
 ) -> _Source:
-    suffix = Path(name).suffix.lower()
-    # Registered names win over a same-named file in the working directory.
-    if suffix in (".npy", ".npz") or (name not in DATASETS and Path(name).expanduser().exists()):
+    if is_path(name):
         return _array_source(Path(name).expanduser())
     try:
         loader = DATASETS[name]
     except ConfigError as error:
-        raise ConfigError(f"{error}, or a path to a .npy/.npz file") from None
+        raise ConfigError(
+            f"{error}, or a path to a .npy/.npz file or to a folder of images"
+        ) from None
     return loader(data_dir=data_dir, download=download, progress=progress)
 
 
@@ -935,10 +1064,10 @@ def _stream_to_file(url: str, final: Path, expected: str, progress: bool) -> str
 def _array_source(path: Path) -> _Source:
     if not path.exists():
         raise DataError(
-            f"{path}: no such file; check the path, or use a dataset name "
+            f"{path}: no such file or folder; check the path, or use a dataset name "
             f"({', '.join(DATASETS.names())})"
         )
-    if path.is_dir():
+    if path.is_dir():  # load_split reads folders as images; only a direct call gets here
         raise DataError(f"{path} is a folder; pass a .npy/.npz file or a dataset name")
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -1008,6 +1137,14 @@ def _part(path: Path, key: str, array: np.ndarray, labels: np.ndarray | None) ->
     """Check one array and bring it to [N, D] or [N, C, H, W] with its scale and levels."""
     if array.ndim == 3:
         array = array[:, None]  # N x H x W: one grey channel
+    elif array.ndim == 4 and _channels_last(array.shape):
+        n, h, w, c = array.shape
+        _note_once(
+            (str(path), key),
+            f"{path}: {key} is N x H x W x C = {n} x {h} x {w} x {c} (channels last, as image tools "
+            f"save them); read as N x C x H x W = {n} x {c} x {h} x {w}",
+        )
+        array = array.transpose(0, 3, 1, 2)
     elif array.ndim not in (2, 4):
         raise DataError(
             f"{path}: {key} has shape {list(array.shape)}; expected N x D, N x H x W or "
@@ -1036,6 +1173,25 @@ def _part(path: Path, key: str, array: np.ndarray, labels: np.ndarray | None) ->
         f"{path}: {key} has dtype {array.dtype}; use uint8 grey levels (0..255), bool, or "
         "floats (e.g. scaled to [0, 1])"
     )
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """N x H x W x C with C in 1, 3, 4 and H, W larger than C. A channels-first N x C x H x W
+    array has a last axis W that is an image side, so it never matches (unless W <= 4 and the
+    other sides are larger: such an array is ambiguous, and read as channels last)."""
+    _, h, w, c = shape
+    return c in (1, 3, 4) and h > c and w > c
+
+
+_NOTED: set[tuple[str, str]] = set()  # notes already logged in this process
+
+
+def _note_once(key: tuple[str, str], message: str) -> None:
+    """Logs a note on the "vaelab" logger (the CLI shows it as one line) once per process, so
+    loading the training, validation and test splits of one file says it once."""
+    if key not in _NOTED:
+        _NOTED.add(key)
+        logging.getLogger("vaelab").warning(message)
 
 
 def _split_single(path: Path, array: np.ndarray, labels: np.ndarray | None) -> tuple[_Part, _Part]:

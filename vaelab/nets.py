@@ -9,7 +9,7 @@ The backbones in ``NETS`` (``--net``):
 - ``mlp``: fully connected layers of ``--hidden`` widths, any data shape.
 - ``conv``: two stride-2 convolutions and a dense layer of ``--hidden[0]`` units; images whose
   height and width are multiples of 4.
-- ``resnet``: stride-2 convolutions and ``--res-blocks`` residual blocks of ``--channels``
+- ``resnet``: stride-2 convolutions and ``--res-blocks`` residual blocks of ``--resnet-channels``
   channels (the VQ-VAE backbone of van den Oord et al. 2017) with a dense layer to and from the
   latent; images whose height and width are multiples of 4. Its grid-level halves,
   ``resnet_encoder_grid`` and ``resnet_decoder_grid``, map feature maps to feature maps for
@@ -148,7 +148,7 @@ class ResidualBlock(nn.Module):
 
 def _check_resnet(channels: int, res_blocks: int) -> None:
     if channels < 1:
-        raise ConfigError(f"--channels must be at least 1 for --net resnet, got {channels}")
+        raise ConfigError(f"--resnet-channels must be at least 1 for --net resnet, got {channels}")
     if res_blocks < 0:
         raise ConfigError(f"--res-blocks must be 0 or more for --net resnet, got {res_blocks}")
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from torch import nn
 
 from . import config as cfg
-from .data import Split, load_split
+from .data import Split, is_folder, load_split
 from .errors import ConfigError, RunError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
+from .imagefolder import StreamSplit
 from .models import ADVERSARIAL, build_model
 
 
@@ -31,16 +32,22 @@ def model_from_config(config: cfg.RunConfig, event_shape: tuple[int, ...]) -> nn
 
 
 def load_data(
-    config: cfg.RunConfig, split: str, *, limit: int | None = None, progress: bool = False
-) -> Split:
+    config: cfg.RunConfig, split: str, *, limit: int | None = None, progress: bool = False, stream: bool = False
+) -> Split | StreamSplit:
     """Loads one split of the run's data as the run's configuration prepares it.
 
     Args:
         config: the run configuration (data source, binarization, validation fraction, seed).
         split: "train", "valid" or "test".
         limit: first N examples; defaults to the run's own ``--limit``.
+        stream: an image folder split larger than the run's ``memory_budget`` comes back as a
+            ``StreamSplit`` read from disk (training does this); otherwise every split is a
+            ``Split`` in memory.
     """
     d = config.data
+    # a folder-trained run's image options shape its folders only: other data it is given (e.g. an
+    # array to score) is taken as it is
+    folder = is_folder(d.data)
     return load_split(
         d.data,
         split,
@@ -51,18 +58,39 @@ def load_data(
         seed=config.train.seed,
         dequantize=d.dequantize,
         progress=progress,
+        classes=d.classes,
+        image_size=d.image_size if folder else None,
+        channels=d.channels if folder else None,
+        memory_budget=d.memory_budget if stream else None,
+        workers=d.workers,
     )
 
 
-def check_compatible(config: cfg.RunConfig, split: Split) -> None:
+def check_data_options(config: cfg.RunConfig) -> None:
+    """Refuses --image-size and --channels for data that is not a folder of images, where they
+    would be ignored."""
+    d = config.data
+    given = [flag for flag, value in (("--image-size", d.image_size), ("--channels", d.channels)) if value is not None]
+    if given and not is_folder(d.data):
+        raise ConfigError(
+            f"{given[0]} applies to folders of images, and {d.data} is not one; drop {given[0]}"
+        )
+
+
+# examples of a streamed split whose values check_compatible reads
+CHECK_EXAMPLES = 1000
+
+
+def check_compatible(config: cfg.RunConfig, split: Split | StreamSplit) -> None:
     """Refuses a Bernoulli likelihood on grey levels: its "log-likelihood" would not be one. The
     adversarial models have no likelihood: for them ``bernoulli`` is the sigmoid output layer
-    (and cross-entropy reconstruction), which suits grey levels in [0, 1] too."""
+    (and cross-entropy reconstruction), which suits grey levels in [0, 1] too. Of a streamed
+    split, the first ``CHECK_EXAMPLES`` examples are checked."""
     if config.model.model in ADVERSARIAL:
         return
     if config.model.likelihood != "bernoulli" or config.data.binarize != "none" or len(split) == 0:
         return  # binarized data is binary by construction
-    x = split.x
+    x = split.x if isinstance(split, Split) else split.head(CHECK_EXAMPLES)
     if not bool(((x == 0) | (x == 1)).all()):
         raise ConfigError(
             f"--likelihood bernoulli needs binary data, but {config.data.data} with --binarize "

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import config as cfg
 from .data import Split
+from .imagefolder import StreamSplit
 from .errors import RunError, TrainingDiverged
 from .files import (
     CHECKPOINT_DIR,
@@ -40,7 +41,7 @@ from .diagnostics import CodebookMonitor, CollapseMonitor
 from .models.vqvae import VQVAE
 from .objectives import get_objective, vq
 from .schedules import kl_schedule
-from .runs import check_compatible, load_data, model_from_config, read_config
+from .runs import check_compatible, check_data_options, load_data, model_from_config, read_config
 
 Objective = Callable[..., NamedTuple]
 # training time in epochs (fractional) -> keyword options for the objective, e.g. {"kl_scale": 0.5}
@@ -49,7 +50,7 @@ ObjectiveSchedule = Callable[[float], dict[str, Any]]
 Monitor = Callable[[nn.Module, Tensor, int], dict[str, Any]]
 
 
-MONITOR_EXAMPLES = 5000  # training examples the monitors see when there is no validation set
+MONITOR_EXAMPLES = 5000  # examples the monitors see: of the training set without validation, of a streamed validation set
 
 
 @dataclass
@@ -94,8 +95,9 @@ class Trainer:
         objective: ``f(model, x)`` returning a NamedTuple of per-example tensors [B] with at least
             ``objective`` (maximized) and ``bound`` (logged, and used for model selection); None
             for a model with players.
-        train: training split; batches are drawn from it with the trainer's data generator.
-        valid: validation split, or None to keep the last model and never stop early.
+        train: training split, in memory (``Split``) or streamed from disk (``StreamSplit``);
+            batches are drawn from it with the trainer's data generator.
+        valid: validation split (either kind), or None to keep the last model and never stop early.
         config: optimizer, epochs, patience and seed.
         run_dir: where checkpoints, metrics and weights go; None trains in memory only.
         progress: show a progress bar on stderr.
@@ -112,8 +114,8 @@ class Trainer:
         self,
         model: nn.Module,
         objective: Objective | None,
-        train: Split,
-        valid: Split | None,
+        train: Split | StreamSplit,
+        valid: Split | StreamSplit | None,
         config: cfg.TrainConfig,
         run_dir: str | Path | None = None,
         progress: bool = True,
@@ -365,15 +367,13 @@ class Trainer:
         training random stream is left untouched."""
         self.model.eval()
         sums, names, seen = None, (), 0
-        x_all = self.valid.fixed()
         # The options of the epoch's last training step, which its record logs. Not the
         # schedule's value at t = epoch: a cyclical schedule restarts there at kl_scale = 0. A
         # pure function of the position, so a resumed run validates exactly as an uninterrupted one.
         options = self._options(epoch, self._steps_per_epoch())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
-            for i in range(0, len(x_all), 1000):
-                x = x_all[i : i + 1000]
+            for x in self.valid.fixed_batches(1000):
                 if self.players is None:
                     result = self.objective(self.model, x, **options)
                     names = result._fields
@@ -389,7 +389,10 @@ class Trainer:
     @torch.no_grad()
     def _monitor(self, epoch: int) -> dict:
         """Runs the monitors on fixed data, outside the training random stream."""
-        x = self.valid.fixed() if self.valid is not None else self.train.fixed()[:MONITOR_EXAMPLES]
+        if self.valid is not None:  # all of an in-memory validation set, the first examples of a streamed one
+            x = self.valid.head(None if isinstance(self.valid, Split) else MONITOR_EXAMPLES)
+        else:
+            x = self.train.head(MONITOR_EXAMPLES)
         record: dict[str, Any] = {}
         self.model.eval()
         with torch.random.fork_rng(devices=[]):
@@ -517,11 +520,12 @@ def _postfix(names: tuple[str, ...], means: Tensor, rate: float) -> dict[str, st
 
 
 def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Trainer:
-    train = load_data(config, "train", progress=progress)
+    check_data_options(config)
+    train = load_data(config, "train", progress=progress, stream=True)
     if len(train) == 0:
         raise RunError(f"the training split of {config.data.data} is empty")
     check_compatible(config, train)
-    valid = load_data(config, "valid") if config.data.valid_fraction > 0 else None
+    valid = load_data(config, "valid", stream=True) if config.data.valid_fraction > 0 else None
     torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
     model = model_from_config(config, train.event_shape)
     t = config.train

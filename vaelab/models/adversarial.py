@@ -467,7 +467,7 @@ def build_adversarial(
     likelihood: str = "bernoulli",
     obs_precision: float = 100.0,
     net: str = "mlp",
-    channels: int = 64,
+    resnet_channels: int = 64,
     res_blocks: int = 2,
     hidden: tuple[int, ...] = (200, 200),
     activation: str = "tanh",
@@ -489,7 +489,7 @@ def build_adversarial(
     # has no encoder (the backbone's encoder half is built and dropped)
     kind = {"vaegan": "gaussian", "gan": "deterministic", "veegan": "deterministic"}.get(model, encoder)
     encoder_out = {"gaussian": 2 * latent_dim, "deterministic": latent_dim}[kind]
-    spec = _spec(event_shape, latent_dim, encoder_out, observation, hidden, activation, channels, res_blocks)
+    spec = _spec(event_shape, latent_dim, encoder_out, observation, hidden, activation, resnet_channels, res_blocks)
     enc, dec = NETS[net](spec)
     if model == "gan":
         return GAN(dec, observation, latent_dim, event_shape, _critic(net, spec))

@@ -125,7 +125,7 @@ def build_vae(
     *,
     likelihood: str = "bernoulli",
     net: str = "mlp",
-    channels: int = 64,
+    resnet_channels: int = 64,
     res_blocks: int = 2,
     hidden: tuple[int, ...] = (200, 200),
     activation: str = "tanh",
@@ -159,7 +159,7 @@ def build_vae(
         params_per_dim=observation.params_per_dim,
         hidden=tuple(hidden),
         activation=activation,
-        channels=channels,
+        channels=resnet_channels,
         res_blocks=res_blocks,
     )
     encoder, decoder = NETS[net](spec)

@@ -224,7 +224,7 @@ def build_vqvae(
     likelihood: str = "bernoulli",
     obs_precision: float = 100.0,
     net: str = "resnet",
-    channels: int = 64,
+    resnet_channels: int = 64,
     res_blocks: int = 2,
     codebook_size: int = 512,
     code_dim: int = 64,
@@ -239,8 +239,8 @@ def build_vqvae(
     check_vqvae(event_shape, net, codebook_size, code_dim, commitment, codebook_update, ema_decay, dead_code_restart)
     observation = build_observation(likelihood, len(event_shape), obs_precision=obs_precision)
     c = event_shape[0]
-    encoder = resnet_encoder_grid(c, channels, res_blocks, code_dim)
-    decoder = resnet_decoder_grid(code_dim, channels, res_blocks, observation.params_per_dim * c)
+    encoder = resnet_encoder_grid(c, resnet_channels, res_blocks, code_dim)
+    decoder = resnet_decoder_grid(code_dim, resnet_channels, res_blocks, observation.params_per_dim * c)
     quantizer = VectorQuantizer(codebook_size, code_dim, update=codebook_update, decay=ema_decay,
                                 dead_code_restart=dead_code_restart)  # fmt: skip
     return VQVAE(encoder, decoder, quantizer, observation, tuple(event_shape), commitment)
