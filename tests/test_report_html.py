@@ -105,7 +105,7 @@ def test_report_leaves_out_what_does_not_apply_and_says_why(tmp_path):
     page = report.path.read_text()
     assert "activity Cov_x E[z_d|x]" in page  # a deterministic encoder has no KL to rank by
 
-    vq = _train(tmp_path / "vq", "--model", "vqvae", "--channels", "8", "--res-blocks", "1", "--codebook-size", "8",
+    vq = _train(tmp_path / "vq", "--model", "vqvae", "--resnet-channels", "8", "--res-blocks", "1", "--codebook-size", "8",
                 "--code-dim", "4", "--epochs", "1")  # fmt: skip
     report = write_report(vq)
     omitted = dict(report.omitted)

@@ -157,7 +157,7 @@ def test_points_in_the_plane_get_a_scatter_plot_of_samples(tmp_path):
 @pytest.mark.parametrize(("name", "options", "tags"), [
     ("vae", {"latent_dim": 2, "hidden": (16,)}, {"samples", "reconstructions"}),
     ("gan", {"latent_dim": 2, "hidden": (16,)}, {"samples"}),  # no encoder to reconstruct with
-    ("vqvae", {"net": "resnet", "channels": 8, "res_blocks": 1, "codebook_size": 8, "code_dim": 4},
+    ("vqvae", {"net": "resnet", "resnet_channels": 8, "res_blocks": 1, "codebook_size": 8, "code_dim": 4},
      {"reconstructions"}),  # no samples before `vaelab prior` trains its code prior
 ])  # fmt: skip
 def test_each_model_gets_the_grids_it_can_draw(name, options, tags):
