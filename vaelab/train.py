@@ -147,10 +147,11 @@ class Trainer:
         self.history: list[dict] = []
         self.tensorboard = None  # --tensorboard: each epoch's record and image grids in RUN/tensorboard
         if config.tensorboard and self.run_dir is not None:
-            from .tensorboard import TENSORBOARD_DIR, TensorBoardLog
+            from .tensorboard import N_POINTS, TENSORBOARD_DIR, TensorBoardLog
 
             shown = self.valid if self.valid is not None else train
-            self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=shown.fixed)
+            # head(), not fixed(): a streamed image folder has no whole-split tensor
+            self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=lambda: shown.head(N_POINTS))
 
     def _adam(self, parameters, lr: float, betas: Sequence[float]) -> torch.optim.Adam:
         # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
