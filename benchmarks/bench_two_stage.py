@@ -136,7 +136,7 @@ def _figure(stage1: Path, stage2: Path, path: Path, limit: int | None) -> None:
     strips = [tile(_as_images(x), FIGURE_SAMPLES // 2) for x in rows.values()]
     gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
     canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
-    save_figure(_grid_figure(canvas, "two rows each: " + " | ".join(rows), scale=3.0), path)
+    save_figure(_grid_figure(canvas, "two rows each: " + " | ".join(rows)), path)
 
 
 def table(result: dict) -> str:
