@@ -55,6 +55,13 @@ def test_python_examples_run(tmp_path, monkeypatch):
     for code in blocks("python"):
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own docs
     assert namespace["ll"].log_likelihood.shape == (360,)
+    # the take-away and picture functions exported at the top level
+    assert namespace["s"].score.shape == namespace["s"].stderr.shape == (360,) and namespace["s"].khat.shape == (360,)
+    latent = namespace["codes"].mean.shape[1]
+    assert namespace["codes"].samples.shape == (360, 3, latent) and namespace["codes"].scale.shape == (360, latent) and namespace["means"].shape == (360, 1, 8, 8)
+    assert 0.0 <= namespace["auc"] <= 1.0
+    assert namespace["t"].images.shape == (2, 7, 1, 8, 8) and namespace["path"].method == "spherical"
+    assert namespace["page"].path == Path("runs/demo/report.html") and namespace["page"].path.is_file()
     assert namespace["result"].epochs == 5
 
 

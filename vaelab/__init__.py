@@ -8,6 +8,9 @@ The public API:
     ll = vaelab.log_likelihood(model, x, k=5000)     # importance-sampled log p(x) +- stderr
     ll = vaelab.ais(model, x, steps=1000, chains=16) # annealed importance sampling (HMC)
     bound = vaelab.elbo(model, x)                    # per-example ELBO and its parts
+    s = vaelab.score(model, x, "iwae:50")            # per-example scores to take away (vaelab score)
+    codes = vaelab.encode_codes(model, x)            # posterior means and scales (vaelab encode)
+    vaelab.write_report("runs/demo")                 # runs/demo/report.html (vaelab report)
 """
 
 __version__ = "0.3.0"
@@ -31,6 +34,10 @@ from .priors import PRIORS, build_prior
 from .objectives import OBJECTIVES, ciwae, elbo, get_objective, iwae, miwae, piwae
 from .runs import load
 from .train import Trainer
+from .scores import auroc, decode_means, encode_codes, score
+from .report import interpolate, traverse
+from .report_html import write_report
+from .compare import compare_runs
 
 __all__ = [
     "GRAD_ESTIMATORS",
@@ -58,6 +65,14 @@ __all__ = [
     "VaelabError",
     "active_units",
     "ais",
+    "auroc",
+    "compare_runs",
+    "decode_means",
+    "encode_codes",
+    "interpolate",
+    "score",
+    "traverse",
+    "write_report",
     "bdmc",
     "build_model",
     "elbo",
