@@ -686,7 +686,7 @@ def test_resume_with_more_epochs_and_its_errors(tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "3"), "epochs", "not more than the 3 epochs")
-    assert_one_line_error(run_cli("train", "--resume", str(run)), "already finished", "--epochs N")
+    assert_one_line_error(run_cli("train", "--resume", str(run)), "already finished", "epochs", "N > 3")
     assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "5", "--lr", "0.1"), "--resume", "--epochs N")
     cyclic = tmp_path / "cyclic"
     assert run_cli("train", *TINY_VAE, "--epochs", "2", "--kl-cycles", "2", "--quiet", "--out", str(cyclic)).returncode == 0

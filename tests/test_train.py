@@ -435,7 +435,7 @@ def test_a_finished_run_trained_on_equals_one_started_with_more_epochs(name, tmp
         assert sa[key] == sb[key], key
 
     def strip(records):
-        return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+        return [{k: v for k, v in r.items() if "second" not in k} for r in records]  # timings differ
 
     assert strip(read_metrics(a)) == strip(read_metrics(b))
     assert json.loads((b / "config.json").read_text())["train"]["epochs"] == 4
@@ -447,7 +447,7 @@ def test_training_on_is_refused_where_it_cannot_be_exact(tmp_path):
     config_before = (run / "config.json").read_bytes()
     with pytest.raises(RunError, match=r"epochs=2 is not more than the 2 epochs"):
         resume_run(run, epochs=2, progress=False)
-    with pytest.raises(RunError, match="already finished.*--epochs N"):
+    with pytest.raises(RunError, match=r"already finished.*epochs=N, N > 2"):
         resume_run(run, progress=False)
     cyclic = tmp_path / "cyclic"
     start_run(family_config("vae", 2, kl_warmup=0, kl_cycles=2), cyclic, progress=False)

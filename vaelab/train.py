@@ -701,8 +701,8 @@ def resume_run(
     if state.finished:
         if epochs is None:
             raise RunError(
-                f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); continue it with "
-                f"more epochs (vaelab train --resume {run_dir} --epochs N), or start a new run"
+                f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); train it on with "
+                f"more epochs (epochs=N, N > {state.epoch}), or start a new run"
             )
         if not state.stop_reason.startswith("reached"):
             raise RunError(
