@@ -408,6 +408,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "(--epochs N excepted, which trains it on to N epochs)")  # fmt: skip
         run_dir = Path(args.resume)
         epochs = getattr(args, "train.epochs", None)
+        if epochs is not None:
+            epochs = cfg.field_value("train", "epochs", epochs)  # its flag's own checks and message
         if epochs is None:
             from .runs import read_config
 

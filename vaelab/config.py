@@ -389,6 +389,11 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     raise AssertionError(f"unhandled field type {kind}")  # pragma: no cover
 
 
+def field_value(section: str, name: str, value: Any) -> Any:
+    """A single field's value converted to its declared type (ConfigError if it cannot be)."""
+    return _coerce(SECTIONS[section], name, value)
+
+
 def field_names() -> dict[str, str]:
     """Maps every configuration field name to its section."""
     names = {}
