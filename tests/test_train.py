@@ -495,8 +495,9 @@ def test_init_from_needs_the_same_architecture(tmp_path):
     assert "\n" not in str(err.value)
     assert not (tmp_path / "other").exists()
     missing = family_config("vae", 1, init_from=str(tmp_path / "nowhere"))
-    with pytest.raises(RunError, match="does not exist"):
+    with pytest.raises(RunError, match=r"^init_from=.*nowhere: .*does not exist"):
         start_run(missing, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def test_init_from_is_stored_absolute():

@@ -589,7 +589,10 @@ def _init_weights(model: nn.Module, config: cfg.RunConfig, event_shape: tuple[in
     built the same way (every model field, and the data shape); its optimizer state, epoch count
     and random state are not taken."""
     source = Path(config.train.init_from)
-    theirs, their_shape = read_config(source)
+    try:
+        theirs, their_shape = read_config(source)
+    except RunError as err:
+        raise RunError(f"init_from={source}: {err}") from None
     differ = [f.name for f in dataclasses.fields(config.model)
               if getattr(config.model, f.name) != getattr(theirs.model, f.name)]  # fmt: skip
     if tuple(their_shape) != tuple(event_shape):
