@@ -286,7 +286,7 @@ class Trainer:
             total=n_batches,
             desc=f"epoch {epoch}/{self.config.epochs}",
             disable=not self.progress,
-            leave=True,
+            leave=not self.callbacks,  # a callback (the CLI's epoch line) says what the bar would have left
             dynamic_ncols=True,
         )
         sums: Tensor | None = None
