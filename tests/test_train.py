@@ -395,12 +395,14 @@ def test_time_limit_must_be_non_negative():
 
 # -- training on, and warm starts ----------------------------------------------------------------
 
-FAMILIES = {  # tiny configurations of three model families, with everything a resume must carry on
+FAMILIES = {  # tiny configurations of model families (one and several players), with what a resume must carry on
     "vae": {"model": {"hidden": [16], "latent_dim": 2},
             "train": {"kl_warmup": 3, "patience": 5, "objective": "iwae", "k": 2}},
     "vqvae": {"model": {"model": "vqvae", "codebook_size": 8, "code_dim": 4, "resnet_channels": 8, "res_blocks": 1},
               "train": {"patience": 5}},
     "gan": {"model": {"model": "gan", "hidden": [16], "latent_dim": 2}, "data": {"binarize": "none"}, "train": {}},
+    "aae": {"model": {"model": "aae", "hidden": [16], "latent_dim": 2}, "data": {"binarize": "none"},
+            "train": {"lr_disc": 5e-4}},
 }
 
 
