@@ -42,7 +42,8 @@ def test_evaluate_json_matches_an_independent_estimate(run_dir, capsys):
     assert set(out) == {"log_likelihood", "log_likelihood_stderr", "elbo", "reconstruction", "kl",
                         "active_units", "n_examples", "k", "bounds", "bounds_stderr", "trained_objective",
                         "trained_bound", "trained_bound_stderr", "proposal", "khat_mean", "khat_above_0_7",
-                        "khat_worst"}
+                        "khat_worst", "kl_of"}
+    assert out["kl_of"] == "encoder"
     assert out["trained_objective"] == "elbo(k=1, beta=1)"
     assert out["n_examples"] == 50 and out["k"] == 500
     assert out["elbo"] <= out["log_likelihood"] + 3 * out["log_likelihood_stderr"]
@@ -270,7 +271,9 @@ def test_training_logs_collapse_diagnostics(iwae_run):
 
 def test_diagnose_json_and_plot(iwae_run, tmp_path, capsys):
     plot = tmp_path / "snr.png"
-    args = ["diagnose", str(iwae_run), "--k-list", "1,4,64", "--reps", "30", "--batch", "20", "--json", "-o", str(plot)]
+    # plain IWAE gradients (the run was trained with DReG, which diagnose measures by default)
+    args = ["diagnose", str(iwae_run), "--k-list", "1,4,64", "--reps", "30", "--batch", "20", "--json", "-o", str(plot),
+            "--grad-estimator", "reparam"]  # fmt: skip
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["k"] == [1, 4, 64]
@@ -318,7 +321,7 @@ def test_issue_3_options_are_checked(tmp_path, iwae_run):
 def test_sample_from_a_gmm_of_the_encoder_means(run_dir, tmp_path, capsys):
     out = tmp_path / "gmm.png"
     assert main(["sample", str(run_dir), "--sampler", "gmm", "--components", "3", "-n", "16", "-o", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
+    assert capsys.readouterr().out.strip() == f"16 samples in {out}" and out.stat().st_size > 0
     assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "gmm", "--components", "0"), "--components")
     assert_one_line_error(run_cli("sample", str(run_dir), "--sampler", "flow"), "invalid choice", "gmm")
 
@@ -326,7 +329,12 @@ def test_sample_from_a_gmm_of_the_encoder_means(run_dir, tmp_path, capsys):
 def test_evaluate_with_the_prior_as_proposal(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--k", "200", "--limit", "20", "--proposal", "prior", "--json", "--quiet"]) == 0
     prior = json.loads(capsys.readouterr().out)
-    assert prior["proposal"] == "prior" and prior["kl"] == pytest.approx(0.0, abs=1e-6)
+    # the KL and active units of the proposal p(z) say nothing of the model: left out
+    assert prior["proposal"] == "prior" and prior["kl"] is None and prior["active_units"] is None
+    assert prior["kl_of"] is None
+    assert main(["evaluate", str(run_dir), "--k", "20", "--limit", "5", "--proposal", "prior", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "log-likelihood" in table and "KL" not in table and "active units" not in table
     assert main(["evaluate", str(run_dir), "--k", "200", "--limit", "20", "--json", "--quiet"]) == 0
     post = json.loads(capsys.readouterr().out)
     assert post["proposal"] == "posterior"
@@ -422,6 +430,14 @@ def test_local_inference_trains_a_decoder_without_an_encoder(tmp_path, capsys):
     assert main(["evaluate", str(out), "--k", "200", "--limit", "20", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["elbo"] < result["log_likelihood"]
+    # the KL and active units are those of the q fitted to each example, and say so
+    assert result["kl_of"] == "fitted local q" and result["kl"] > 0
+    assert main(["evaluate", str(out), "--k", "10", "--limit", "5", "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    kl_line = [line for line in table if line.strip().startswith("KL")]
+    units_line = [line for line in table if line.strip().startswith("active units")]
+    assert len(kl_line) == len(units_line) == 1
+    assert "fitted local q" in kl_line[0] and "fitted local q" in units_line[0]
     assert_one_line_error(run_cli("gaps", str(out)), "no encoder")
     assert_one_line_error(run_cli("diagnose", str(out)), "--inference local")
 
@@ -551,3 +567,196 @@ def test_a_channels_last_array_trains_with_a_one_line_note(tmp_path):
     notes = [line for line in r.stderr.splitlines() if "channels last" in line]
     assert len(notes) == 1 and notes[0].startswith("vaelab: warning: ")
     assert json.loads((tmp_path / "r" / "config.json").read_text())["event_shape"] == [3, 8, 8]
+
+
+# -- what a new user tripped over ----------------------------------------------------------------
+
+
+def test_flags_are_never_abbreviated_and_unknown_ones_get_a_suggestion(tmp_path, run_dir):
+    out = tmp_path / "z"
+    proc = run_cli("train", "--epoch", "1", "--out", str(out))
+    assert_one_line_error(proc, "unknown option --epoch; did you mean --epochs?")
+    assert_one_line_error(run_cli("train", "--epoch=1", "--out", str(out)), "unknown option --epoch; did you mean --epochs?")
+    assert_one_line_error(run_cli("train", "--latent", "4", "--out", str(out)), "unknown option --latent; did you mean --latent-dim?")
+    assert_one_line_error(run_cli("evaluate", str(run_dir), "--limt", "5"), "unknown option --limt; did you mean --limit?")
+    assert_one_line_error(run_cli("train", "--zzzzzz", "--out", str(out)), "unknown option --zzzzzz", "--help")
+    assert_one_line_error(run_cli("report", str(run_dir), "extra"), "unexpected argument 'extra'")
+    assert not out.exists()
+    from vaelab.cli import _build_parser
+
+    parser = _build_parser()
+    commands = parser.get_default("_commands")
+    assert not parser.allow_abbrev and len(commands) >= 15
+    assert all(not sub.allow_abbrev for sub in commands.values())
+
+
+def _closed_pipe(*args: str) -> subprocess.CompletedProcess:
+    """Runs the CLI with its stdout read by nobody (`vaelab ... | head -0`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the process has printed anything: it starts slower than this
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+def test_a_closed_pipe_ends_quietly_with_status_141(run_dir):
+    gaps = _closed_pipe("gaps", str(run_dir), "--limit", "2", "--k", "10", "--steps", "2", "--json")
+    assert gaps.returncode == 141 and gaps.stderr == "", gaps.stderr
+    # argparse prints and exits by itself, and ignores a failed write (status 0); no traceback either way
+    helped = _closed_pipe("train", "--help")
+    assert helped.returncode in (0, 141) and helped.stderr == "", helped.stderr
+    version = _closed_pipe("--version")
+    assert version.returncode in (0, 141) and version.stderr == "", version.stderr
+
+
+def test_sample_and_reconstruct_never_replace_an_earlier_picture(run_dir, tmp_path, capsys):
+    import shutil
+
+    capsys.readouterr()  # whatever the run_dir fixture printed
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    first = (run / "samples.png").read_bytes()
+    for i in (1, 2):
+        assert main(["sample", str(run), "-n", "4", "--seed", str(i)]) == 0
+        assert capsys.readouterr().out.strip() == f"4 samples in {run / f'samples-{i}.png'}"
+    assert main(["reconstruct", str(run), "-n", "3"]) == 0
+    assert capsys.readouterr().out.strip() == f"3 test examples and their reconstructions in {run / 'reconstructions-1.png'}"
+    assert (run / "samples.png").read_bytes() == first
+    assert (run / "samples-1.png").read_bytes() != (run / "samples-2.png").read_bytes()
+    mine = tmp_path / "mine.png"
+    for _ in range(2):  # -o names the file to write, and rewrites it
+        assert main(["sample", str(run), "-n", "4", "-o", str(mine)]) == 0
+    assert not (tmp_path / "mine-1.png").exists()
+
+
+TINY_VAE = ["--data", "digits", "--binarize", "threshold", "--hidden", "16", "--latent-dim", "2", "--limit", "200", "--lr", "1e-2"]
+TINY_VQ = ["--model", "vqvae", "--data", "digits", "--binarize", "threshold", "--codebook-size", "8", "--code-dim", "4",
+           "--resnet-channels", "8", "--res-blocks", "1", "--limit", "200"]  # fmt: skip
+TINY_GAN = ["--model", "gan", "--data", "digits", "--binarize", "none", "--hidden", "16", "--latent-dim", "2", "--limit", "200"]
+
+
+def _epoch_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.mark.parametrize("family, flags, words", [
+    ("vae", TINY_VAE, ("train loss", "valid bound", "nats", "KL", "active units")),
+    ("vqvae", TINY_VQ, ("train loss", "valid bound", "nats", "KL", "codebook perplexity")),
+    ("gan", TINY_GAN, ("train disc", "generator", "valid disc")),
+])  # fmt: skip
+def test_training_prints_one_line_per_epoch_with_the_validation_figures(family, flags, words, tmp_path):
+    from vaelab.train import epoch_line
+
+    run = tmp_path / family
+    proc = run_cli("train", *flags, "--epochs", "2", "--quiet", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    lines = _epoch_lines(proc.stdout)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [epoch_line(r, 2) for r in records] and lines[0].startswith("epoch 1/2  train ")
+    for word in words:
+        assert all(word in line for line in lines), (word, lines)
+    if "valid bound" in words:
+        assert f"valid bound {records[1]['valid_bound']:.3f} nats" in lines[1]
+    assert proc.stdout.splitlines()[-1].startswith("trained 2 epochs")
+    if family == "vqvae":  # the learned prior of its codes: the same lines
+        proc = run_cli("prior", str(run), "--epochs", "2", "--layers", "1", "--channels", "8", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        lines = _epoch_lines(proc.stdout)
+        assert len(lines) == 2 and all("train loss" in line and "valid bound" in line for line in lines)
+        assert lines[1].startswith("epoch 2/2  ")
+
+
+@pytest.mark.parametrize("flags", [["--silent"], ["--quiet", "--silent"]])
+def test_silent_training_prints_nothing(flags, tmp_path):
+    proc = run_cli("train", *TINY_VAE, "--epochs", "2", *flags, "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
+    assert (tmp_path / "r" / "model.safetensors").exists()
+    proc = run_cli("train", "--resume", str(tmp_path / "r"), "--epochs", "3", *flags)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+    proc = run_cli("train", *TINY_VQ, "--epochs", "1", "--silent", "--out", str(tmp_path / "vq"))
+    assert proc.returncode == 0 and proc.stdout == ""
+    proc = run_cli("prior", str(tmp_path / "vq"), "--epochs", "1", "--layers", "1", "--channels", "8", *flags)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
+
+
+def test_resume_with_more_epochs_and_its_errors(tmp_path):
+    run = tmp_path / "r"
+    assert run_cli("train", *TINY_VAE, "--epochs", "2", "--quiet", "--out", str(run)).returncode == 0
+    proc = run_cli("train", "--resume", str(run), "--epochs", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert _epoch_lines(proc.stdout) == [line for line in _epoch_lines(proc.stdout) if line.startswith("epoch 3/3")]
+    assert len(_epoch_lines(proc.stdout)) == 1 and "trained 3 epochs" in proc.stdout
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "3"), "epochs", "not more than the 3 epochs")
+    assert_one_line_error(run_cli("train", "--resume", str(run)), "already finished", "epochs", "N > 3")
+    assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "5", "--lr", "0.1"), "--resume", "--epochs N")
+    cyclic = tmp_path / "cyclic"
+    assert run_cli("train", *TINY_VAE, "--epochs", "2", "--kl-cycles", "2", "--quiet", "--out", str(cyclic)).returncode == 0
+    assert_one_line_error(run_cli("train", "--resume", str(cyclic), "--epochs", "4"), "cycles", "start a new run")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_init_from_warm_starts_a_new_run_and_refuses_another_architecture(tmp_path):
+    source = tmp_path / "source"
+    assert run_cli("train", *TINY_VAE, "--epochs", "1", "--quiet", "--out", str(source)).returncode == 0
+    warm = tmp_path / "warm"
+    proc = run_cli("train", *TINY_VAE, "--epochs", "1", "--init-from", str(source), "--beta", "2", "--quiet", "--out", str(warm))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((warm / "config.json").read_text())["train"]["init_from"] == str(source.resolve())
+    other = tmp_path / "other"
+    proc = run_cli("train", *TINY_VAE, "--latent-dim", "3", "--epochs", "1", "--init-from", str(source), "--out", str(other))
+    assert_one_line_error(proc, "another architecture", "latent_dim: 2 there, 3 here")
+    assert not other.exists()
+    assert "--init-from RUN" in run_cli("train", "--help").stdout
+
+
+def test_diagnose_measures_the_runs_own_objective_and_estimator_by_default(iwae_run, tmp_path, capsys, monkeypatch):
+    import vaelab.report
+
+    titles = []
+    real = vaelab.report.snr_figure
+    monkeypatch.setattr(vaelab.report, "snr_figure", lambda result, path, title=None: titles.append(title) or real(result, path, title))
+    capsys.readouterr()
+    base = ["diagnose", str(iwae_run), "--k-list", "1,4", "--reps", "5", "--batch", "10", "--json", "-o", str(tmp_path / "s.png")]
+    assert main(base) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["grad_estimator"] == "dreg" and own["objective"] == "iwae"
+    assert own["measured"]["objective"] == "iwae" and own["measured"]["grad_estimator"] == "dreg"
+    assert own["measured"]["as_trained"] is True and own["measured"]["flags"] == []
+    assert "iwae (dreg" in titles[-1] and "as trained" in titles[-1]
+    assert main([*base, "--grad-estimator", "reparam"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["measured"]["grad_estimator"] == "reparam" and plain["measured"]["as_trained"] is False
+    assert plain["measured"]["flags"] == ["--grad-estimator"]
+    assert "iwae (reparam" in titles[-1] and "as trained" not in titles[-1]
+    assert main([*base, "--objective", "elbo"]) == 0
+    elbo = json.loads(capsys.readouterr().out)
+    assert elbo["measured"]["objective"] == "elbo" and elbo["measured"]["grad_estimator"] == "reparam"
+    assert elbo["measured"]["flags"] == ["--objective"]
+
+
+def test_a_shortened_make_demo_prints_no_collapse_warning(tmp_path):
+    """`make demo`'s training command (fewer epochs): the first epochs pass through a collapsed
+    posterior, which training recovers from, so no warning is printed."""
+    import re
+    import shlex
+
+    from vaelab.diagnostics import collapsed
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    (line,) = [ln.strip() for ln in makefile.splitlines() if "vaelab train" in ln and "runs/demo" in ln]
+    args = shlex.split(line.split("vaelab", 1)[1])
+    assert args[args.index("--epochs") + 1] == "300"
+    args[args.index("--epochs") + 1] = str(DEMO_EPOCHS)
+    args[args.index("--out") + 1] = str(tmp_path / "demo")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    records = [json.loads(x) for x in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+    assert any(collapsed(r) for r in records), "the demo no longer passes through a collapse: shorten less"
+    assert not collapsed(records[-1]) and len(_epoch_lines(proc.stdout)) == DEMO_EPOCHS
+    assert re.search(r"active units \d+", proc.stdout)
+
+
+DEMO_EPOCHS = 20

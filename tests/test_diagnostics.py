@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from vaelab.diagnostics import CollapseMonitor, kl_per_dim, mutual_information, pairwise_log_q, posterior_summary
+from vaelab.diagnostics import CollapseMonitor, collapsed, kl_per_dim, mutual_information, pairwise_log_q, posterior_summary
 from vaelab.distributions import diagonal_gaussian
 from vaelab.models import build_model
 
@@ -71,18 +71,51 @@ def collapsed_vae():
     return model
 
 
-def test_collapse_monitor_warns_once_on_a_collapsed_posterior(caplog):
+def informative_vae():
+    torch.manual_seed(0)
+    model = build_model("vae", (1, 8, 8), hidden=(16,), latent_dim=3)
+    with torch.no_grad():
+        last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(20)
+    return model
+
+
+def test_collapse_monitor_warns_once_on_a_collapse_that_lasts_to_the_end(caplog):
     x = (torch.rand(100, 1, 8, 8) < 0.5).float()
     monitor = CollapseMonitor()
     with caplog.at_level(logging.WARNING, logger="vaelab"):
-        rec = monitor(collapsed_vae(), x, epoch=4)
-        assert not caplog.records  # one collapsed epoch is not yet a collapse
-        for epoch in (5, 6, 7):
-            monitor(collapsed_vae(), x, epoch=epoch)
+        records = [{"epoch": 1, **monitor(informative_vae(), x, epoch=1)}]
+        records += [{"epoch": e, **monitor(collapsed_vae(), x, epoch=e)} for e in (2, 3, 4)]
+        assert not caplog.records  # nothing while training: only the end tells a collapse that lasts
+        monitor.finish(records)
+    rec = records[-1]
     assert rec["active_units"] == 0 and rec["mutual_info"] == pytest.approx(0, abs=1e-6)
-    assert rec["kl_per_dim"] == pytest.approx([0, 0, 0], abs=1e-6)
+    assert rec["kl_per_dim"] == pytest.approx([0, 0, 0], abs=1e-6) and rec["posterior_kl"] == pytest.approx(0, abs=1e-6)
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "posterior collapse since epoch 4" in warnings[0] and "--free-bits" in warnings[0]
+    assert len(warnings) == 1 and "posterior collapse since epoch 2" in warnings[0] and "--free-bits" in warnings[0]
+
+
+@pytest.mark.parametrize("pattern", ["CCCII", "CCCCI", "IIIIC", "C"])
+def test_a_collapse_training_recovers_from_is_no_warning(caplog, pattern):
+    """C: a collapsed epoch, I: an informative one. A collapse early in training that is gone by
+    the end (a fresh encoder is often uninformative), or one seen in the last epoch only, gives
+    no warning."""
+    x = (torch.rand(100, 1, 8, 8) < 0.5).float()
+    monitor = CollapseMonitor()
+    models = {"C": collapsed_vae(), "I": informative_vae()}
+    records = [{"epoch": e, **monitor(models[c], x, epoch=e)} for e, c in enumerate(pattern, 1)]
+    assert [collapsed(r) for r in records] == [c == "C" for c in pattern]
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        monitor.finish(records)
+    assert not caplog.records
+
+
+def test_collapse_is_read_from_older_records_too():
+    """Records written before posterior_kl existed: the total KL is the sum of kl_per_dim."""
+    assert collapsed({"epoch": 1, "active_units": 2, "kl_per_dim": [0.01, 0.02]})
+    assert not collapsed({"epoch": 1, "active_units": 2, "kl_per_dim": [0.1, 0.2]})
+    assert collapsed({"epoch": 1, "active_units": 0, "kl_per_dim": None})
+    assert not collapsed({"epoch": 1, "train_loss": 3.0})  # a model without the monitor
 
 
 def test_collapse_monitor_is_quiet_on_an_informative_posterior(caplog):

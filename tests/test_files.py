@@ -34,3 +34,21 @@ def test_corrupt_safetensors_is_a_run_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(RunError, match="corrupt"):
         load_tensors(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """The temporary file of an atomic write is created 0600; what replaces the target must have
+    0666 less the umask, as a file opened for writing would."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "config.json", b"{}")
+        save_tensors(tmp_path / "model.safetensors", {"a": torch.zeros(2)})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in ("config.json", "model.safetensors", "plain.txt")}

@@ -52,8 +52,11 @@ def test_python_examples_run(tmp_path, monkeypatch):
     assert main(["train", "--binarize", "threshold", "--hidden", "32", "--latent-dim", "4",
                  "--epochs", "2", "--out", "runs/demo", "--quiet"]) == 0
     namespace: dict = {}
+    checked = 0
     for code in blocks("python"):
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own docs
+        checked += check_shape_comments(code, namespace)
+    assert checked >= 3
     assert namespace["ll"].log_likelihood.shape == (360,)
     # the take-away and picture functions exported at the top level
     assert namespace["s"].score.shape == namespace["s"].stderr.shape == (360,) and namespace["s"].khat.shape == (360,)
@@ -63,6 +66,18 @@ def test_python_examples_run(tmp_path, monkeypatch):
     assert namespace["t"].images.shape == (2, 7, 1, 8, 8) and namespace["path"].method == "spherical"
     assert namespace["page"].path == Path("runs/demo/report.html") and namespace["page"].path.is_file()
     assert namespace["result"].epochs == 5
+
+
+def check_shape_comments(code: str, namespace: dict) -> int:
+    """Each `name = ...  # (a, b, ...)` line of a block states the shape of ``name`` once the block
+    has run: checked here, so a wrong comment fails. Returns how many were checked."""
+    checked = 0
+    for name, dims in re.findall(r"^(\w+) = .*#\s*\(([\d, ]+)\)", code, flags=re.M):
+        value = namespace[name]
+        shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
+        assert tuple(value.shape) == shape, f"README says {name} has shape {shape}, it has {tuple(value.shape)}"
+        checked += 1
+    return checked
 
 
 def test_benchmark_table_is_filled_in():

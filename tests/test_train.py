@@ -391,3 +391,126 @@ def test_time_limit_stops_after_the_epoch_that_reaches_it_and_counts_across_resu
 def test_time_limit_must_be_non_negative():
     with pytest.raises(ConfigError, match="--time-limit"):
         cfg.build({"train": {"time_limit": -1}})
+
+
+# -- training on, and warm starts ----------------------------------------------------------------
+
+FAMILIES = {  # tiny configurations of model families (one and several players), with what a resume must carry on
+    "vae": {"model": {"hidden": [16], "latent_dim": 2},
+            "train": {"kl_warmup": 3, "patience": 5, "objective": "iwae", "k": 2}},
+    "vqvae": {"model": {"model": "vqvae", "codebook_size": 8, "code_dim": 4, "resnet_channels": 8, "res_blocks": 1},
+              "train": {"patience": 5}},
+    "gan": {"model": {"model": "gan", "hidden": [16], "latent_dim": 2}, "data": {"binarize": "none"}, "train": {}},
+    "aae": {"model": {"model": "aae", "hidden": [16], "latent_dim": 2}, "data": {"binarize": "none"},
+            "train": {"lr_disc": 5e-4}},
+}
+
+
+def family_config(name: str, epochs: int, **train) -> cfg.RunConfig:
+    spec = FAMILIES[name]
+    return cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200, **spec.get("data", {})},
+                      "model": spec["model"],
+                      "train": {"epochs": epochs, "batch_size": 50, **spec["train"], **train}})  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_finished_run_trained_on_equals_one_started_with_more_epochs(name, tmp_path):
+    """2 epochs, then resume_run(epochs=4), against 4 epochs from the start: the same weights,
+    checkpoint (optimizer, RNG, best weights, early-stopping count) and metrics, bit for bit; the
+    KL warm-up (3 epochs) straddles the point where the first run finished."""
+    start_run(family_config(name, 4), tmp_path / "straight", progress=False)
+    first = start_run(family_config(name, 2), tmp_path / "on", progress=False)
+    assert first.epochs == 2
+    seen = []
+    result = resume_run(tmp_path / "on", epochs=4, progress=False, callbacks=[seen.append])
+    assert result.epochs == 4 and result.stop_reason == "reached 4 epochs"
+    assert [r["epoch"] for r in seen] == [3, 4]
+    a, b = tmp_path / "straight", tmp_path / "on"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    ta, ma = load_tensors(a / "checkpoint" / "state.safetensors")
+    tb, mb = load_tensors(b / "checkpoint" / "state.safetensors")
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    sa, sb = json.loads(ma["state"]), json.loads(mb["state"])
+    for key in ("epoch", "best_epoch", "best_bound", "bad_epochs", "metrics_lines", "finished", "stop_reason"):
+        assert sa[key] == sb[key], key
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if "second" not in k} for r in records]  # timings differ
+
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    assert json.loads((b / "config.json").read_text())["train"]["epochs"] == 4
+
+
+def test_training_on_is_refused_where_it_cannot_be_exact(tmp_path):
+    run = tmp_path / "r"
+    start_run(family_config("vae", 2), run, progress=False)
+    config_before = (run / "config.json").read_bytes()
+    with pytest.raises(RunError, match=r"epochs=2 is not more than the 2 epochs"):
+        resume_run(run, epochs=2, progress=False)
+    with pytest.raises(RunError, match=r"already finished.*epochs=N, N > 2"):
+        resume_run(run, progress=False)
+    cyclic = tmp_path / "cyclic"
+    start_run(family_config("vae", 2, kl_warmup=0, kl_cycles=2), cyclic, progress=False)
+    with pytest.raises(RunError, match="cycles spread over its 2 epochs"):
+        resume_run(cyclic, epochs=4, progress=False)
+    early = tmp_path / "early"  # a time limit it reaches in its first epoch
+    stopped = start_run(family_config("vae", 3, time_limit=1e-9), early, progress=False)
+    assert stopped.epochs == 1 and stopped.stop_reason.startswith("time limit")
+    with pytest.raises(RunError, match="stopped early"):
+        resume_run(early, epochs=5, progress=False)
+    assert (run / "config.json").read_bytes() == config_before
+    assert json.loads((cyclic / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_init_from_copies_the_weights_only(tmp_path):
+    source = tmp_path / "source"
+    start_run(family_config("vae", 2), source, progress=False)
+    warm = tmp_path / "warm"
+    # so small a learning rate leaves float32 weights where they start
+    start_run(family_config("vae", 1, init_from=str(source), lr=1e-30), warm, progress=False)
+    mine, _ = load_tensors(warm / "model.safetensors")
+    theirs, _ = load_tensors(source / "model.safetensors")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    config = json.loads((warm / "config.json").read_text())
+    assert config["train"]["init_from"] == str(source.resolve())
+    state, meta = load_tensors(warm / "checkpoint" / "state.safetensors")
+    assert json.loads(meta["state"])["epoch"] == 1  # counted from 0
+    steps = {k: v for k, v in state.items() if k.endswith(".step")}
+    assert steps and all(v.item() == 4 for v in steps.values())  # a fresh Adam: one epoch of 200 / 50 steps
+    cold = start_run(family_config("vae", 1, lr=1e-30), tmp_path / "cold", progress=False)
+    assert cold.epochs == 1
+    fresh, _ = load_tensors(tmp_path / "cold" / "model.safetensors")
+    assert not all(torch.equal(fresh[k], theirs[k]) for k in fresh)
+
+
+def test_init_from_needs_the_same_architecture(tmp_path):
+    source = tmp_path / "source"
+    start_run(family_config("vae", 1), source, progress=False)
+    other = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200},
+                       "model": {"hidden": [8], "latent_dim": 3},
+                       "train": {"epochs": 1, "init_from": str(source)}})  # fmt: skip
+    with pytest.raises(RunError, match="another architecture") as err:
+        start_run(other, tmp_path / "other", progress=False)
+    assert "latent_dim: 2 there, 3 here" in str(err.value) and "hidden: 16 there, 8 here" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "other").exists()
+    missing = family_config("vae", 1, init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(RunError, match=r"^init_from=.*nowhere: .*does not exist"):
+        start_run(missing, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_init_from_is_stored_absolute():
+    config = cfg.build({"train": {"init_from": "runs/x"}})
+    assert config.train.init_from == os.path.abspath("runs/x")
+    assert cfg.build({}).train.init_from is None
+
+
+def test_callbacks_get_every_epochs_record(digits):
+    train, valid = digits
+    seen = []
+    result = Trainer(small_vae(), get_objective("elbo"), train, valid, tcfg(epochs=2), progress=False,
+                     callbacks=[seen.append]).fit()  # fmt: skip
+    assert seen == result.history and [r["epoch"] for r in seen] == [1, 2]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,10 +27,17 @@ from .scores import DEFAULT_BOUND as DEFAULT_SCORE_BOUND
 from .scores import DEFAULT_DRAWS
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (argparse prints the usage block, then the error)."""
+    """argparse, but a usage error is one line (argparse prints the usage block, then the error),
+    and a flag must be spelled out: with abbreviations, `--epoch 1` would silently be taken as
+    `--epochs 1`, and a flag added later could change what an old command line means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -50,7 +59,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             if f.type == "bool":
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs["metavar"] = f.name.upper()
+                kwargs["metavar"] = meta.get("metavar", f.name.upper())
             group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
@@ -62,14 +71,18 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    parser.set_defaults(_commands=sub.choices)  # for the "did you mean" of an unknown option
 
     p = sub.add_parser("train", help="train a model; writes a run directory",
                        description="Train a model. Flags override the config file; the resolved "
                        "configuration is written to RUN/config.json.")  # fmt: skip
     p.add_argument("--config", metavar="FILE.toml", help="configuration file with [data], [model] and [train] tables")
     p.add_argument("--out", metavar="RUN", help="run directory to create (default: runs/DATA-YYYYmmdd-HHMMSS)")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration; "
+                   "with --epochs N (more than it has done), a finished run trains on as if it had been started "
+                   "with N epochs")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
+    p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
@@ -107,11 +120,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
                    help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
     p.add_argument("--reps", type=int, default=100, help="gradient draws per K (default: 100)")
-    p.add_argument("--objective", default="iwae", help="objective whose gradient is measured (default: iwae)")
-    p.add_argument("--grad-estimator", default="reparam", choices=GRAD_ESTIMATORS,
-                   help="gradient estimator measured (default: reparam)")  # fmt: skip
-    p.add_argument("--m", type=int, default=1, help="groups, for miwae and piwae (default: 1)")
-    p.add_argument("--beta", type=float, help="beta, for elbo and ciwae (default: the objective's)")
+    p.add_argument("--objective", help="objective whose gradient is measured (default: the run's training objective)")
+    p.add_argument("--grad-estimator", choices=GRAD_ESTIMATORS,
+                   help="gradient estimator measured (default: the run's own when --objective is its training "
+                   "objective, else reparam)")  # fmt: skip
+    p.add_argument("--m", type=int, help="groups, for miwae and piwae (default: the run's own when --objective is its "
+                   "training objective, else 1)")  # fmt: skip
+    p.add_argument("--beta", type=float, help="beta, for elbo and ciwae (default: the run's own when --objective is "
+                   "its training objective, else the objective's)")  # fmt: skip
     p.add_argument("--batch", type=int, default=100, help="examples in the fixed minibatch (default: 100)")
     p.add_argument("--split", default="train", choices=("train", "valid", "test"), help="where the minibatch comes from (default: train)")
     p.add_argument("--seed", type=int, default=0, help="seed for the gradient draws (default: 0)")
@@ -143,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z) (G(z) for the adversarial models; a scatter plot over the data for 2-D points)")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png, or RUN/samples-1.png, -2, ... when it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--sampler", default="prior", type=_sampler, metavar="prior|gmm|stage2:RUN2",
                    help="where z comes from: the prior, a Gaussian mixture fitted to the encoder means of "
@@ -166,12 +182,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="stop after the epoch in which this many seconds are used (0: no limit; default: 0)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
+    p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
 
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
     p.add_argument("run", metavar="RUN")
     p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
-    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png, or RUN/reconstructions-1.png, -2, ... when it exists)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
 
     p = sub.add_parser("compare", help="runs side by side: differing configuration, best validation bounds, stored results, training curves",
@@ -384,11 +401,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import resume_run, start_run
 
     given = [d for d in vars(args) if "." in d]
+    progress = not (args.quiet or args.silent)
     if args.resume:
-        if given or args.config or args.out:
-            raise VaelabError("--resume continues a run with its own saved configuration; drop the other options")
+        if [d for d in given if d != "train.epochs"] or args.config or args.out:
+            raise VaelabError("--resume continues a run with its own saved configuration; drop the other options "
+                              "(--epochs N excepted, which trains it on to N epochs)")  # fmt: skip
         run_dir = Path(args.resume)
-        result = resume_run(run_dir, progress=not args.quiet)
+        epochs = getattr(args, "train.epochs", None)
+        if epochs is not None:
+            epochs = cfg.field_value("train", "epochs", epochs)  # its flag's own checks and message
+        if epochs is None:
+            from .runs import read_config
+
+            epochs = read_config(run_dir)[0].train.epochs
+            result = resume_run(run_dir, progress=progress, callbacks=_epoch_printer(args, epochs))
+        else:
+            result = resume_run(run_dir, epochs=epochs, progress=progress, callbacks=_epoch_printer(args, epochs))
     else:
         config = _config_from_args(args)
         from .data import is_path
@@ -397,11 +425,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = Path(config.data.data).stem if is_path(config.data.data) else config.data.data
         run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # for the resume hint if interrupted
-        result = start_run(config, run_dir, progress=not args.quiet)
+        result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs))
     write_run_figures(run_dir)
     best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
-    print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
+    if not args.silent:
+        print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
     return 0
+
+
+def _epoch_printer(args: argparse.Namespace, epochs: int) -> tuple:
+    """The Trainer callback that prints one line per epoch on stdout (none under --silent)."""
+    if args.silent:
+        return ()
+    from tqdm.auto import tqdm
+
+    from .train import epoch_line
+
+    def show(record: dict) -> None:
+        # through tqdm, so a progress bar on the same terminal is redrawn below the line
+        tqdm.write(epoch_line(record, epochs), file=sys.stdout)
+        sys.stdout.flush()  # one line per epoch as it happens, also into a pipe or a file
+
+    return (show,)
 
 
 def _store(run: str, command: str, options: dict[str, Any], result: dict[str, Any]) -> None:
@@ -485,6 +530,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(model, x, args.k, progress=not (args.quiet or args.json), bounds=args.bounds,
                        proposal=args.proposal)  # fmt: skip
     summary["proposal"] = args.proposal
+    local = config.model.inference == "local"
+    if args.proposal == "prior":
+        # the KL and active units of the proposal p(z) are 0 by construction and say nothing of the model
+        summary["kl"] = summary["active_units"] = None
+        summary.pop("active_units_per_layer", None)
+        summary["kl_of"] = None
+    else:
+        # which q the KL and active units describe: the encoder's, or (--inference local, no encoder)
+        # the q fitted to each example by variational inference during evaluation
+        summary["kl_of"] = "fitted local q" if local else "encoder"
     t = config.train
     trained = get_objective(t.objective, **{**t.objective_options(), "free_bits": 0.0})
     summary["trained_objective"] = _describe_objective(config)
@@ -509,8 +564,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for kb, value in s["bounds"].items():
         print(f"  L_{kb:<13} {value:.3f} +- {s['bounds_stderr'][kb]:.3f} nats")
     print(f"  reconstruction  {s['reconstruction']:.3f} nats")
-    print(f"  KL              {s['kl']:.3f} nats")
-    print(f"  active units    {s['active_units']} of {model.latent_dim}")
+    if s["kl"] is not None:  # not for --proposal prior, where they would describe p(z) itself
+        of = " (of the fitted local q: no encoder, q is fitted to each example)" if local else ""
+        print(f"  KL              {s['kl']:.3f} nats{of}")
+        print(f"  active units    {s['active_units']} of {model.latent_dim}{of}")
     if "active_units_per_layer" in s:
         per_layer = ", ".join(f"{a} of {n}" for a, n in zip(s["active_units_per_layer"], model.layer_sizes))
         print(f"  per layer       {per_layer} (z1, next to x, first)")
@@ -687,6 +744,12 @@ def _describe_objective(config: cfg.RunConfig) -> str:
     return f"{t.objective}({', '.join(parts)})"
 
 
+def _describe_measured(measured: dict[str, Any]) -> str:
+    """e.g. ``iwae (dreg, m=1)``: an objective and the options its gradient is measured with."""
+    rest = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in measured.items() if k not in ("objective", "grad_estimator")]
+    return f"{measured['objective']} ({', '.join([measured['grad_estimator'], *rest])})"
+
+
 def _needs_continuous_latent(config: cfg.RunConfig, run: str, what: str) -> None:
     """Refuses, in one line, a VAE-only analysis of a VQ-VAE or adversarial run."""
     from .models import ADVERSARIAL
@@ -715,14 +778,26 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     _positive("--m", args.m)
     if args.reps < 2:
         raise VaelabError(f"--reps must be at least 2 to estimate a standard deviation, got {args.reps}")
-    OBJECTIVES[args.objective]  # unknown names list the valid ones
+    if args.objective is not None:
+        OBJECTIVES[args.objective]  # unknown names list the valid ones
+    config, _ = read_config(args.run)
+    _needs_continuous_latent(config, args.run, "vaelab diagnose")
+    # By default the gradient measured is the run's own: its objective, estimator and options (a
+    # DReG-trained run measured with plain IWAE gradients would describe another estimator).
+    t = config.train
+    own = args.objective in (None, t.objective)
+    args.objective = args.objective or t.objective
     accepted = objective_options(args.objective)
-    if args.m != 1 and "m" not in accepted:
+    if args.m not in (None, 1) and "m" not in accepted:
         raise VaelabError(f"--m is not used by --objective {args.objective}")
     if args.beta is not None and "beta" not in accepted:
         raise VaelabError(f"--beta is not used by --objective {args.objective}")
-    config, _ = read_config(args.run)
-    _needs_continuous_latent(config, args.run, "vaelab diagnose")
+    flags = [flag for flag, value in (("--objective", not own or None), ("--grad-estimator", args.grad_estimator),
+                                      ("--m", args.m), ("--beta", args.beta)) if value is not None]  # fmt: skip
+    args.grad_estimator = args.grad_estimator or (t.grad_estimator if own else "reparam")
+    args.m = args.m or (t.m if own else 1)
+    if args.beta is None and own:
+        args.beta = t.beta
     model = load(args.run)
     parameter_groups(model)  # a model without an encoder is refused before any work starts
     split = load_data(config, args.split, limit=args.batch)
@@ -732,12 +807,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     options = {"m": args.m, "grad_estimator": args.grad_estimator}
     if args.beta is not None:
         options["beta"] = args.beta
+    if own:
+        options["kl"] = t.kl  # analytic or Monte-Carlo KL changes the ELBO's gradient too
     options = {k: v for k, v in options.items() if k in accepted}
     torch.manual_seed(args.seed)
     result = snr_sweep(model, x, args.k_list, objective=args.objective, options=options, reps=args.reps,
                        progress=not (args.quiet or args.json))  # fmt: skip
     result["grad_estimator"] = args.grad_estimator
-    path = snr_figure(result, args.output or Path(args.run) / "snr.png")
+    measured = {"objective": args.objective, "grad_estimator": args.grad_estimator, **options}
+    # what was measured, and whether that is how the run was trained (no flag changed it) or not
+    result["measured"] = {**measured, "as_trained": own and not flags, "flags": flags}
+    what = _describe_measured(measured)
+    title = f"gradient SNR of {what}" + (" (as trained)" if own and not flags else "")
+    path = snr_figure(result, args.output or Path(args.run) / "snr.png", title=title)
     result["plot"] = str(path)
     _store(args.run, "diagnose", {"objective": result["objective"], "grad_estimator": result["grad_estimator"], **options,
                                   "k_list": result["k"], "reps": args.reps, "batch": args.batch, "split": args.split,
@@ -745,7 +827,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.run}: gradient SNR of {args.objective} ({args.grad_estimator}) on {result['n_examples']} "
+    how = "the run's training objective and estimator" if own and not flags else f"set by {', '.join(flags)}"
+    print(f"{args.run}: gradient SNR of {what} ({how}) on {result['n_examples']} "
           f"{args.split} examples, {args.reps} draws per K; mean over parameters of |E[g]| / std[g]")  # fmt: skip
     print(f"{'K':>8}  {'encoder SNR':>12}  {'decoder SNR':>12}  {'ESS':>8}")
     for k, enc, dec, ess in zip(result["k"], result["encoder_snr"], result["decoder_snr"], result["ess"]):
@@ -848,12 +931,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .runs import load_data
 
         test = load_data(config, "test", limit=max(args.n, 2500)).fixed()
-        print(points_figure(model, test, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed))
+        path = points_figure(model, test, args.output or _unused_name(Path(args.run) / "samples.png"), n=args.n, seed=args.seed)
+        print(f"{args.n} samples drawn over the test data, in {path}")
         return 0
-    path = samples_figure(model, args.output or Path(args.run) / "samples.png", n=args.n, seed=args.seed,
+    path = samples_figure(model, args.output or _unused_name(Path(args.run) / "samples.png"), n=args.n, seed=args.seed,
                           latent_sampler=sampler, label=label)  # fmt: skip
-    print(path)
+    print(f"{args.n} samples in {path}")
     return 0
+
+
+def _unused_name(path: Path) -> Path:
+    """``path`` if no file has that name yet, else the first free ``NAME-1.png``, ``NAME-2.png``, ...,
+    so a command's default picture never replaces an earlier one (-o names a file to overwrite)."""
+    if not path.exists():
+        return path
+    i = 1
+    while path.with_name(f"{path.stem}-{i}{path.suffix}").exists():
+        i += 1
+    return path.with_name(f"{path.stem}-{i}{path.suffix}")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -870,8 +965,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if tuple(event_shape) == (2,):
         raise VaelabError(f"{args.run} models points in the plane, which reconstructions.png cannot show; use vaelab sample {args.run}")
     x = load_data(config, args.split, limit=args.n).fixed()
-    path = reconstructions_figure(model, x, args.output or Path(args.run) / "reconstructions.png")
-    print(path)
+    path = reconstructions_figure(model, x, args.output or _unused_name(Path(args.run) / "reconstructions.png"))
+    print(f"{len(x)} {args.split} examples and their reconstructions in {path}")
     return 0
 
 
@@ -1349,10 +1444,12 @@ def cmd_prior(args: argparse.Namespace) -> int:
 
     config = PriorConfig(layers=args.layers, channels=args.channels, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, patience=args.patience, seed=args.seed, time_limit=args.time_limit)  # fmt: skip
-    result = fit_code_prior(args.run, config, progress=not args.quiet)
+    result = fit_code_prior(args.run, config, progress=not (args.quiet or args.silent),
+                            callbacks=_epoch_printer(args, config.epochs))  # fmt: skip
     write_run_figures(args.run)  # samples.png, now that there is a prior to draw from
     best = f", best validation log p(z) {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
-    print(f"trained the code prior for {result.epochs} epochs ({result.stop_reason}){best}; in {Path(args.run) / 'prior'}")
+    if not args.silent:
+        print(f"trained the code prior for {result.epochs} epochs ({result.stop_reason}){best}; in {Path(args.run) / 'prior'}")
     return 0
 
 
@@ -1395,9 +1492,52 @@ def _show_warnings() -> logging.Handler:
     return handler
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses the command line; an unknown option is one line that names the closest known one."""
+    args, extra = parser.parse_known_args(argv)
+    commands = vars(args).pop("_commands")
+    if not extra:
+        return args
+    sub = commands[args.command]
+    unknown = extra[0]
+    if not unknown.startswith("-") or unknown == "-":
+        sub.error(f"unexpected argument {unknown!r}")
+    name = unknown.split("=", 1)[0]
+    known = [o for action in sub._actions for o in action.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (see {sub.prog} --help)"
+    sub.exit(EXIT_USAGE, f"{sub.prog}: error: unknown option {name}{hint}\n")
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (`vaelab gaps ... | head`): the shell's convention is
+    to end quietly with 128 + SIGPIPE. Output still buffered for the closed pipe is dropped, so
+    the interpreter's final flush cannot fail with a traceback either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (e.g. redirected in-process)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     handler = _show_warnings()
     _flush_denormals()
     try:

@@ -21,7 +21,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -100,10 +100,12 @@ def _settings(model: VQVAE, config: PriorConfig) -> dict:
     return {"num_codes": model.codebook_size, "grid": list(model.grid_shape), **dataclasses.asdict(config)}
 
 
-def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True):
+def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True,
+                   callbacks: Sequence[Callable[[dict], None]] = ()):  # fmt: skip
     """Trains (or resumes training) the PixelCNN prior of the VQ-VAE in ``run_dir``.
 
-    Returns the ``train.TrainResult``. A prior that already finished, or one started with other
+    Returns the ``train.TrainResult``; ``callbacks`` are the Trainer's (called with each epoch's
+    record, whose ``valid_bound`` is the validation log p(codes)). A prior that already finished, or one started with other
     settings, is an error that says what to do.
     """
     from .runs import load, load_data, read_config
@@ -135,7 +137,7 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
     torch.manual_seed(config.seed)
     prior = GatedPixelCNN(model.codebook_size, layers=config.layers, channels=config.channels)
     trainer = Trainer(prior, code_log_likelihood, train_codes, valid_codes, config.train_config(), run_dir=out,
-                      progress=progress)  # fmt: skip
+                      progress=progress, callbacks=callbacks)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if trainer.checkpoint_path.exists():
         trainer.load_checkpoint()

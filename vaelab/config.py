@@ -219,6 +219,8 @@ class TrainConfig:
     time_limit: float = field(default=0.0, metadata=_help("stop after the epoch in which the run's wall-clock seconds (training, validation, monitors; summed over resumes) reach this (0: no limit)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
     tensorboard: bool = field(default=False, metadata=_help("log every epoch's metrics and its samples and reconstructions for TensorBoard in RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')"))
+    # a warm start: the path of another run (stored absolute), whose model weights the new model starts from
+    init_from: str | None = field(default=None, metadata=_help("start from the model weights of this run (built with the same model options and data shape); the optimizer, epoch count and random state start fresh", metavar="RUN"))
 
     def objective_options(self) -> dict[str, Any]:
         """The options to build the objective with (``objectives.get_objective``); beta is left
@@ -277,6 +279,9 @@ class TrainConfig:
             raise ConfigError(f"--adam-betas-disc needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
         if not self.adam_eps > 0:
             raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
+        if self.init_from is not None:
+            # stored absolute, like data paths, so the run's record holds wherever it is read from
+            object.__setattr__(self, "init_from", os.path.abspath(os.path.expanduser(self.init_from)))
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
@@ -382,6 +387,11 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bad value {value!r} for {flag} ({err})") from None
     raise AssertionError(f"unhandled field type {kind}")  # pragma: no cover
+
+
+def field_value(section: str, name: str, value: Any) -> Any:
+    """A single field's value converted to its declared type (ConfigError if it cannot be)."""
+    return _coerce(SECTIONS[section], name, value)
 
 
 def field_names() -> dict[str, str]:

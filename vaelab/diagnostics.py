@@ -106,28 +106,52 @@ def posterior_summary(model: nn.Module, x: Tensor, mi_examples: int = MI_EXAMPLE
 
 class CollapseMonitor:
     """Per-epoch monitor for the trainer: logs ``active_units``, ``kl_per_dim`` and
-    ``mutual_info`` (nats, on the validation set; I(x; z) on its first ``MI_EXAMPLES``) and warns,
-    through the "vaelab" logger, when the posterior collapses: no active unit, or a total KL below
-    ``COLLAPSE_KL`` nats, in ``patience`` consecutive epochs (a fresh encoder is briefly
-    uninformative; a collapse persists). One warning per collapsed stretch."""
+    ``mutual_info`` (nats, on the validation set; I(x; z) on its first ``MI_EXAMPLES``), and at the
+    end of training warns, through the "vaelab" logger, when the posterior has collapsed onto the
+    prior and stayed there: no active unit, or a total KL below ``COLLAPSE_KL`` nats, in each of
+    the last ``patience`` epochs. A collapse that training recovers from (a fresh encoder is often
+    uninformative for a few epochs) is no warning: the per-epoch records show it."""
 
     def __init__(self, max_examples: int = 10000, patience: int = 2) -> None:
         self.max_examples = max_examples
         self.patience = patience
-        self.streak = 0
 
     def __call__(self, model: nn.Module, x: Tensor, epoch: int) -> dict[str, Any]:
         s = posterior_summary(model, x[: self.max_examples])
-        collapsed = s["active_units"] == 0 or s["kl"] < COLLAPSE_KL
-        self.streak = self.streak + 1 if collapsed else 0
-        if self.streak == self.patience:
-            log.warning(
-                "posterior collapse since epoch %d: %d active units, KL %.3f nats, I(x;z) %.3f nats; "
-                "q(z|x) is close to the prior for every x. Try --kl-warmup, --kl-cycles or --free-bits.",
-                epoch - self.patience + 1, s["active_units"], s["kl"], s["mutual_info"],
-            )  # fmt: skip
         mi = s["mutual_info"]  # null in metrics.jsonl when the posterior cannot give it (strict JSON has no NaN)
-        return {"active_units": s["active_units"], "kl_per_dim": s["kl_per_dim"], "mutual_info": None if math.isnan(mi) else mi}
+        kl = s["kl"]
+        return {"active_units": s["active_units"], "kl_per_dim": s["kl_per_dim"], "mutual_info": None if math.isnan(mi) else mi,
+                "posterior_kl": None if math.isnan(kl) else kl}  # fmt: skip
+
+    def finish(self, records: Sequence[dict[str, Any]]) -> None:
+        """Warns once when the last ``patience`` of the epoch ``records`` (every epoch of the run,
+        in order) are collapsed, naming the epoch the collapse began."""
+        stretch = 0
+        for record in reversed(records):
+            if not collapsed(record):
+                break
+            stretch += 1
+        if stretch < self.patience:
+            return
+        first, last = records[-stretch], records[-1]
+        kl = last.get("posterior_kl")
+        log.warning(
+            "posterior collapse since epoch %d, to the end of training: %d active units, KL %s nats, I(x;z) %s nats "
+            "in the last epoch; q(z|x) is close to the prior for every x. Try --kl-warmup, --kl-cycles or --free-bits.",
+            first["epoch"], last["active_units"], "n/a" if kl is None else f"{kl:.3f}",
+            "n/a" if last.get("mutual_info") is None else f"{last['mutual_info']:.3f}",
+        )  # fmt: skip
+
+
+def collapsed(record: dict[str, Any]) -> bool:
+    """Whether an epoch's record (of ``CollapseMonitor``) shows a collapsed posterior: no active
+    unit, or a total KL below ``COLLAPSE_KL`` nats."""
+    if "active_units" not in record:
+        return False
+    kl = record.get("posterior_kl")
+    if kl is None and record.get("kl_per_dim") is not None:  # records written before posterior_kl
+        kl = sum(record["kl_per_dim"])
+    return record["active_units"] == 0 or (kl is not None and kl < COLLAPSE_KL)
 
 
 class CodebookMonitor:

@@ -28,6 +28,21 @@ CHECKPOINT_FILE = "state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows: setting it to probe
+    it (the portable way) would race with threads that create files meanwhile."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -48,6 +63,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates the file readable by its owner only; a run's files get the permissions
+        # any other new file would have (0666 less the umask), so others can read shared runs
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:

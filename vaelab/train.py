@@ -10,6 +10,7 @@ at any moment and resumed therefore ends bitwise-identical to an uninterrupted o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,6 +35,8 @@ from .files import (
     append_line,
     atomic_write_bytes,
     load_tensors,
+    load_weights,
+    read_metrics,
     save_model,
     save_tensors,
 )
@@ -46,8 +49,11 @@ from .runs import check_compatible, check_data_options, load_data, model_from_co
 Objective = Callable[..., NamedTuple]
 # training time in epochs (fractional) -> keyword options for the objective, e.g. {"kl_scale": 0.5}
 ObjectiveSchedule = Callable[[float], dict[str, Any]]
-# (model, data, epoch) -> extra metrics for the epoch's record
+# (model, data, epoch) -> extra metrics for the epoch's record; a monitor may also have a
+# ``finish(records)`` method, called once at the end of training with every epoch's record
 Monitor = Callable[[nn.Module, Tensor, int], dict[str, Any]]
+# called with each epoch's finished record (logged and checkpointed), e.g. to print a line
+Callback = Callable[[dict], None]
 
 
 MONITOR_EXAMPLES = 5000  # examples the monitors see: of the training set without validation, of a streamed validation set
@@ -67,6 +73,9 @@ class TrainState:
     finished: bool = False
     stop_reason: str = ""
     seconds: float = 0.0  # wall-clock seconds of the completed epochs (training, validation, monitors)
+    # the finished checkpoint holds the last epoch's weights (not only the best), so training can
+    # go on from it exactly; False in checkpoints of older versions, which kept the best only
+    continuable: bool = False
 
 
 @dataclass
@@ -107,7 +116,10 @@ class Trainer:
             trainer does not interpret them.
         monitors: called after each epoch with (model, data, epoch), where data is the fixed
             validation set (or the first examples of the training set without one); the dicts
-            they return are added to the epoch's metrics record.
+            they return are added to the epoch's metrics record. A monitor with a ``finish``
+            method gets every epoch's record (of earlier sessions too) when training ends.
+        callbacks: called with each epoch's record once it is logged and checkpointed (the
+            library prints nothing; the CLI prints ``epoch_line(record)`` from here).
     """
 
     def __init__(
@@ -121,8 +133,10 @@ class Trainer:
         progress: bool = True,
         schedule: ObjectiveSchedule | None = None,
         monitors: Sequence[Monitor] = (),
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model = model
+        self.callbacks = tuple(callbacks)
         self.schedule = schedule
         self.monitors = tuple(monitors)
         self.objective = objective
@@ -241,11 +255,19 @@ class Trainer:
             self.state.seconds += time.perf_counter() - start
             self._select(epoch, record)
             self.history.append(record)
+            for callback in self.callbacks:
+                callback(record)
         if self.valid is not None and self.state.epoch > 0 and self.state.best_epoch == 0:
             self.state.stop_reason += (
                 "; the validation bound was never finite (NaN or -inf in every epoch), so the last "
                 "epoch's weights were kept: check the model and objective in eval mode"
             )
+        finishing = [m for m in self.monitors if hasattr(m, "finish")]
+        if finishing:
+            # every epoch's record, those of earlier sessions of a resumed run included
+            records = read_metrics(self.run_dir)[: self.state.metrics_lines] if self.run_dir is not None else self.history
+            for monitor in finishing:
+                monitor.finish(records)
         self._finish()
         return TrainResult(
             epochs=self.state.epoch,
@@ -264,7 +286,7 @@ class Trainer:
             total=n_batches,
             desc=f"epoch {epoch}/{self.config.epochs}",
             disable=not self.progress,
-            leave=True,
+            leave=not self.callbacks,  # a callback (the CLI's epoch line) says what the bar would have left
             dynamic_ncols=True,
         )
         sums: Tensor | None = None
@@ -434,13 +456,16 @@ class Trainer:
         self.save_checkpoint()
 
     def _finish(self) -> None:
+        self.state.finished = True
+        self.state.continuable = True
+        if self.run_dir is not None:
+            # The checkpoint keeps the last epoch's weights beside the best ones, so that
+            # resume_run(epochs=N) can train on exactly as an N-epoch run would have.
+            # model.safetensors already holds the best weights: _select wrote it when they were
+            # best (or, without a best epoch, when they were the latest).
+            self.save_checkpoint()
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        self.state.finished = True
-        if self.run_dir is not None:
-            # model.safetensors already holds these weights: _select wrote it when they were best
-            # (or, without a best epoch, when they were the latest).
-            self.save_checkpoint()
 
     def _diverged_message(self, epoch: int, step: int) -> str:
         where = f"epoch {epoch}, step {step}"
@@ -520,7 +545,16 @@ def _postfix(names: tuple[str, ...], means: Tensor, rate: float) -> dict[str, st
 # -- runs --------------------------------------------------------------------------------
 
 
-def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Trainer:
+def _setup(
+    config: cfg.RunConfig,
+    run_dir: Path | None,
+    progress: bool,
+    callbacks: Sequence[Callback] = (),
+    *,
+    init: bool = True,
+) -> Trainer:
+    """The Trainer of a run; ``init``: copy the weights of ``config.train.init_from`` (when set)
+    into the new model (a resumed run's checkpoint replaces them anyway)."""
     check_data_options(config)
     train = load_data(config, "train", progress=progress, stream=True)
     if len(train) == 0:
@@ -530,6 +564,8 @@ def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Train
     torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
     model = model_from_config(config, train.event_shape)
     t = config.train
+    if t.init_from is not None and init:
+        _init_weights(model, config, train.event_shape)
     # a model with its own training loss (the VQ-VAE) names it; config refuses other objectives for it
     objective = vq if isinstance(model, VQVAE) else get_objective(t.objective, **t.objective_options())
     if hasattr(model, "players"):
@@ -545,17 +581,77 @@ def _setup(config: cfg.RunConfig, run_dir: Path | None, progress: bool) -> Train
     else:
         monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
     return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
-                   schedule=schedule, monitors=monitors)  # fmt: skip
+                   schedule=schedule, monitors=monitors, callbacks=callbacks)  # fmt: skip
+
+
+def _init_weights(model: nn.Module, config: cfg.RunConfig, event_shape: tuple[int, ...]) -> None:
+    """Warm start: the model weights of the run ``config.train.init_from``, whose model must be
+    built the same way (every model field, and the data shape); its optimizer state, epoch count
+    and random state are not taken."""
+    source = Path(config.train.init_from)
+    try:
+        theirs, their_shape = read_config(source)
+    except RunError as err:
+        raise RunError(f"init_from={source}: {err}") from None
+    differ = [f.name for f in dataclasses.fields(config.model)
+              if getattr(config.model, f.name) != getattr(theirs.model, f.name)]  # fmt: skip
+    if tuple(their_shape) != tuple(event_shape):
+        differ.append("data shape")
+    if differ:
+        detail = "; ".join(
+            f"{name}: {_show(getattr(theirs.model, name))} there, {_show(getattr(config.model, name))} here"
+            if name != "data shape" else f"data shape: {list(their_shape)} there, {list(event_shape)} here"
+            for name in differ
+        )  # fmt: skip
+        raise RunError(f"init_from={source} has another architecture ({detail}); its weights cannot be copied")
+    weights = source / MODEL_FILE
+    if not weights.exists():
+        raise RunError(f"init_from={source} has no weights yet ({weights} does not exist)")
+    load_weights(model, weights)
+
+
+def _show(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def epoch_line(record: dict, epochs: int | None = None) -> str:
+    """One line of console text about an epoch's metrics record: the training loss (each
+    player's, for the adversarial models), the validation bound (or each player's validation
+    loss), and the monitors' KL, active units or codebook use. The CLI prints it after every epoch."""
+    parts = [f"epoch {record['epoch']}" + (f"/{epochs}" if epochs else "")]
+    players = [k[len("train_") : -len("_loss")] for k in record
+               if k.startswith("train_") and k.endswith("_loss") and k != "train_loss"]  # fmt: skip
+    if "train_loss" in record:
+        parts.append(f"train loss {record['train_loss']:.3f}")
+    elif players:
+        parts.append("train " + ", ".join(f"{p} {record[f'train_{p}_loss']:.3f}" for p in players))
+    if "valid_bound" in record:
+        best = " (best so far)" if record.get("best_epoch") == record["epoch"] else ""
+        parts.append(f"valid bound {record['valid_bound']:.3f} nats{best}")
+    elif any(f"valid_{p}_loss" in record for p in players):
+        parts.append("valid " + ", ".join(f"{p} {record[f'valid_{p}_loss']:.3f}" for p in players if f"valid_{p}_loss" in record))
+    if "valid_kl" in record:
+        parts.append(f"KL {record['valid_kl']:.2f}")
+    if record.get("kl_scale", 1.0) != 1.0:
+        parts.append(f"KL weight {record['kl_scale']:.2f}")
+    if "active_units" in record:
+        parts.append(f"active units {record['active_units']}")
+    if "codebook_perplexity" in record:
+        parts.append(f"codebook perplexity {record['codebook_perplexity']:.1f}")
+    return "  ".join(parts)
 
 
 def _has_latent_diagnostics(model: nn.Module) -> bool:
     return all(hasattr(model, name) for name in ("encode", "prior"))
 
 
-def start_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult:
+def start_run(
+    config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
     """Starts a new run in ``run_dir`` (which must not exist, or be empty).
 
     Data and model are built before anything is written, so a bad configuration leaves no trace.
+    ``callbacks`` are the Trainer's (called with each epoch's record).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -563,24 +659,67 @@ def start_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = Tr
             f"{run_dir} already exists and is not empty; pick another --out, or continue it "
             f"with: vaelab train --resume {run_dir}"
         )
-    trainer = _setup(config, run_dir, progress)
+    trainer = _setup(config, run_dir, progress, callbacks)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, trainer.train.event_shape))
     return trainer.fit()
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True) -> TrainResult:
-    """Continues a run from its checkpoint, with its own saved configuration."""
+def resume_run(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Continues a run from its checkpoint, with its own saved configuration.
+
+    Args:
+        run_dir: an interrupted run, or (with ``epochs``) a finished one.
+        epochs: train to this many epochs in all (more than the run has done); the run then
+            ends bitwise as if it had been started with ``epochs``: the data order, random
+            state, optimizer, KL warm-up and early-stopping count go on from where they were.
+            Its config.json records the new number. Refused for a cyclical KL schedule (its
+            period is the total epochs over the cycles, so the epochs done would have been
+            annealed differently) and for a run that stopped early (it would stop again).
+        callbacks: the Trainer's (called with each epoch's record).
+    """
     run_dir = Path(run_dir)
-    config, _ = read_config(run_dir)
-    trainer = _setup(config, run_dir, progress)
-    if trainer.checkpoint_path.exists():
+    config, event_shape = read_config(run_dir)
+    if epochs is not None:
+        if config.train.kl_cycles and epochs != config.train.epochs:
+            raise RunError(
+                f"epochs={epochs}: {run_dir} anneals the KL in {config.train.kl_cycles} cycles spread over its "
+                f"{config.train.epochs} epochs, and with {epochs} every cycle would be longer, the epochs done "
+                f"included; start a new run (init_from={run_dir} warm-starts it from these weights)"
+            )
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    has_checkpoint = run_dir.joinpath(CHECKPOINT_DIR, CHECKPOINT_FILE).exists()
+    trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint)
+    if has_checkpoint:
         trainer.load_checkpoint()
-    if trainer.state.finished:
-        raise RunError(
-            f"{run_dir} already finished ({trainer.state.epoch} epochs: {trainer.state.stop_reason}); "
-            f"start a new run to train longer"
-        )
+    state = trainer.state
+    if epochs is not None and epochs <= state.epoch:
+        raise RunError(f"epochs={epochs} is not more than the {state.epoch} epochs {run_dir} has done; ask for more")
+    if state.finished:
+        if epochs is None:
+            raise RunError(
+                f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); train it on with "
+                f"more epochs (epochs=N, N > {state.epoch}), or start a new run"
+            )
+        if not state.stop_reason.startswith("reached"):
+            raise RunError(
+                f"{run_dir} stopped early ({state.stop_reason}), and a run started with {epochs} epochs "
+                f"would have stopped there too; start a new run (init_from={run_dir} warm-starts it)"
+            )
+        if not state.continuable:
+            raise RunError(
+                f"{run_dir} was finished by an older vaelab, whose checkpoint kept the best weights only, "
+                f"so it cannot go on exactly; start a new run (init_from={run_dir} warm-starts it)"
+            )
+        state.finished, state.stop_reason = False, ""
+    if epochs is not None:
+        atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, event_shape))
     _truncate_metrics(run_dir / METRICS_FILE, trainer.state.metrics_lines)
     return trainer.fit()
 
