@@ -354,6 +354,7 @@ GIVEN = {  # a valid, non-default value for every option that belongs to some fa
     "codebook_size": "8", "code_dim": "4", "commitment": "0.5", "codebook_update": "ema", "ema_decay": "0.9",
     "dead_code_restart": "5",
     "encoder": "gaussian", "gamma": "2", "feature_layer": "1", "lr_disc": "1e-4", "adam_betas_disc": "0.5,0.999",
+    "net_args": '{"width": 4}',
 }  # fmt: skip
 ADVERSARIAL = ("gan", "vaegan", "aae", "alphagan", "veegan")
 

@@ -100,7 +100,8 @@ def _settings(model: VQVAE, config: PriorConfig) -> dict:
     return {"num_codes": model.codebook_size, "grid": list(model.grid_shape), **dataclasses.asdict(config)}
 
 
-def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True):
+def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True,
+                   trust_code: bool = False):  # fmt: skip
     """Trains (or resumes training) the PixelCNN prior of the VQ-VAE in ``run_dir``.
 
     Returns the ``train.TrainResult``. A prior that already finished, or one started with other
@@ -111,7 +112,7 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
 
     run_dir = Path(run_dir)
     run_config, _ = read_config(run_dir)
-    model = load(run_dir, code_prior=False)
+    model = load(run_dir, code_prior=False, trust_code=trust_code)
     if not isinstance(model, VQVAE):
         raise RunError(f"{run_dir} is a --model {run_config.model.model} run; a learned code prior is for --model vqvae runs")
     out = run_dir / PRIOR_DIR

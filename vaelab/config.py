@@ -27,7 +27,7 @@ from .models.vae import INFERENCE, check_combination
 from .models.vqvae import check_vqvae
 from .posteriors import FLOWS, check_posterior
 from .priors import check_prior
-from .nets import ACTIVATIONS, NETS
+from .nets import ACTIVATIONS, check_net
 from .estimators import GRAD_ESTIMATORS
 from .objectives import KL_MODES, OBJECTIVES, objective_options
 
@@ -102,7 +102,8 @@ class DataConfig:
 
 # Which model-specific options each model family uses: the one home of that rule. An option a
 # family would silently ignore is refused when given (set to other than its default).
-VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers")
+VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers",
+            "net_args")
 VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
 _GENERATOR = ("latent_dim", "hidden", "activation")
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -114,6 +115,8 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "alphagan": (*_GENERATOR, "encoder"),
     "veegan": _GENERATOR,
 }
+# the options every family's builder takes
+COMMON_MODEL_OPTIONS = ("likelihood", "obs_precision", "net", "resnet_channels", "res_blocks")
 # why an option does not apply, where the family's nature says it
 _WHY = {"vqvae": " (its latent is a grid of --codebook-size codes of --code-dim numbers)"}
 # training options of the VAE's objectives; the VQ-VAE and the adversarial models train on their
@@ -130,7 +133,8 @@ class ModelConfig:
     model: str = field(default="vae", metadata=_help("model family: vae | vqvae | gan | vaegan | aae | alphagan | veegan"))
     likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z) (adversarial models: the generator output, sigmoid or unbounded, and the aae/alphagan reconstruction loss)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
-    net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
+    net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet, or your own factory package.module:Factory for the vae (default: mlp for the vae, resnet for the vqvae)"))
+    net_args: dict[str, Any] | None = field(default=None, metadata=_help("--net package.module:Factory: a JSON object of keyword arguments for the factory, e.g. '{\"width\": 32}'"))
     resnet_channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
     res_blocks: int = field(default=2, metadata=_help("--net resnet: residual blocks after the downsampling (and before the upsampling) stages"))
     hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
@@ -158,10 +162,16 @@ class ModelConfig:
         for registry, value in (
             (MODELS, self.model),
             (OBSERVATIONS, self.likelihood),
-            (NETS, self.net),
             (ACTIVATIONS, self.activation),
         ):
             registry[value]  # raises ConfigError listing the valid names
+        check_net(self.net, self.net_args)  # a registered name or an import path; imports nothing
+        if self.net_args is not None:  # a JSON object, kept as a plain dict of its own
+            try:
+                object.__setattr__(self, "net_args", json.loads(json.dumps(dict(self.net_args), allow_nan=False)))
+            except (TypeError, ValueError):
+                raise ConfigError(f"net_args={self.net_args!r} must hold JSON values (numbers, strings, lists, "
+                                  "objects), which config.json records") from None  # fmt: skip
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
         if self.latent_dim < 1:
@@ -194,6 +204,12 @@ class ModelConfig:
         if not (self.obs_precision > 0 and math.isfinite(self.obs_precision)):
             raise ConfigError(f"--obs-precision must be a positive number, got {self.obs_precision}")
 
+    def builder_options(self) -> dict[str, Any]:
+        """The keywords of ``models.build_model`` for this family: the common options and the
+        family's own (``MODEL_OPTIONS``), and none that the family's builder does not take."""
+        values = dataclasses.asdict(self)
+        return {name: values[name] for name in (*COMMON_MODEL_OPTIONS, *MODEL_OPTIONS[self.model])}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -221,8 +237,8 @@ class TrainConfig:
     tensorboard: bool = field(default=False, metadata=_help("log every epoch's metrics and its samples and reconstructions for TensorBoard in RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')"))
 
     def objective_options(self) -> dict[str, Any]:
-        """The options to build the objective with (``objectives.get_objective``); beta is left
-        out when unset so each objective uses its own default."""
+        """The options to build the objective with (``objectives.get_objective``), those it takes;
+        beta is left out when unset so each objective uses its own default."""
         options = {
             "k": self.k,
             "m": self.m,
@@ -232,7 +248,10 @@ class TrainConfig:
         }
         if self.beta is not None:
             options["beta"] = self.beta
-        return options
+        # one configuration serves every objective: each gets the options it takes (__post_init__
+        # refuses non-default values of the others)
+        accepted = objective_options(self.objective)
+        return {name: value for name, value in options.items() if name in accepted}
 
     def __post_init__(self) -> None:
         accepted = objective_options(self.objective)  # raises ConfigError listing the objectives
@@ -355,6 +374,12 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             if "None" in kind:
                 return None
             raise ValueError("a value is required")
+        if kind.startswith("dict"):
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError('not a JSON object such as {"width": 32}')
+            return value
         if kind.startswith("tuple[int"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(int(v) for v in items)
@@ -461,6 +486,8 @@ def load_json(path: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
             # runs written before the data's --channels existed named the resnet width "channels"
             model.setdefault("resnet_channels", model.pop("channels"))
         return build(doc), event_shape
+    except ConfigError:
+        raise  # a ConfigError is a ValueError too: it names the bad value, which "corrupt" would hide
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: is {path.parent} a vaelab run directory?") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:

@@ -41,7 +41,7 @@ from .estimators import (
     sample_particles,
     score_function_surrogate,
 )
-from .registry import Registry
+from .registry import Registry, check_keywords
 
 OBJECTIVES: Registry[Callable[..., "Bound"]] = Registry("objective")
 KL_MODES = ("analytic", "mc")
@@ -370,15 +370,14 @@ def objective_options(name: str) -> set[str]:
 
 
 def get_objective(name: str, **options: object) -> Callable[..., NamedTuple]:
-    """The objective registered as ``name`` bound to the options it accepts, as ``f(model, x)``.
+    """The objective registered as ``name`` bound to ``options``, as ``f(model, x)``.
 
-    Options an objective does not take (``m`` for the ELBO, say) are dropped, so one
-    configuration can serve every objective; ``config.TrainConfig`` refuses non-default values
-    of options the chosen objective ignores.
+    An option the objective does not take (``m`` for the ELBO, say) is an error
+    (UnknownOptionError, a TypeError) that names it: a typo must not train with a default.
+    ``config.TrainConfig.objective_options`` gives each objective the options it takes.
     """
-    accepted = objective_options(name)
-    bound = {k: v for k, v in options.items() if k in accepted}
-    return functools.partial(OBJECTIVES[name], **bound)
+    check_keywords(f"get_objective({name!r}, ...)", options, objective_options(name))
+    return functools.partial(OBJECTIVES[name], **options)
 
 
 class VQBound(NamedTuple):

@@ -232,7 +232,6 @@ def build_vqvae(
     codebook_update: str = "loss",
     ema_decay: float = 0.99,
     dead_code_restart: int = 0,
-    **ignored: Any,
 ) -> VQVAE:
     """Builds a VQ-VAE from the fields of ``config.ModelConfig`` (the VAE's posterior, prior,
     latent_dim and hidden fields do not apply; ``config`` refuses non-default values)."""
