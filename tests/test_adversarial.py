@@ -447,7 +447,7 @@ def test_cli_refuses_likelihood_analyses_of_adversarial_runs(tmp_path, capsys):
 
 
 def test_sample_pixels_is_refused_for_implicit_models():
-    with pytest.raises(ConfigError, match="--sample-pixels"):
+    with pytest.raises(ConfigError, match="sample_pixels=True"):
         tiny("gan").sample_images(3, sample_pixels=True)
 
 

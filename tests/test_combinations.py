@@ -271,7 +271,7 @@ def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
     CPU by mistake (which would break every GPU run of this combination) fails here. Two
     stochastic layers take the mlp only (the refusal is checked below)."""
     if combo[-1] != 1 and net != "mlp":
-        with pytest.raises(ConfigError, match="--net"):
+        with pytest.raises(ConfigError, match="net="):
             _config(*combo, net=net)
         return
     config = _config(*combo, net=net)

@@ -49,11 +49,11 @@ from torch import nn
 pathlib.Path({imported!r}).write_text("imported")
 
 
-def make(spec, width=12):
+def make(spec, width=12):  # the networks of the tests' own ``small``
     pathlib.Path({called!r}).write_text(str(width))
     n = math.prod(spec.event_shape)
-    encoder = nn.Sequential(nn.Flatten(1), nn.Linear(n, width), nn.Linear(width, spec.encoder_out))
-    decoder = nn.Sequential(nn.Linear(spec.latent_dim, spec.params_per_dim * n),
+    encoder = nn.Sequential(nn.Flatten(1), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, spec.encoder_out))
+    decoder = nn.Sequential(nn.Linear(spec.latent_dim, width), nn.ReLU(), nn.Linear(width, spec.params_per_dim * n),
                             nn.Unflatten(1, (spec.params_per_dim, *spec.event_shape)))
     return encoder, decoder
 '''

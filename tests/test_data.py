@@ -1101,5 +1101,5 @@ def test_a_folder_runs_image_options_leave_other_data_alone(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((10, 1, 4, 4), np.uint8))
     other = dataclasses.replace(config, data=dataclasses.replace(config.data, data=str(tmp_path / "a.npy")))
     assert load_data(other, "test").event_shape == (1, 4, 4)
-    with pytest.raises(ConfigError, match="--image-size applies to folders"):
+    with pytest.raises(ConfigError, match="image_size= applies to folders"):
         check_data_options(other)

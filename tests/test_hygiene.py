@@ -45,7 +45,7 @@ def test_the_public_functions_have_type_hints():
         if signature.return_annotation is inspect.Signature.empty:
             missing.append(f"{name} -> ?")
         for p in signature.parameters.values():
-            if p.name not in ("model",) and p.annotation is inspect.Parameter.empty:
+            if p.annotation is inspect.Parameter.empty:
                 missing.append(f"{name}({p.name})")
     assert not missing, missing
 

@@ -89,7 +89,7 @@ def test_residual_block_with_zeroed_last_conv_is_the_identity():
 
 @pytest.mark.parametrize("event_shape", [(1, 30, 30), (1, 28, 30), (64,), (4, 8)])
 def test_resnet_refuses_data_that_is_not_an_image_of_multiples_of_4(event_shape):
-    with pytest.raises(ConfigError, match="--net resnet"):
+    with pytest.raises(ConfigError, match="net= resnet"):
         NETS["resnet"](spec(event_shape))
 
 

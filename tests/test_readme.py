@@ -56,6 +56,9 @@ def test_python_examples_run(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own docs
     assert namespace["ll"].log_likelihood.shape == (360,)
     assert namespace["result"].epochs == 5
+    # your own networks: the run directory is rebuilt from the factory given by name
+    assert namespace["mine_again"].encoder[1].out_features == 16
+    assert (tmp_path / "runs" / "mine" / "config.json").is_file()
 
 
 def test_benchmark_table_is_filled_in():

@@ -1459,9 +1459,9 @@ def _options_of(parser: argparse.ArgumentParser, command: str) -> set[str]:
 
 def _as_flags(message: str, options: set[str]) -> str:
     """Library messages name Python arguments; the command line speaks in flags. Turns
-    ``latent_dim=8`` into ``--latent-dim 8``, ``net='mlp'`` into ``--net mlp`` and
-    ``trust_code=True`` into ``--trust-code``, for the command's own options only, so that any
-    other ``=`` in a message (``k=5`` nearest neighbours, ``nets={...}``) is left as it is."""
+    ``latent_dim=8`` into ``--latent-dim 8``, ``latent_dim= must`` into ``--latent-dim must``,
+    ``net='mlp'`` into ``--net mlp`` and ``trust_code=True`` into ``--trust-code``, for the names
+    in ``options`` only, so that any other ``=`` in a message (``nets={...}``) is left as it is."""
 
     def flag(match: re.Match) -> str:
         name, quoted, true = match.groups()
@@ -1488,7 +1488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_trust(args)
         return COMMANDS[args.command](args)
     except VaelabError as err:
-        print(f"vaelab: error: {_as_flags(str(err), _options_of(parser, args.command))}", file=sys.stderr)
+        # the command's own options, and the configuration's, which are flags of vaelab train
+        options = _options_of(parser, args.command) | set(cfg.field_names())
+        print(f"vaelab: error: {_as_flags(str(err), options)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = ""

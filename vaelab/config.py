@@ -50,7 +50,9 @@ def _changed(section: Any, names: Sequence[str]) -> list[str]:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """An option as library messages name it, the Python argument (``latent_dim=``); the CLI
+    shows it as its flag (``--latent-dim``)."""
+    return f"{name}="
 
 
 @dataclass(frozen=True)
@@ -75,24 +77,24 @@ class DataConfig:
                 f"unknown binarize mode {self.binarize!r}; choose one of: {', '.join(_data.BINARIZE_MODES)}"
             )
         if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+            raise ConfigError(f"valid_fraction= must be in [0, 1), got {self.valid_fraction}")
         if self.dequantize and self.binarize != "none":
-            raise ConfigError("--dequantize adds noise to grey levels; use it with --binarize none")
+            raise ConfigError("dequantize= adds noise to grey levels; use it with binarize= none")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
+            raise ConfigError(f"limit= must be a positive number of examples, got {self.limit}")
         if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"--image-size must be a positive number of pixels, got {self.image_size}")
+            raise ConfigError(f"image_size= must be a positive number of pixels, got {self.image_size}")
         if self.channels not in (None, 1, 3):
-            raise ConfigError(f"--channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+            raise ConfigError(f"channels= must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if self.classes is not None:
             if not self.classes:
-                raise ConfigError("--classes needs at least one label, e.g. --classes 0,1,2")
+                raise ConfigError("classes= needs at least one label, e.g. classes= 0,1,2")
             if len(set(self.classes)) != len(self.classes):
-                raise ConfigError(f"--classes lists a label twice ({','.join(map(str, self.classes))}); list each once")
+                raise ConfigError(f"classes= lists a label twice ({','.join(map(str, self.classes))}); list each once")
         if self.workers < 0:
-            raise ConfigError(f"--workers must be 0 (decode in the main process) or more, got {self.workers}")
+            raise ConfigError(f"workers= must be 0 (decode in the main process) or more, got {self.workers}")
         if not (self.memory_budget >= 0 and math.isfinite(self.memory_budget)):
-            raise ConfigError(f"--memory-budget must be 0 (always stream) or a positive number of GiB, got {self.memory_budget}")
+            raise ConfigError(f"memory_budget= must be 0 (always stream) or a positive number of GiB, got {self.memory_budget}")
         # Paths are stored absolute, so a run directory works from any working directory.
         if _data.is_path(self.data):
             object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
@@ -173,14 +175,14 @@ class ModelConfig:
                 raise ConfigError(f"net_args={self.net_args!r} must hold JSON values (numbers, strings, lists, "
                                   "objects), which config.json records") from None  # fmt: skip
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
+            raise ConfigError(f"hidden= needs positive layer widths such as 200,200, got {self.hidden}")
         if self.latent_dim < 1:
-            raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+            raise ConfigError(f"latent_dim= must be at least 1, got {self.latent_dim}")
         check_combination(self.posterior, self.prior, self.inference)
         if self.model == "vae":
             check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
         if self.resnet_channels < 1 or self.res_blocks < 0:
-            raise ConfigError(f"--resnet-channels must be at least 1 and --res-blocks at least 0, got {self.resnet_channels} and {self.res_blocks}")
+            raise ConfigError(f"resnet_channels= must be at least 1 and res_blocks= at least 0, got {self.resnet_channels} and {self.res_blocks}")
         if self.model == "vqvae":
             check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
                         self.ema_decay, self.dead_code_restart)  # fmt: skip
@@ -194,15 +196,15 @@ class ModelConfig:
         if ignored:
             users = [m for m, names in MODEL_OPTIONS.items() if ignored[0] in names]
             raise ConfigError(
-                f"{_flag(ignored[0])} does not apply to --model {self.model}{_WHY.get(self.model, '')}; it is an "
-                f"option of --model {' | '.join(users)}: drop it"
+                f"{_flag(ignored[0])} does not apply to model= {self.model}{_WHY.get(self.model, '')}; it is an "
+                f"option of model= {' | '.join(users)}: drop it"
             )
         if self.local_steps < 1:
-            raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
+            raise ConfigError(f"local_steps= must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
-            raise ConfigError(f"--local-lr must be a positive number, got {self.local_lr}")
+            raise ConfigError(f"local_lr= must be a positive number, got {self.local_lr}")
         if not (self.obs_precision > 0 and math.isfinite(self.obs_precision)):
-            raise ConfigError(f"--obs-precision must be a positive number, got {self.obs_precision}")
+            raise ConfigError(f"obs_precision= must be a positive number, got {self.obs_precision}")
 
     def builder_options(self) -> dict[str, Any]:
         """The keywords of ``models.build_model`` for this family: the common options and the
@@ -266,40 +268,40 @@ class TrainConfig:
             if name not in accepted:
                 users = [o for o in OBJECTIVES if name in objective_options(o)]
                 raise ConfigError(
-                    f"--{name} is not used by --objective {self.objective}; it applies to: {', '.join(users)}"
+                    f"{name}= is not used by objective= {self.objective}; it applies to: {', '.join(users)}"
                 )
         if self.grad_estimator == "score" and self.objective != "elbo":
             raise ConfigError(
-                f"--grad-estimator score is implemented for --objective elbo only; use reparam, stl or dreg with {self.objective}"
+                f"grad_estimator= score is implemented for objective= elbo only; use reparam, stl or dreg with {self.objective}"
             )
         if self.objective == "ciwae" and self.beta is not None and not 0 <= self.beta <= 1:
-            raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"beta= for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
         if self.kl_warmup < 0 or self.kl_cycles < 0:
-            raise ConfigError("--kl-warmup and --kl-cycles must be 0 (off) or positive")
+            raise ConfigError("kl_warmup= and kl_cycles= must be 0 (off) or positive")
         if self.kl_warmup and self.kl_cycles:
-            raise ConfigError("--kl-warmup and --kl-cycles are two different schedules; choose one")
+            raise ConfigError("kl_warmup= and kl_cycles= are two different schedules; choose one")
         if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
-            raise ConfigError(f"--free-bits must be a non-negative number of nats, got {self.free_bits}")
+            raise ConfigError(f"free_bits= must be a non-negative number of nats, got {self.free_bits}")
         positive = {"k": self.k, "m": self.m, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"{name}= must be at least 1, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr= must be a positive number, got {self.lr}")
         if self.beta is not None and not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+            raise ConfigError(f"beta= must be a non-negative number, got {self.beta}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"--adam-betas needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
+            raise ConfigError(f"adam_betas= needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
         if self.lr_disc is not None and not (self.lr_disc > 0 and math.isfinite(self.lr_disc)):
-            raise ConfigError(f"--lr-disc must be a positive number, got {self.lr_disc}")
+            raise ConfigError(f"lr_disc= must be a positive number, got {self.lr_disc}")
         if self.adam_betas_disc is not None and (len(self.adam_betas_disc) != 2 or not all(0 <= b < 1 for b in self.adam_betas_disc)):
-            raise ConfigError(f"--adam-betas-disc needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
+            raise ConfigError(f"adam_betas_disc= needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
         if not self.adam_eps > 0:
-            raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
+            raise ConfigError(f"adam_eps= must be positive, got {self.adam_eps}")
         if self.patience < 0:
-            raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+            raise ConfigError(f"patience= must be 0 (off) or a positive number of epochs, got {self.patience}")
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
-            raise ConfigError(f"--time-limit must be 0 (off) or a positive number of seconds, got {self.time_limit}")
+            raise ConfigError(f"time_limit= must be 0 (off) or a positive number of seconds, got {self.time_limit}")
 
 
 @dataclass(frozen=True)
@@ -317,8 +319,8 @@ class RunConfig:
             ignored = _changed(t, VAE_TRAIN_ONLY)
             if ignored:
                 raise ConfigError(
-                    f"{_flag(ignored[0])} does not apply to --model vqvae: it trains on its own loss "
-                    f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
+                    f"{_flag(ignored[0])} does not apply to model= vqvae: it trains on its own loss "
+                    f"(reconstruction, codebook and commitment= terms) with a deterministic one-hot "
                     f"posterior, so there is no KL to schedule or importance-weight; drop it"
                 )
         if m.model in ADVERSARIAL:
@@ -326,35 +328,35 @@ class RunConfig:
             if ignored:
                 why = ("it has no likelihood bound to select weights or stop early on: the last epoch's weights are kept"
                        if ignored[0] == "patience" else "it trains each player on its own adversarial loss")  # fmt: skip
-                raise ConfigError(f"{_flag(ignored[0])} does not apply to --model {m.model}: {why}; drop it")
+                raise ConfigError(f"{_flag(ignored[0])} does not apply to model= {m.model}: {why}; drop it")
         else:
             ignored = _changed(t, DISC_TRAIN_ONLY)
             if ignored:
                 raise ConfigError(
                     f"{_flag(ignored[0])} sets the discriminators' optimizer, which only the adversarial models "
-                    f"(--model {' | '.join(ADVERSARIAL)}) have; drop it"
+                    f"(model= {' | '.join(ADVERSARIAL)}) have; drop it"
                 )
         posterior = check_posterior(m.posterior)[0]
         if posterior in FLOWS and t.grad_estimator != "reparam":
             raise ConfigError(
-                f"--grad-estimator {t.grad_estimator} is not implemented for flow posteriors "
-                f"(--posterior {m.posterior}); use --grad-estimator reparam"
+                f"grad_estimator= {t.grad_estimator} is not implemented for flow posteriors "
+                f"(posterior= {m.posterior}); use grad_estimator= reparam"
             )
         if posterior in FLOWS and t.objective == "piwae":
             raise ConfigError(
-                "--objective piwae trains the encoder through a detached log q, which flow posteriors "
-                f"do not provide; use iwae, miwae or ciwae with --posterior {m.posterior}"
+                "objective= piwae trains the encoder through a detached log q, which flow posteriors "
+                f"do not provide; use iwae, miwae or ciwae with posterior= {m.posterior}"
             )
         if t.free_bits > 0 and m.layers == 2:
             raise ConfigError(
-                "--free-bits needs the KL per latent dimension in closed form, which the two-layer "
-                "model (--layers 2) does not have; drop --free-bits or use --layers 1"
+                "free_bits= needs the KL per latent dimension in closed form, which the two-layer "
+                "model (layers= 2) does not have; drop free_bits= or use layers= 1"
             )
         factorized = posterior == "gaussian" and check_prior(m.prior)[0] == "standard"
         if t.free_bits > 0 and not factorized:
             raise ConfigError(
-                "--free-bits needs the KL per latent dimension: use --posterior gaussian and "
-                "--prior standard with it"
+                "free_bits= needs the KL per latent dimension: use posterior= gaussian and "
+                "prior= standard with it"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -368,7 +370,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     """Converts a TOML/JSON/CLI value to the type the field declares, or raises ConfigError."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     kind = f.type if isinstance(f.type, str) else str(f.type)
-    flag = "--" + name.replace("_", "-")
+    flag = _flag(name)
     try:
         if value is None:
             if "None" in kind:

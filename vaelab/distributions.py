@@ -79,7 +79,7 @@ class GaussianObservation(Observation):
         super().__init__(event_ndim)
         if not (obs_precision > 0 and math.isfinite(obs_precision)):
             raise ConfigError(
-                f"--obs-precision must be a positive number, got {obs_precision}"
+                f"obs_precision= must be a positive number, got {obs_precision}"
             )
         self.register_buffer("scale", torch.tensor(obs_precision**-0.5), persistent=False)
 
@@ -130,7 +130,7 @@ def stop_gradient(q: Distribution) -> Distribution:
     """
     raise ConfigError(
         f"the stl/dreg/score gradient estimators need a posterior whose parameters can be "
-        f"detached; {type(q).__name__} has no stop_gradient rule (use --grad-estimator reparam)"
+        f"detached; {type(q).__name__} has no stop_gradient rule (use grad_estimator= reparam)"
     )
 
 

@@ -237,8 +237,8 @@ def conv_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     ``(C, H, W)`` with H and W divisible by 4 (28x28 -> 7x7 feature maps)."""
     if len(spec.event_shape) != 3 or spec.event_shape[1] % 4 or spec.event_shape[2] % 4:
         raise ConfigError(
-            f"--net conv needs images whose height and width are multiples of 4, got data of "
-            f"shape {spec.event_shape}; use --net mlp for this data"
+            f"net= conv needs images whose height and width are multiples of 4, got data of "
+            f"shape {spec.event_shape}; use net= mlp for this data"
         )
     c, h, w = spec.event_shape
     act = ACTIVATIONS[spec.activation]
@@ -289,9 +289,9 @@ class ResidualBlock(nn.Module):
 
 def _check_resnet(channels: int, res_blocks: int) -> None:
     if channels < 1:
-        raise ConfigError(f"--resnet-channels must be at least 1 for --net resnet, got {channels}")
+        raise ConfigError(f"resnet_channels= must be at least 1 for net= resnet, got {channels}")
     if res_blocks < 0:
-        raise ConfigError(f"--res-blocks must be 0 or more for --net resnet, got {res_blocks}")
+        raise ConfigError(f"res_blocks= must be 0 or more for net= resnet, got {res_blocks}")
 
 
 def resnet_encoder_grid(in_channels: int, channels: int, res_blocks: int, out_channels: int) -> nn.Module:
@@ -336,8 +336,8 @@ def resnet_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     not used)."""
     if len(spec.event_shape) != 3 or spec.event_shape[1] % 4 or spec.event_shape[2] % 4:
         raise ConfigError(
-            f"--net resnet needs images whose height and width are multiples of 4, got data of "
-            f"shape {spec.event_shape}; use --net mlp for this data"
+            f"net= resnet needs images whose height and width are multiples of 4, got data of "
+            f"shape {spec.event_shape}; use net= mlp for this data"
         )
     _check_resnet(spec.channels, spec.res_blocks)
     c, h, w = spec.event_shape
@@ -373,8 +373,8 @@ def _leaky() -> nn.Module:
 def _check_images(name: str, event_shape: tuple[int, ...]) -> None:
     if len(event_shape) != 3 or event_shape[1] % 4 or event_shape[2] % 4:
         raise ConfigError(
-            f"--net {name} needs images whose height and width are multiples of 4, got data of "
-            f"shape {event_shape}; use --net mlp for this data"
+            f"net= {name} needs images whose height and width are multiples of 4, got data of "
+            f"shape {event_shape}; use net= mlp for this data"
         )
 
 

@@ -104,9 +104,9 @@ def check_prior(spec: str) -> tuple[str, int | None]:
     name, k = parse_spec(spec, "prior")
     PRIORS[name]  # raises ConfigError listing the priors
     if name == "standard" and k is not None:
-        raise ConfigError("--prior standard takes no ':K' (mixtures do: mog:K, vamp:K)")
+        raise ConfigError("prior= standard takes no ':K' (mixtures do: mog:K, vamp:K)")
     if name != "standard" and k is None:
-        raise ConfigError(f"--prior {name} needs a number of components, e.g. {name}:10")
+        raise ConfigError(f"prior= {name} needs a number of components, e.g. {name}:10")
     return name, k
 
 

@@ -85,7 +85,7 @@ def check_data_options(config: cfg.RunConfig) -> None:
     """Refuses --image-size and --channels for data that is not a folder of images, where they
     would be ignored."""
     d = config.data
-    given = [flag for flag, value in (("--image-size", d.image_size), ("--channels", d.channels)) if value is not None]
+    given = [flag for flag, value in (("image_size=", d.image_size), ("channels=", d.channels)) if value is not None]
     if given and not is_folder(d.data):
         raise ConfigError(
             f"{given[0]} applies to folders of images, and {d.data} is not one; drop {given[0]}"
@@ -108,9 +108,9 @@ def check_compatible(config: cfg.RunConfig, split: Split | StreamSplit) -> None:
     x = split.x if isinstance(split, Split) else split.head(CHECK_EXAMPLES)
     if not bool(((x == 0) | (x == 1)).all()):
         raise ConfigError(
-            f"--likelihood bernoulli needs binary data, but {config.data.data} with --binarize "
-            f"{config.data.binarize} has grey levels; use --binarize dynamic, threshold or static, "
-            f"or --likelihood gaussian"
+            f"likelihood= bernoulli needs binary data, but {config.data.data} with binarize= "
+            f"{config.data.binarize} has grey levels; use binarize= dynamic, threshold or static, "
+            f"or likelihood= gaussian"
         )
 
 

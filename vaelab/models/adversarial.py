@@ -175,8 +175,8 @@ class AdversarialModel(nn.Module):
         """G(z) for n draws z ~ p(z) from ``generator``: (n, *event)."""
         if sample_pixels:
             raise ConfigError(
-                "--sample-pixels draws from p(x|z), which the adversarial models do not have: their "
-                "samples are the generator's outputs G(z); drop --sample-pixels"
+                "sample_pixels=True draws from p(x|z), which the adversarial models do not have: their "
+                "samples are the generator's outputs G(z); drop sample_pixels=True"
             )
         return self.generate(sample_prior(self.prior(), n, generator))
 
@@ -435,16 +435,16 @@ def check_adversarial(model: str, *, prior: str = "standard", encoder: str = "de
     name, _ = check_prior(prior)
     if name == "vamp":
         raise ConfigError(
-            "--prior vamp is built from the encoder it is meant to regularize; the adversarial "
-            "autoencoder needs a fixed prior: use --prior standard or mog:K"
+            "prior= vamp is built from the encoder it is meant to regularize; the adversarial "
+            "autoencoder needs a fixed prior: use prior= standard or mog:K"
         )
     if not (gamma >= 0 and gamma < float("inf")):
-        raise ConfigError(f"--gamma must be a non-negative number, got {gamma}")
+        raise ConfigError(f"gamma= must be a non-negative number, got {gamma}")
     depth = {"mlp": len(hidden), "conv": 3, "resnet": 4}.get(net, 0)
     if feature_layer < 0 or (depth and feature_layer > depth):
         raise ConfigError(
-            f"--feature-layer must be 0 (the discriminator's last hidden layer) or 1 to {depth} "
-            f"(the discriminator of --net {net} has {depth} layers), got {feature_layer}"
+            f"feature_layer= must be 0 (the discriminator's last hidden layer) or 1 to {depth} "
+            f"(the discriminator of net= {net} has {depth} layers), got {feature_layer}"
         )
 
 

@@ -108,13 +108,13 @@ def check_combination(posterior: str, prior: str, inference: str) -> None:
         raise ConfigError(f"unknown inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
     if inference == "local" and (family != "gaussian" or prior_name == "vamp"):
         raise ConfigError(
-            "--inference local fits a diagonal Gaussian per example and has no encoder; "
-            "use it with --posterior gaussian and --prior standard or mog:K"
+            "inference= local fits a diagonal Gaussian per example and has no encoder; "
+            "use it with posterior= gaussian and prior= standard or mog:K"
         )
     if prior_name == "vamp" and family in FLOWS:
         raise ConfigError(
-            "--prior vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
-            "posteriors cannot do in closed form (planar) or cheaply (iaf); use --posterior "
+            "prior= vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
+            "posteriors cannot do in closed form (planar) or cheaply (iaf); use posterior= "
             "gaussian or full with it"
         )
 
