@@ -377,11 +377,10 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
                 return None
             raise ValueError("a value is required")
         if kind.startswith("dict"):
-            if isinstance(value, str):
-                value = json.loads(value)
-            if not isinstance(value, dict):
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
                 raise ValueError('not a JSON object such as {"width": 32}')
-            return value
+            return parsed
         if kind.startswith("tuple[int"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(int(v) for v in items)
