@@ -291,7 +291,8 @@ def test_trust_code_lets_the_commands_rebuild_the_run(tmp_path, factory_module, 
     out = tmp_path / "run"
     assert main(["train", "--data", "digits", "--binarize", "threshold", "--limit", "200", "--net", f"{name}:make",
                  "--net-args", '{"width": 3}', "--latent-dim", "2", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / CONFIG_FILE).read_text())["model"]["net_args"] == {"width": 3}
+    recorded = json.loads((out / CONFIG_FILE).read_text())["model"]
+    assert recorded["net"] == f"{name}:make" and recorded["net_args"] == {"width": 3}
     assert called.read_text() == "3"
     capsys.readouterr()
     assert main(["evaluate", str(out), "--k", "5", "--limit", "20"]) == 2

@@ -328,6 +328,7 @@ def _check_trust(args: argparse.Namespace) -> None:
     """Refuses, before any work, a run directory of the command whose configuration names code to
     import (--net package.module:Factory) unless --trust-code is given. ``runs.load`` refuses it
     too; checking here makes every command fail at once, before reading data or training anything."""
+    from .files import CONFIG_FILE
     from .nets import check_trusted
     from .runs import read_config
 
@@ -335,7 +336,7 @@ def _check_trust(args: argparse.Namespace) -> None:
     dirs = [getattr(args, "run", None), getattr(args, "resume", None),
             sampler[len("stage2:"):] if sampler.startswith("stage2:") else None]  # fmt: skip
     for run in dirs:
-        if run is None or not (Path(run) / "config.json").is_file():
+        if run is None or not (Path(run) / CONFIG_FILE).is_file():
             continue  # the command itself says what is wrong with a missing run
         try:
             config, _ = read_config(run)
