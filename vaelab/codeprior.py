@@ -63,9 +63,9 @@ class PriorConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr= must be positive, got {self.lr}")
         if self.patience < 0:
-            raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+            raise ConfigError(f"patience= must be 0 (off) or a positive number of epochs, got {self.patience}")
 
     def train_config(self) -> cfg.TrainConfig:
         return cfg.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -114,7 +114,7 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
     run_config, _ = read_config(run_dir)
     model = load(run_dir, code_prior=False, trust_code=trust_code)
     if not isinstance(model, VQVAE):
-        raise RunError(f"{run_dir} is a --model {run_config.model.model} run; a learned code prior is for --model vqvae runs")
+        raise RunError(f"{run_dir} is a model= {run_config.model.model} run; a learned code prior is for model= vqvae runs")
     out = run_dir / PRIOR_DIR
     settings = _settings(model, config)
     if (out / PRIOR_CONFIG).exists():

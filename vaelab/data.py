@@ -493,7 +493,7 @@ def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file:
     may miss a class)."""
     if y is None:
         raise DataError(
-            f"{name} has no labels, so there are no classes to keep; drop classes (--classes), or "
+            f"{name} has no labels, so there are no classes to keep; drop classes (classes=), or "
             "use a labelled dataset (class subfolders of images, an .npz with y_train/y_test or y)"
         )
     missing = [c for c in classes if not (y == c).any()]
@@ -502,7 +502,7 @@ def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file:
         shown = ",".join(map(str, present[:20])) + (",..." if len(present) > 20 else "")
         raise DataError(
             f"label {missing[0]} does not occur in the {file} of {name} (its labels: {shown}); "
-            "fix the classes (--classes)"
+            "fix the classes (classes=)"
         )
     return np.flatnonzero(np.isin(y, classes))
 

@@ -152,7 +152,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         groups = model.parameter_groups()
         if not groups["encoder"]:
             raise ConfigError(
-                "this model has no inference parameters (trained with --inference local: each q is "
+                "this model has no inference parameters (trained with inference= local: each q is "
                 "fitted per example), so there is no encoder gradient to measure"
             )
         return groups
