@@ -183,7 +183,7 @@ def gradient_snr(
         {"encoder": snr, "decoder": snr}.
     """
     if reps < 2:
-        raise ConfigError(f"--reps must be at least 2 to estimate a standard deviation, got {reps}")
+        raise ConfigError(f"reps= must be at least 2 to estimate a standard deviation, got {reps}")
     groups = parameter_groups(model)
     params = [p for ps in groups.values() for p in ps]
     sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
