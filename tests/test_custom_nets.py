@@ -341,3 +341,22 @@ def test_a_trainer_with_a_train_config_alone_keeps_no_run_config(tmp_path):
 
 def test_untrusted_code_error_is_a_vaelab_error():
     assert issubclass(UntrustedCodeError, VaelabError)
+
+
+def test_compare_reads_a_run_naming_code_without_running_it(tmp_path, capsys):
+    """vaelab compare reads configurations and metrics only: it needs no --trust-code."""
+    marker = tmp_path / "pwned"
+    craft(tmp_path / "run", "os:system", {"command": f"touch {marker}"})
+    craft(tmp_path / "other", "mlp")
+    assert main(["compare", str(tmp_path / "run"), str(tmp_path / "other"), "--json",
+                 "-o", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    assert "os:system" in capsys.readouterr().out
+    assert not marker.exists()
+
+
+def test_train_with_a_missing_factory_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--net", "no_such_module_xyz:make", "--epochs", "1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "cannot import module 'no_such_module_xyz'" in err and "--net no_such_module_xyz:make" in err
+    assert not out.exists()
