@@ -360,3 +360,16 @@ def test_train_with_a_missing_factory_is_one_line_and_leaves_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert one_line(err) and "cannot import module 'no_such_module_xyz'" in err and "--net no_such_module_xyz:make" in err
     assert not out.exists()
+
+
+def test_a_trainer_refuses_to_record_ready_modules_as_a_built_in_backbone(tmp_path):
+    """Ready modules of the mlp's very shapes would load into the mlp, but they are not the mlp:
+    no configuration records them, so the Trainer refuses to write one."""
+    config = run_config("mlp")
+    train = load_data(config, "train")
+    mlp = model_from_config(config, train.event_shape)
+    model = build_model("vae", SHAPE, encoder=mlp.encoder, decoder=mlp.decoder, latent_dim=2)
+    trainer = vaelab.Trainer(model, get_objective("elbo"), train, None, config, run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="ready modules"):
+        trainer.fit()
+    assert not (tmp_path / "run").exists()

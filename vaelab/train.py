@@ -215,6 +215,11 @@ class Trainer:
             return
         event_shape = tuple(self.train.event_shape)
         if not is_import_path(self.run_config.model.net):
+            if getattr(self.model, "ready_modules", False):
+                raise RunError(
+                    f"the model's networks are ready modules (encoder=/decoder=), which config.json cannot record, so "
+                    f"{self.run_dir} could not be reopened: build them with a factory, net='package.module:Factory'"
+                )
             self._check_rebuilds(event_shape)
         # (a factory the configuration names is the caller's word for how the networks were made;
         # it may not be importable here, e.g. when given to build_model in nets=)

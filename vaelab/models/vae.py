@@ -157,8 +157,9 @@ def build_vae(
       ``inference="local"``): the encoder maps ``(B, *event_shape)`` to the posterior's
       parameters, ``(B, 2 * latent_dim)`` for the default diagonal Gaussian, and the decoder
       ``(B, latent_dim)`` to ``(B, params_per_dim, *event_shape)``. Nothing records how such
-      modules were made, so a run of this model cannot be rebuilt from its config.json: train
-      runs with a factory instead.
+      modules were made, so a run of this model cannot be rebuilt from its config.json (the
+      model's ``ready_modules`` is True, and a ``Trainer`` refuses to record it as a built-in
+      backbone): train runs with a factory instead.
     """
     check_combination(posterior, prior, inference)
     modules = encoder is not None or decoder is not None
@@ -195,9 +196,14 @@ def build_vae(
     else:
         encoder, decoder = build_nets(net, spec, net_args, nets)
     if inference == "local":
-        return LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
-                        steps=local_steps, lr=local_lr)  # fmt: skip
-    return VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
+        model: VAE = LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
+                              steps=local_steps, lr=local_lr)  # fmt: skip
+    else:
+        model = VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
+    # no configuration can say how ready modules were made: the Trainer will not record such a run
+    # as one of a built-in backbone
+    model.ready_modules = modules
+    return model
 
 
 def build_model(name: str, event_shape: tuple[int, ...], **options: Any) -> nn.Module:
