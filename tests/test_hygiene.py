@@ -52,6 +52,7 @@ def test_the_public_functions_have_type_hints():
 
 def test_library_errors_are_value_errors_and_missing_things_file_not_found(tmp_path):
     assert issubclass(VaelabError, ValueError)
+    assert vaelab.NotFoundError is NotFoundError and vaelab.VaelabError is VaelabError
     with pytest.raises(FileNotFoundError) as err:
         vaelab.load(tmp_path / "no-such-run")
     assert isinstance(err.value, NotFoundError) and "no-such-run" in str(err.value)
