@@ -214,6 +214,8 @@ class Trainer:
         if self.run_dir is None or self.run_config is None or (self.run_dir / CONFIG_FILE).exists():
             return
         event_shape = tuple(self.train.event_shape)
+        # a factory the configuration names is the caller's word for how the networks were made (it
+        # may not be importable here, e.g. when given to build_model in nets=); a built-in is checked
         if not is_import_path(self.run_config.model.net):
             if getattr(self.model, "ready_modules", False):
                 raise RunError(
@@ -221,8 +223,6 @@ class Trainer:
                     f"{self.run_dir} could not be reopened: build them with a factory, net='package.module:Factory'"
                 )
             self._check_rebuilds(event_shape)
-        # (a factory the configuration names is the caller's word for how the networks were made;
-        # it may not be importable here, e.g. when given to build_model in nets=)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.run_dir / CONFIG_FILE, cfg.save_json(self.run_config, event_shape))
 
@@ -234,7 +234,7 @@ class Trainer:
         if ours != theirs:
             differ = sorted(set(ours) ^ set(theirs)) or [k for k in ours if ours[k] != theirs[k]]
             raise RunError(
-                f"config= does not describe this model (parameter {differ[0]} differs), so {self.run_dir} could "
+                f"the RunConfig does not describe this model (parameter {differ[0]} differs), so {self.run_dir} could "
                 f"not be reopened: build the model from the same config.model (runs.model_from_config), or give "
                 f"your networks as net='package.module:Factory' rather than encoder=/decoder= modules"
             )
