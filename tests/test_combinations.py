@@ -271,7 +271,7 @@ def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
     CPU by mistake (which would break every GPU run of this combination) fails here. Two
     stochastic layers take the mlp only (the refusal is checked below)."""
     if combo[-1] != 1 and net != "mlp":
-        with pytest.raises(ConfigError, match="--net"):
+        with pytest.raises(ConfigError, match="net="):
             _config(*combo, net=net)
         return
     config = _config(*combo, net=net)
@@ -354,6 +354,7 @@ GIVEN = {  # a valid, non-default value for every option that belongs to some fa
     "codebook_size": "8", "code_dim": "4", "commitment": "0.5", "codebook_update": "ema", "ema_decay": "0.9",
     "dead_code_restart": "5",
     "encoder": "gaussian", "gamma": "2", "feature_layer": "1", "lr_disc": "1e-4", "adam_betas_disc": "0.5,0.999",
+    "net_args": '{"width": 4}',
 }  # fmt: skip
 ADVERSARIAL = ("gan", "vaegan", "aae", "alphagan", "veegan")
 

@@ -186,7 +186,7 @@ def test_effective_sample_size_limits_and_formula():
 
 def test_estimators_are_checked(model, x):
     assert set(GRAD_ESTIMATORS) == {"reparam", "stl", "dreg", "score"}
-    with pytest.raises(ConfigError, match="score is not available for --objective iwae"):
+    with pytest.raises(ConfigError, match="score is not available for objective= iwae"):
         get_objective("iwae", k=5, grad_estimator="score")(model, x)
     with pytest.raises(ConfigError, match="reparam"):
         elbo(model, x, grad_estimator="magic")

@@ -317,7 +317,7 @@ def test_parameter_groups_put_flow_networks_with_the_encoder_and_pseudo_inputs_w
     assert {id(p) for p in model.latent_prior.parameters()} <= dec
     vamp = _small_vae(posterior="full", prior="vamp:3").parameter_groups()
     assert any(p.shape == (3, 6) for p in vamp["decoder"]) and not any(p.shape == (3, 6) for p in vamp["encoder"])
-    with pytest.raises(ConfigError, match="--prior vamp"):
+    with pytest.raises(ConfigError, match="prior= vamp"):
         _small_vae(posterior="iaf:2", prior="vamp:3")
 
 

@@ -68,9 +68,9 @@ def test_learned_gaussian_has_its_own_scale_per_dimension():
 
 
 def test_conv_rejects_shapes_it_cannot_handle():
-    with pytest.raises(ConfigError, match="multiples of 4.*--net mlp"):
+    with pytest.raises(ConfigError, match="multiples of 4.*net= mlp"):
         vae((1, 10, 10), net="conv")
-    with pytest.raises(ConfigError, match="--net mlp"):
+    with pytest.raises(ConfigError, match="net= mlp"):
         vae((64,), net="conv")
 
 

@@ -89,12 +89,12 @@ def test_residual_block_with_zeroed_last_conv_is_the_identity():
 
 @pytest.mark.parametrize("event_shape", [(1, 30, 30), (1, 28, 30), (64,), (4, 8)])
 def test_resnet_refuses_data_that_is_not_an_image_of_multiples_of_4(event_shape):
-    with pytest.raises(ConfigError, match="--net resnet"):
+    with pytest.raises(ConfigError, match="net= resnet"):
         NETS["resnet"](spec(event_shape))
 
 
-@pytest.mark.parametrize("channels,res_blocks,flag", [(0, 1, "--resnet-channels"), (-3, 1, "--resnet-channels"),
-                                                      (8, -1, "--res-blocks")])  # fmt: skip
+@pytest.mark.parametrize("channels,res_blocks,flag", [(0, 1, "resnet_channels="), (-3, 1, "resnet_channels="),
+                                                      (8, -1, "res_blocks=")])  # fmt: skip
 def test_resnet_refuses_bad_sizes(channels, res_blocks, flag):
     with pytest.raises(ConfigError, match=flag):
         NETS["resnet"](spec((1, 28, 28), channels=channels, res_blocks=res_blocks))

@@ -126,11 +126,13 @@ def test_unknown_kl_mode_is_rejected(linear_model, linear_data):
         elbo(linear_model, linear_data, kl="exact")
 
 
-def test_get_objective_binds_only_accepted_options(linear_model, linear_data):
-    fn = get_objective("elbo", beta=2.0, k=3, kl="analytic", not_an_option=1)
+def test_get_objective_binds_its_options_and_refuses_others(linear_model, linear_data):
+    fn = get_objective("elbo", beta=2.0, k=3, kl="analytic")
     torch.manual_seed(0)
     res = fn(linear_model, linear_data)
     torch.testing.assert_close(res.objective, res.reconstruction - 2.0 * res.kl)
+    with pytest.raises(ConfigError, match="not_an_option"):  # a typo must not train with a default
+        get_objective("elbo", beta=2.0, not_an_option=1)
     with pytest.raises(ConfigError, match="elbo"):
         OBJECTIVES["no-such-objective"]
 

@@ -378,5 +378,5 @@ def test_a_model_with_its_own_sampler_is_asked_for_its_images():
     assert model.calls == [(1000, True), (1000, True), (500, True)]  # in chunks of 1000
     assert x.shape == (2500, 1, 4, 4) and float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert torch.equal(x, sample_images(Coded(), 2500, sample_pixels=True, seed=3))
-    with pytest.raises(ConfigError, match="--sampler gmm needs a VAE's continuous latent"):
+    with pytest.raises(ConfigError, match="sampler='gmm' needs a VAE's continuous latent"):
         sample_images(model, 10, sampler="gmm")

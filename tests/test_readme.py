@@ -66,6 +66,9 @@ def test_python_examples_run(tmp_path, monkeypatch):
     assert namespace["t"].images.shape == (2, 7, 1, 8, 8) and namespace["path"].method == "spherical"
     assert namespace["page"].path == Path("runs/demo/report.html") and namespace["page"].path.is_file()
     assert namespace["result"].epochs == 5
+    # your own networks: the run directory is rebuilt from the factory given by name
+    assert namespace["mine_again"].encoder[1].out_features == 16
+    assert (tmp_path / "runs" / "mine" / "config.json").is_file()
 
 
 def check_shape_comments(code: str, namespace: dict) -> int:

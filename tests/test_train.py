@@ -389,7 +389,7 @@ def test_time_limit_stops_after_the_epoch_that_reaches_it_and_counts_across_resu
 
 
 def test_time_limit_must_be_non_negative():
-    with pytest.raises(ConfigError, match="--time-limit"):
+    with pytest.raises(ConfigError, match="time_limit="):
         cfg.build({"train": {"time_limit": -1}})
 
 

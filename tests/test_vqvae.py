@@ -223,7 +223,7 @@ def test_bad_vqvae_combinations_are_one_line_exit_2_errors(tmp_path, flags, mess
 
 
 def test_vq_options_on_a_vae_are_refused():
-    with pytest.raises(ConfigError, match="--codebook-update does not apply to --model vae; it is an option of --model vqvae"):
+    with pytest.raises(ConfigError, match="codebook_update= does not apply to model= vae; it is an option of model= vqvae"):
         cfg.build({"model": {"codebook_update": "ema"}})
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration; "
                    "with --epochs N (more than it has done), a finished run trains on as if it had been started "
                    "with N epochs")  # fmt: skip
+    _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
     p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
     _add_config_flags(p)
@@ -91,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "bidirectional Monte Carlo bounds on data simulated from the model (--method bdmc). The result (the --json "
                        "object) is kept in RUN/evaluation.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--method", default="is", choices=METHODS,
                    help="is: importance sampling from q(z|x); ais: annealed importance sampling with HMC "
                    "(Neal 2001); bdmc: AIS lower and reverse-AIS upper bounds on --limit examples "
@@ -117,6 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "prints a table and writes a plot (Rainforth et al. 2018). The result (the --json object) is kept in "
                        "RUN/diagnose.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
                    help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
     p.add_argument("--reps", type=int, default=100, help="gradient draws per K (default: 100)")
@@ -142,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "(the encoder's own ELBO); approximation gap log p(x) - L[q*], amortization gap "
                        "L[q*] - L[q]. Means in nats. The result (the --json object) is kept in RUN/gaps.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--limit", type=int, default=100, help="first N test examples (default: 100)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (default: 5000)")
     p.add_argument("--steps", type=int, default=2000, help="Adam steps of the per-example optimization (default: 2000)")
@@ -158,6 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z) (G(z) for the adversarial models; a scatter plot over the data for 2-D points)")
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png, or RUN/samples-1.png, -2, ... when it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -172,6 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "z_q(x) of the run's training data, in RUN/prior/; run the same command again to "
                        "continue an interrupted one. `vaelab sample` and `vaelab evaluate` then use it.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--epochs", type=int, default=30, help="maximum passes over the code grids (default: 30)")
     p.add_argument("--layers", type=int, default=8, help="gated layers (default: 8)")
     p.add_argument("--channels", type=int, default=64, help="channels of each stack (default: 64)")
@@ -187,6 +194,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png, or RUN/reconstructions-1.png, -2, ... when it exists)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
@@ -209,6 +217,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "standard error) and khat (is:K only: the Pareto k-hat of the weights). With "
                        "--auroc-against D2, the AUROC of telling D2 from D by the score.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file to score, of the run's data shape "
                    "(default: the run's own data)")  # fmt: skip
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split of D (default: test)")
@@ -233,6 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "samples_test (with --samples), and x_train, x_test (the means again), so that "
                        "vaelab train --data FILE.npz trains a second VAE on the codes.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file, of the run's data shape (default: the "
                    "run's own data)")  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE.npz", required=True, help="the codes file to write")
@@ -244,6 +254,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Decodes codes (an N x latent_dim .npy array, or a .npz from vaelab encode) "
                        "to the means of p(x|z), written as an image grid (.png) or an array (.npy).")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("codes", metavar="CODES", help="N x latent_dim .npy array, or a .npz file")
     p.add_argument("-o", "--output", metavar="FILE.png|FILE.npy", required=True, help="image grid or array to write")
     p.add_argument("--key", help="the array of a .npz to decode (default: x_test, the test means of vaelab encode; "
@@ -260,6 +271,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "hit of 1000 and the KL divergence of their histogram from uniform. "
                        "Either RUN (its own samples) or --data NAME --samples FILE.npy (samples from any generator).")  # fmt: skip
     p.add_argument("run", metavar="RUN", nargs="?", help="a run directory whose model draws the samples")
+    _add_trust_flag(p)
     p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 2500 "
                    "for ring8 and grid25, 10000 otherwise)")  # fmt: skip
     p.add_argument("--sampler", type=_sampler, metavar="prior|gmm|stage2:RUN2",
@@ -285,6 +297,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "by the dimension's KL(q(z_d|x) || p(z_d)), mean over test examples, largest first (by the "
                        "activity Cov_x E[z_d|x] where the posterior or prior has no KL per dimension) and labelled with it.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--dims", metavar="D,D,...", type=_index_list("--dims"),
                    help="latent dimensions to show, counted from 0, in this order (default: all, largest KL first)")  # fmt: skip
     p.add_argument("--range", dest="span", metavar="R", type=float, default=3.0,
@@ -299,6 +312,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "a straight line otherwise; the output and the figure title say which. The two examples "
                        "themselves frame the row.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("--from", dest="start", metavar="I", type=int, required=True, help="index of the first test example")
     p.add_argument("--to", dest="end", metavar="J", type=int, required=True, help="index of the last test example")
     p.add_argument("--steps", type=int, default=10, help="decoded points, both ends included (default: 10)")
@@ -310,11 +324,42 @@ def _build_parser() -> argparse.ArgumentParser:
                        "the 2-D latent map, traversals and an interpolation, images inline. Sections that do not "
                        "apply to the model are listed with the reason.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
+    _add_trust_flag(p)
     p.add_argument("-o", "--output", metavar="FILE.html", help="where to write the page (default: RUN/report.html)")
     return parser
 
 
 METHODS = ("is", "ais", "bdmc")
+
+
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    """--trust-code, on every command that opens a run directory: a run trained with --net
+    package.module:Factory is rebuilt by importing and calling that factory, which runs its code;
+    a run directory someone handed you runs nothing unless you say so."""
+    parser.add_argument("--trust-code", action="store_true",
+                        help="allow a run trained with --net package.module:Factory to import and run that factory "
+                        "to rebuild its networks (only for runs whose code you trust)")  # fmt: skip
+
+
+def _check_trust(args: argparse.Namespace) -> None:
+    """Refuses, before any work, a run directory of the command whose configuration names code to
+    import (--net package.module:Factory) unless --trust-code is given. ``runs.load`` refuses it
+    too; checking here makes every command fail at once, before reading data or training anything."""
+    from .files import CONFIG_FILE
+    from .nets import check_trusted
+    from .runs import read_config
+
+    sampler = getattr(args, "sampler", None) or ""
+    dirs = [getattr(args, "run", None), getattr(args, "resume", None),
+            sampler[len("stage2:"):] if sampler.startswith("stage2:") else None]  # fmt: skip
+    for run in dirs:
+        if run is None or not (Path(run) / CONFIG_FILE).is_file():
+            continue  # the command itself says what is wrong with a missing run
+        try:
+            config, _ = read_config(run)
+        except VaelabError:
+            continue  # likewise a corrupt one
+        check_trusted(config.model.net, None, args.trust_code)
 
 
 def _sampler(text: str) -> str:
@@ -414,9 +459,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             from .runs import read_config
 
             epochs = read_config(run_dir)[0].train.epochs
-            result = resume_run(run_dir, progress=progress, callbacks=_epoch_printer(args, epochs))
+            result = resume_run(run_dir, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
         else:
-            result = resume_run(run_dir, epochs=epochs, progress=progress, callbacks=_epoch_printer(args, epochs))
+            result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
     else:
         config = _config_from_args(args)
         from .data import is_path
@@ -426,7 +471,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # for the resume hint if interrupted
         result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs))
-    write_run_figures(run_dir)
+    # a new run's --net is the user's own word; a resumed one's is the run directory's
+    write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
     best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
     if not args.silent:
         print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
@@ -504,13 +550,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
         if len(split) == 0:
             raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
-        return _evaluate_adversarial(args, config, load(args.run), split)
+        return _evaluate_adversarial(args, config, load(args.run, trust_code=args.trust_code), split)
     if args.method != "is" and config.model.model == "vqvae":
         raise VaelabError(
             f"--method {args.method} anneals a continuous latent; {args.run} is a --model vqvae run, whose "
             f"bound log p(x|z_q) + log p(z_q) is exact given x: use --method is"
         )
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     if args.method == "bdmc":
         return _evaluate_bdmc(args, config, model, ais_options)
     split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
@@ -798,7 +844,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     args.m = args.m or (t.m if own else 1)
     if args.beta is None and own:
         args.beta = t.beta
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     parameter_groups(model)  # a model without an encoder is refused before any work starts
     split = load_data(config, args.split, limit=args.batch)
     if len(split) == 0:
@@ -855,7 +901,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
             f"vaelab gaps fits q(z|x) per example within the encoder's family, which is implemented for one "
             f"stochastic layer only; {args.run} is a --layers 2 run"
         )
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     x = load_data(config, args.split, limit=args.limit).fixed()
     if len(x) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty")
@@ -913,7 +959,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _positive("-n", args.n)
     _positive("--components", args.components)
     config, event_shape = read_config(args.run)
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     sampler, label = None, "p(z)"
     if args.sampler == "gmm":
         from .runs import load_data
@@ -924,7 +970,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sampler = fit_latent_gmm(model, x, args.components, seed=args.seed)
         label = f"GMM({args.components}) of encoder means"
     elif args.sampler.startswith("stage2:"):
-        sampler = _stage2_sampler(args.sampler, config, args.run, model)
+        sampler = _stage2_sampler(args.sampler, config, args.run, model, args.trust_code)
         label = f"the stage-2 VAE {args.sampler[len('stage2:'):]}"
     if sampler is None and tuple(event_shape) == (2,):  # points in the plane: a scatter plot
         from .report import points_figure
@@ -957,7 +1003,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     _positive("-n", args.n)
     config, event_shape = read_config(args.run)
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     from .sampling import can_reconstruct
 
     if not can_reconstruct(model):
@@ -1063,12 +1109,12 @@ def cmd_quality(args: argparse.Namespace) -> int:
                             f"shape {list(scorer.event_shape)}")  # fmt: skip
         n = scorer.DEFAULT_N if args.n is None else args.n
         scorer.check_n(n)
-        model = load(args.run)
+        model = load(args.run, trust_code=args.trust_code)
         own = hasattr(model, "sample_images")
         train_x = load_data(config, "train", limit=GMM_EXAMPLES).fixed() if sampler == "gmm" and not own else None
         stage2 = None
         if sampler.startswith("stage2:"):
-            stage2 = _stage2_sampler(sampler, config, args.run, model).stage2
+            stage2 = _stage2_sampler(sampler, config, args.run, model, args.trust_code).stage2
             sampler, run2 = "stage2", sampler[len("stage2:"):]
         samples = sample_images(model, n, sampler=sampler, components=components, sample_pixels=bool(args.sample_pixels),
                                 seed=args.seed or 0, train_x=train_x, stage2=stage2)  # fmt: skip
@@ -1129,7 +1175,7 @@ def _pictures_model(args: argparse.Namespace, what: str):
     config, event_shape = read_config(args.run)
     if tuple(event_shape) == (2,):
         raise VaelabError(f"{args.run} models points in the plane, which {what} cannot draw as images; use vaelab sample {args.run}")
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     reason = latent_codes_available(model)
     if reason is not None:
         raise VaelabError(f"{what} needs an example's continuous latent code; {args.run} is a --model "
@@ -1194,7 +1240,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.output
     if out is not None and not str(out).lower().endswith((".html", ".htm")):
         raise VaelabError(f"-o {out}: the report is an HTML page; give a file name ending in .html")
-    report = write_report(args.run, out)
+    report = write_report(args.run, out, trust_code=args.trust_code)
     for title, reason in report.omitted:
         print(f"  not shown: {title}: {reason}")
     print(f"report with {len(report.sections)} sections ({', '.join(report.sections)}): {report.path}")
@@ -1204,7 +1250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm mixture is fitted to
 
 
-def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model) -> Any:
+def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model, trust_code: bool) -> Any:
     """The ``--sampler stage2:RUN2`` latent sampler: RUN2, a VAE trained on RUN's codes, checked to
     draw vectors of RUN's latent size."""
     from .runs import load, read_config
@@ -1220,7 +1266,7 @@ def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model) -> Any
             f"{model.latent_dim} dimensions; train RUN2 on {run}'s codes (vaelab encode {run} -o codes.npz, then "
             f"vaelab train --data codes.npz --binarize none --likelihood gaussian-learned)"
         )
-    return Stage2Sampler(load(run2), model.latent_dim)
+    return Stage2Sampler(load(run2, trust_code=trust_code), model.latent_dim)
 
 
 def _other_data(config: cfg.RunConfig, data: str | None, **changes: Any) -> cfg.RunConfig:
@@ -1278,7 +1324,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.auroc_against is not None:
         parts["against"] = _load_scored(config, args.run, event_shape, args.auroc_against, args.split, args.limit,
                                         "--auroc-against")  # fmt: skip
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     progress = not (args.quiet or args.json)
     scores = {key: score(model, part.fixed(), args.bound, draws=draws, seed=args.seed, progress=progress)
               for key, part in parts.items()}  # fmt: skip
@@ -1350,7 +1396,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     train = _load_scored(_other_data(config, args.data, valid_fraction=0.0), args.run, event_shape, None, "train",
                          args.limit, "--data")  # fmt: skip
     test = _load_scored(config, args.run, event_shape, args.data, "test", args.limit, "--data")
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     arrays: dict[str, Any] = {}
     for name, part in (("train", train), ("test", test)):
         codes = encode_codes(model, part.fixed(), samples=args.samples, seed=args.seed)
@@ -1385,7 +1431,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     config, _ = read_config(args.run)
     _needs_continuous_latent(config, args.run, "vaelab decode")
     codes = _read_codes(args.codes, args.key)
-    model = load(args.run)
+    model = load(args.run, trust_code=args.trust_code)
     if codes.ndim < 2 or codes.shape[-1] != model.latent_dim or codes.size == 0:
         raise DataError(
             f"{args.codes}: codes of shape {list(codes.shape)} do not fit {args.run}'s latent of {model.latent_dim} "
@@ -1430,6 +1476,8 @@ def _read_codes(path: str, key: str | None):
             if key is not None:
                 raise DataError(f"--key picks an array of a .npz file; {path} is a single array: drop --key")
             codes = loaded
+    except DataError:
+        raise  # our own message (a DataError is a ValueError too)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot read it as a .npy/.npz array ({err})".replace("\n", " ")) from None
     if not (np.issubdtype(codes.dtype, np.floating) or np.issubdtype(codes.dtype, np.integer)):
@@ -1445,8 +1493,8 @@ def cmd_prior(args: argparse.Namespace) -> int:
     config = PriorConfig(layers=args.layers, channels=args.channels, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, patience=args.patience, seed=args.seed, time_limit=args.time_limit)  # fmt: skip
     result = fit_code_prior(args.run, config, progress=not (args.quiet or args.silent),
-                            callbacks=_epoch_printer(args, config.epochs))  # fmt: skip
-    write_run_figures(args.run)  # samples.png, now that there is a prior to draw from
+                            callbacks=_epoch_printer(args, config.epochs), trust_code=args.trust_code)  # fmt: skip
+    write_run_figures(args.run, trust_code=args.trust_code)  # samples.png, now that there is a prior to draw from
     best = f", best validation log p(z) {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
     if not args.silent:
         print(f"trained the code prior for {result.epochs} epochs ({result.stop_reason}){best}; in {Path(args.run) / 'prior'}")
@@ -1522,6 +1570,42 @@ def _quiet_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+# a Python argument in a library message: name=, then maybe a quoted value or True
+_PYTHON_ARGUMENT = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=(?:'([^'\s]*)'|(True)\b)?")
+
+
+def _options_of(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The Python names (``latent_dim``) of the long options (``--latent-dim``) of ``command``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        option[2:].replace("-", "_")
+        for action in sub.choices[command]._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+
+
+def _as_flags(message: str, options: set[str]) -> str:
+    """Library messages name Python arguments; the command line speaks in flags. Turns
+    ``latent_dim=8`` into ``--latent-dim 8``, ``latent_dim= must`` into ``--latent-dim must``,
+    ``net='mlp'`` into ``--net mlp`` and ``trust_code=True`` into ``--trust-code``, for the names
+    in ``options`` only, so that any other ``=`` in a message (``nets={...}``) is left as it is."""
+
+    def flag(match: re.Match) -> str:
+        name, quoted, true = match.groups()
+        if name not in options:
+            return match.group(0)
+        text = "--" + name.replace("_", "-")
+        if true:
+            return text
+        if quoted is not None:
+            return f"{text} {quoted}"
+        following = message[match.end() : match.end() + 1]
+        return text if following in ("", " ", "?", ")", ",", ";", ":", ".") else text + " "
+
+    return _PYTHON_ARGUMENT.sub(flag, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
@@ -1541,9 +1625,13 @@ def _main(argv: Sequence[str] | None) -> int:
     handler = _show_warnings()
     _flush_denormals()
     try:
+        if hasattr(args, "trust_code"):
+            _check_trust(args)
         return COMMANDS[args.command](args)
     except VaelabError as err:
-        print(f"vaelab: error: {err}", file=sys.stderr)
+        # the command's own options, and the configuration's, which are flags of vaelab train
+        options = _options_of(parser, args.command) | set(cfg.field_names())
+        print(f"vaelab: error: {_as_flags(str(err), options)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = ""

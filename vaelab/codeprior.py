@@ -63,9 +63,9 @@ class PriorConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr= must be positive, got {self.lr}")
         if self.patience < 0:
-            raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+            raise ConfigError(f"patience= must be 0 (off) or a positive number of epochs, got {self.patience}")
 
     def train_config(self) -> cfg.TrainConfig:
         return cfg.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -101,7 +101,7 @@ def _settings(model: VQVAE, config: PriorConfig) -> dict:
 
 
 def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True,
-                   callbacks: Sequence[Callable[[dict], None]] = ()):  # fmt: skip
+                   callbacks: Sequence[Callable[[dict], None]] = (), trust_code: bool = False):  # fmt: skip
     """Trains (or resumes training) the PixelCNN prior of the VQ-VAE in ``run_dir``.
 
     Returns the ``train.TrainResult``; ``callbacks`` are the Trainer's (called with each epoch's
@@ -113,9 +113,9 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
 
     run_dir = Path(run_dir)
     run_config, _ = read_config(run_dir)
-    model = load(run_dir, code_prior=False)
+    model = load(run_dir, code_prior=False, trust_code=trust_code)
     if not isinstance(model, VQVAE):
-        raise RunError(f"{run_dir} is a --model {run_config.model.model} run; a learned code prior is for --model vqvae runs")
+        raise RunError(f"{run_dir} is a model= {run_config.model.model} run; a learned code prior is for model= vqvae runs")
     out = run_dir / PRIOR_DIR
     settings = _settings(model, config)
     if (out / PRIOR_CONFIG).exists():

@@ -27,7 +27,7 @@ from .models.vae import INFERENCE, check_combination
 from .models.vqvae import check_vqvae
 from .posteriors import FLOWS, check_posterior
 from .priors import check_prior
-from .nets import ACTIVATIONS, NETS
+from .nets import ACTIVATIONS, check_net
 from .estimators import GRAD_ESTIMATORS
 from .objectives import KL_MODES, OBJECTIVES, objective_options
 
@@ -50,7 +50,9 @@ def _changed(section: Any, names: Sequence[str]) -> list[str]:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """An option as library messages name it, the Python argument (``latent_dim=``); the CLI
+    shows it as its flag (``--latent-dim``)."""
+    return f"{name}="
 
 
 @dataclass(frozen=True)
@@ -75,24 +77,24 @@ class DataConfig:
                 f"unknown binarize mode {self.binarize!r}; choose one of: {', '.join(_data.BINARIZE_MODES)}"
             )
         if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+            raise ConfigError(f"valid_fraction= must be in [0, 1), got {self.valid_fraction}")
         if self.dequantize and self.binarize != "none":
-            raise ConfigError("--dequantize adds noise to grey levels; use it with --binarize none")
+            raise ConfigError("dequantize= adds noise to grey levels; use it with binarize= none")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be a positive number of examples, got {self.limit}")
+            raise ConfigError(f"limit= must be a positive number of examples, got {self.limit}")
         if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"--image-size must be a positive number of pixels, got {self.image_size}")
+            raise ConfigError(f"image_size= must be a positive number of pixels, got {self.image_size}")
         if self.channels not in (None, 1, 3):
-            raise ConfigError(f"--channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+            raise ConfigError(f"channels= must be 1 (greyscale) or 3 (RGB), got {self.channels}")
         if self.classes is not None:
             if not self.classes:
-                raise ConfigError("--classes needs at least one label, e.g. --classes 0,1,2")
+                raise ConfigError("classes= needs at least one label, e.g. classes= 0,1,2")
             if len(set(self.classes)) != len(self.classes):
-                raise ConfigError(f"--classes lists a label twice ({','.join(map(str, self.classes))}); list each once")
+                raise ConfigError(f"classes= lists a label twice ({','.join(map(str, self.classes))}); list each once")
         if self.workers < 0:
-            raise ConfigError(f"--workers must be 0 (decode in the main process) or more, got {self.workers}")
+            raise ConfigError(f"workers= must be 0 (decode in the main process) or more, got {self.workers}")
         if not (self.memory_budget >= 0 and math.isfinite(self.memory_budget)):
-            raise ConfigError(f"--memory-budget must be 0 (always stream) or a positive number of GiB, got {self.memory_budget}")
+            raise ConfigError(f"memory_budget= must be 0 (always stream) or a positive number of GiB, got {self.memory_budget}")
         # Paths are stored absolute, so a run directory works from any working directory.
         if _data.is_path(self.data):
             object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
@@ -102,7 +104,8 @@ class DataConfig:
 
 # Which model-specific options each model family uses: the one home of that rule. An option a
 # family would silently ignore is refused when given (set to other than its default).
-VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers")
+VAE_ONLY = ("posterior", "prior", "inference", "latent_dim", "hidden", "activation", "local_steps", "local_lr", "layers",
+            "net_args")
 VQ_ONLY = ("codebook_size", "code_dim", "commitment", "codebook_update", "ema_decay", "dead_code_restart")
 _GENERATOR = ("latent_dim", "hidden", "activation")
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -114,6 +117,8 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "alphagan": (*_GENERATOR, "encoder"),
     "veegan": _GENERATOR,
 }
+# the options every family's builder takes
+COMMON_MODEL_OPTIONS = ("likelihood", "obs_precision", "net", "resnet_channels", "res_blocks")
 # why an option does not apply, where the family's nature says it
 _WHY = {"vqvae": " (its latent is a grid of --codebook-size codes of --code-dim numbers)"}
 # training options of the VAE's objectives; the VQ-VAE and the adversarial models train on their
@@ -130,7 +135,8 @@ class ModelConfig:
     model: str = field(default="vae", metadata=_help("model family: vae | vqvae | gan | vaegan | aae | alphagan | veegan"))
     likelihood: str = field(default="bernoulli", metadata=_help("bernoulli | gaussian | gaussian-learned: the observation model p(x|z) (adversarial models: the generator output, sigmoid or unbounded, and the aae/alphagan reconstruction loss)"))
     obs_precision: float = field(default=100.0, metadata=_help("precision (1/variance) of the fixed-variance gaussian likelihood"))
-    net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet (default: mlp for the vae, resnet for the vqvae)"))
+    net: str | None = field(default=None, metadata=_help("backbone: mlp | conv | resnet, or your own factory package.module:Factory for the vae (default: mlp for the vae, resnet for the vqvae)"))
+    net_args: dict[str, Any] | None = field(default=None, metadata=_help("--net package.module:Factory: a JSON object of keyword arguments for the factory, e.g. '{\"width\": 32}'"))
     resnet_channels: int = field(default=64, metadata=_help("--net resnet: channels of the convolutional stages"))
     res_blocks: int = field(default=2, metadata=_help("--net resnet: residual blocks after the downsampling (and before the upsampling) stages"))
     hidden: tuple[int, ...] = field(default=(200, 200), metadata=_help("hidden layer widths, comma-separated (conv uses the first)"))
@@ -158,19 +164,25 @@ class ModelConfig:
         for registry, value in (
             (MODELS, self.model),
             (OBSERVATIONS, self.likelihood),
-            (NETS, self.net),
             (ACTIVATIONS, self.activation),
         ):
             registry[value]  # raises ConfigError listing the valid names
+        check_net(self.net, self.net_args)  # a registered name or an import path; imports nothing
+        if self.net_args is not None:  # a JSON object, kept as a plain dict of its own
+            try:
+                object.__setattr__(self, "net_args", json.loads(json.dumps(dict(self.net_args), allow_nan=False)))
+            except (TypeError, ValueError):
+                raise ConfigError(f"net_args={self.net_args!r} must hold JSON values (numbers, strings, lists, "
+                                  "objects), which config.json records") from None  # fmt: skip
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden needs positive layer widths such as 200,200, got {self.hidden}")
+            raise ConfigError(f"hidden= needs positive layer widths such as 200,200, got {self.hidden}")
         if self.latent_dim < 1:
-            raise ConfigError(f"--latent-dim must be at least 1, got {self.latent_dim}")
+            raise ConfigError(f"latent_dim= must be at least 1, got {self.latent_dim}")
         check_combination(self.posterior, self.prior, self.inference)
         if self.model == "vae":
             check_layers(self.layers, posterior=self.posterior, prior=self.prior, inference=self.inference, net=self.net)
         if self.resnet_channels < 1 or self.res_blocks < 0:
-            raise ConfigError(f"--resnet-channels must be at least 1 and --res-blocks at least 0, got {self.resnet_channels} and {self.res_blocks}")
+            raise ConfigError(f"resnet_channels= must be at least 1 and res_blocks= at least 0, got {self.resnet_channels} and {self.res_blocks}")
         if self.model == "vqvae":
             check_vqvae(None, self.net, self.codebook_size, self.code_dim, self.commitment, self.codebook_update,
                         self.ema_decay, self.dead_code_restart)  # fmt: skip
@@ -184,15 +196,21 @@ class ModelConfig:
         if ignored:
             users = [m for m, names in MODEL_OPTIONS.items() if ignored[0] in names]
             raise ConfigError(
-                f"{_flag(ignored[0])} does not apply to --model {self.model}{_WHY.get(self.model, '')}; it is an "
-                f"option of --model {' | '.join(users)}: drop it"
+                f"{_flag(ignored[0])} does not apply to model= {self.model}{_WHY.get(self.model, '')}; it is an "
+                f"option of model= {' | '.join(users)}: drop it"
             )
         if self.local_steps < 1:
-            raise ConfigError(f"--local-steps must be at least 1, got {self.local_steps}")
+            raise ConfigError(f"local_steps= must be at least 1, got {self.local_steps}")
         if not (self.local_lr > 0 and math.isfinite(self.local_lr)):
-            raise ConfigError(f"--local-lr must be a positive number, got {self.local_lr}")
+            raise ConfigError(f"local_lr= must be a positive number, got {self.local_lr}")
         if not (self.obs_precision > 0 and math.isfinite(self.obs_precision)):
-            raise ConfigError(f"--obs-precision must be a positive number, got {self.obs_precision}")
+            raise ConfigError(f"obs_precision= must be a positive number, got {self.obs_precision}")
+
+    def builder_options(self) -> dict[str, Any]:
+        """The keywords of ``models.build_model`` for this family: the common options and the
+        family's own (``MODEL_OPTIONS``), and none that the family's builder does not take."""
+        values = dataclasses.asdict(self)
+        return {name: values[name] for name in (*COMMON_MODEL_OPTIONS, *MODEL_OPTIONS[self.model])}
 
 
 @dataclass(frozen=True)
@@ -223,8 +241,8 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata=_help("start from the model weights of this run (built with the same model options and data shape); the optimizer, epoch count and random state start fresh", metavar="RUN"))
 
     def objective_options(self) -> dict[str, Any]:
-        """The options to build the objective with (``objectives.get_objective``); beta is left
-        out when unset so each objective uses its own default."""
+        """The options to build the objective with (``objectives.get_objective``), those it takes;
+        beta is left out when unset so each objective uses its own default."""
         options = {
             "k": self.k,
             "m": self.m,
@@ -234,7 +252,10 @@ class TrainConfig:
         }
         if self.beta is not None:
             options["beta"] = self.beta
-        return options
+        # one configuration serves every objective: each gets the options it takes (__post_init__
+        # refuses non-default values of the others)
+        accepted = objective_options(self.objective)
+        return {name: value for name, value in options.items() if name in accepted}
 
     def __post_init__(self) -> None:
         accepted = objective_options(self.objective)  # raises ConfigError listing the objectives
@@ -249,43 +270,43 @@ class TrainConfig:
             if name not in accepted:
                 users = [o for o in OBJECTIVES if name in objective_options(o)]
                 raise ConfigError(
-                    f"--{name} is not used by --objective {self.objective}; it applies to: {', '.join(users)}"
+                    f"{name}= is not used by objective= {self.objective}; it applies to: {', '.join(users)}"
                 )
         if self.grad_estimator == "score" and self.objective != "elbo":
             raise ConfigError(
-                f"--grad-estimator score is implemented for --objective elbo only; use reparam, stl or dreg with {self.objective}"
+                f"grad_estimator= score is implemented for objective= elbo only; use reparam, stl or dreg with {self.objective}"
             )
         if self.objective == "ciwae" and self.beta is not None and not 0 <= self.beta <= 1:
-            raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"beta= for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
         if self.kl_warmup < 0 or self.kl_cycles < 0:
-            raise ConfigError("--kl-warmup and --kl-cycles must be 0 (off) or positive")
+            raise ConfigError("kl_warmup= and kl_cycles= must be 0 (off) or positive")
         if self.kl_warmup and self.kl_cycles:
-            raise ConfigError("--kl-warmup and --kl-cycles are two different schedules; choose one")
+            raise ConfigError("kl_warmup= and kl_cycles= are two different schedules; choose one")
         if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
-            raise ConfigError(f"--free-bits must be a non-negative number of nats, got {self.free_bits}")
+            raise ConfigError(f"free_bits= must be a non-negative number of nats, got {self.free_bits}")
         positive = {"k": self.k, "m": self.m, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"{name}= must be at least 1, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr= must be a positive number, got {self.lr}")
         if self.beta is not None and not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"--beta must be a non-negative number, got {self.beta}")
+            raise ConfigError(f"beta= must be a non-negative number, got {self.beta}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"--adam-betas needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
+            raise ConfigError(f"adam_betas= needs two numbers in [0, 1) such as 0.9,0.999, got {self.adam_betas}")
         if self.lr_disc is not None and not (self.lr_disc > 0 and math.isfinite(self.lr_disc)):
-            raise ConfigError(f"--lr-disc must be a positive number, got {self.lr_disc}")
+            raise ConfigError(f"lr_disc= must be a positive number, got {self.lr_disc}")
         if self.adam_betas_disc is not None and (len(self.adam_betas_disc) != 2 or not all(0 <= b < 1 for b in self.adam_betas_disc)):
-            raise ConfigError(f"--adam-betas-disc needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
+            raise ConfigError(f"adam_betas_disc= needs two numbers in [0, 1) such as 0.5,0.999, got {self.adam_betas_disc}")
         if not self.adam_eps > 0:
-            raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
+            raise ConfigError(f"adam_eps= must be positive, got {self.adam_eps}")
         if self.init_from is not None:
             # stored absolute, like data paths, so the run's record holds wherever it is read from
             object.__setattr__(self, "init_from", os.path.abspath(os.path.expanduser(self.init_from)))
         if self.patience < 0:
-            raise ConfigError(f"--patience must be 0 (off) or a positive number of epochs, got {self.patience}")
+            raise ConfigError(f"patience= must be 0 (off) or a positive number of epochs, got {self.patience}")
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
-            raise ConfigError(f"--time-limit must be 0 (off) or a positive number of seconds, got {self.time_limit}")
+            raise ConfigError(f"time_limit= must be 0 (off) or a positive number of seconds, got {self.time_limit}")
 
 
 @dataclass(frozen=True)
@@ -303,8 +324,8 @@ class RunConfig:
             ignored = _changed(t, VAE_TRAIN_ONLY)
             if ignored:
                 raise ConfigError(
-                    f"{_flag(ignored[0])} does not apply to --model vqvae: it trains on its own loss "
-                    f"(reconstruction, codebook and --commitment terms) with a deterministic one-hot "
+                    f"{_flag(ignored[0])} does not apply to model= vqvae: it trains on its own loss "
+                    f"(reconstruction, codebook and commitment= terms) with a deterministic one-hot "
                     f"posterior, so there is no KL to schedule or importance-weight; drop it"
                 )
         if m.model in ADVERSARIAL:
@@ -312,35 +333,35 @@ class RunConfig:
             if ignored:
                 why = ("it has no likelihood bound to select weights or stop early on: the last epoch's weights are kept"
                        if ignored[0] == "patience" else "it trains each player on its own adversarial loss")  # fmt: skip
-                raise ConfigError(f"{_flag(ignored[0])} does not apply to --model {m.model}: {why}; drop it")
+                raise ConfigError(f"{_flag(ignored[0])} does not apply to model= {m.model}: {why}; drop it")
         else:
             ignored = _changed(t, DISC_TRAIN_ONLY)
             if ignored:
                 raise ConfigError(
                     f"{_flag(ignored[0])} sets the discriminators' optimizer, which only the adversarial models "
-                    f"(--model {' | '.join(ADVERSARIAL)}) have; drop it"
+                    f"(model= {' | '.join(ADVERSARIAL)}) have; drop it"
                 )
         posterior = check_posterior(m.posterior)[0]
         if posterior in FLOWS and t.grad_estimator != "reparam":
             raise ConfigError(
-                f"--grad-estimator {t.grad_estimator} is not implemented for flow posteriors "
-                f"(--posterior {m.posterior}); use --grad-estimator reparam"
+                f"grad_estimator= {t.grad_estimator} is not implemented for flow posteriors "
+                f"(posterior= {m.posterior}); use grad_estimator= reparam"
             )
         if posterior in FLOWS and t.objective == "piwae":
             raise ConfigError(
-                "--objective piwae trains the encoder through a detached log q, which flow posteriors "
-                f"do not provide; use iwae, miwae or ciwae with --posterior {m.posterior}"
+                "objective= piwae trains the encoder through a detached log q, which flow posteriors "
+                f"do not provide; use iwae, miwae or ciwae with posterior= {m.posterior}"
             )
         if t.free_bits > 0 and m.layers == 2:
             raise ConfigError(
-                "--free-bits needs the KL per latent dimension in closed form, which the two-layer "
-                "model (--layers 2) does not have; drop --free-bits or use --layers 1"
+                "free_bits= needs the KL per latent dimension in closed form, which the two-layer "
+                "model (layers= 2) does not have; drop free_bits= or use layers= 1"
             )
         factorized = posterior == "gaussian" and check_prior(m.prior)[0] == "standard"
         if t.free_bits > 0 and not factorized:
             raise ConfigError(
-                "--free-bits needs the KL per latent dimension: use --posterior gaussian and "
-                "--prior standard with it"
+                "free_bits= needs the KL per latent dimension: use posterior= gaussian and "
+                "prior= standard with it"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,12 +375,17 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     """Converts a TOML/JSON/CLI value to the type the field declares, or raises ConfigError."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     kind = f.type if isinstance(f.type, str) else str(f.type)
-    flag = "--" + name.replace("_", "-")
+    flag = _flag(name)
     try:
         if value is None:
             if "None" in kind:
                 return None
             raise ValueError("a value is required")
+        if kind.startswith("dict"):
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError('not a JSON object such as {"width": 32}')
+            return parsed
         if kind.startswith("tuple[int"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(int(v) for v in items)
@@ -471,6 +497,8 @@ def load_json(path: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
             # runs written before the data's --channels existed named the resnet width "channels"
             model.setdefault("resnet_channels", model.pop("channels"))
         return build(doc), event_shape
+    except ConfigError:
+        raise  # a ConfigError is a ValueError too: it names the bad value, which "corrupt" would hide
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: is {path.parent} a vaelab run directory?") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:

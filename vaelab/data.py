@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, DataNotFoundError
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -493,7 +493,7 @@ def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file:
     may miss a class)."""
     if y is None:
         raise DataError(
-            f"{name} has no labels, so there are no classes to keep; drop classes (--classes), or "
+            f"{name} has no labels, so there are no classes to keep; drop classes (classes=), or "
             "use a labelled dataset (class subfolders of images, an .npz with y_train/y_test or y)"
         )
     missing = [c for c in classes if not (y == c).any()]
@@ -502,7 +502,7 @@ def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file:
         shown = ",".join(map(str, present[:20])) + (",..." if len(present) > 20 else "")
         raise DataError(
             f"label {missing[0]} does not occur in the {file} of {name} (its labels: {shown}); "
-            "fix the classes (--classes)"
+            "fix the classes (classes=)"
         )
     return np.flatnonzero(np.isin(y, classes))
 
@@ -822,7 +822,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             else:
                 raw = handle.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file; check the path") from None
+        raise DataNotFoundError(f"{path}: no such file; check the path") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise DataError(
             f"{path}: corrupt or truncated gzip stream ({error}); {_FIX_CORRUPT}"
@@ -903,7 +903,7 @@ def resolve_idx_files(
             return found
     cache = _cache_dir(name)
     if not download:
-        raise DataError(_missing_message(name, looked, cache, None))
+        raise DataNotFoundError(_missing_message(name, looked, cache, None))
     _download_missing(name, cache, looked, progress)
     found = _complete_dir(cache)
     if found is None:  # only if something deleted the files under our feet
@@ -1063,7 +1063,7 @@ def _stream_to_file(url: str, final: Path, expected: str, progress: bool) -> str
 
 def _array_source(path: Path) -> _Source:
     if not path.exists():
-        raise DataError(
+        raise DataNotFoundError(
             f"{path}: no such file or folder; check the path, or use a dataset name "
             f"({', '.join(DATASETS.names())})"
         )
@@ -1076,6 +1076,8 @@ def _array_source(path: Path) -> _Source:
                 parts = _parts_from_npz(path, loaded)
         else:
             parts = _split_single(path, loaded, None)
+    except DataError:
+        raise  # our own message about the file's contents (a DataError is a ValueError too)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise _unreadable(path, error) from None
     train, test = parts

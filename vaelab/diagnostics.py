@@ -176,7 +176,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         groups = model.parameter_groups()
         if not groups["encoder"]:
             raise ConfigError(
-                "this model has no inference parameters (trained with --inference local: each q is "
+                "this model has no inference parameters (trained with inference= local: each q is "
                 "fitted per example), so there is no encoder gradient to measure"
             )
         return groups
@@ -207,7 +207,7 @@ def gradient_snr(
         {"encoder": snr, "decoder": snr}.
     """
     if reps < 2:
-        raise ConfigError(f"--reps must be at least 2 to estimate a standard deviation, got {reps}")
+        raise ConfigError(f"reps= must be at least 2 to estimate a standard deviation, got {reps}")
     groups = parameter_groups(model)
     params = [p for ps in groups.values() for p in ps]
     sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, keywords
 
 OBSERVATIONS: Registry[type["Observation"]] = Registry("likelihood")
 
@@ -55,7 +55,7 @@ class BernoulliObservation(Observation):
 
     params_per_dim = 1
 
-    def __init__(self, event_ndim: int, **unused: float) -> None:
+    def __init__(self, event_ndim: int) -> None:
         super().__init__(event_ndim)
 
     def forward(self, out: Tensor) -> Distribution:
@@ -75,11 +75,11 @@ class GaussianObservation(Observation):
 
     params_per_dim = 1
 
-    def __init__(self, event_ndim: int, obs_precision: float = 100.0, **unused: float) -> None:
+    def __init__(self, event_ndim: int, obs_precision: float = 100.0) -> None:
         super().__init__(event_ndim)
         if not (obs_precision > 0 and math.isfinite(obs_precision)):
             raise ConfigError(
-                f"--obs-precision must be a positive number, got {obs_precision}"
+                f"obs_precision= must be a positive number, got {obs_precision}"
             )
         self.register_buffer("scale", torch.tensor(obs_precision**-0.5), persistent=False)
 
@@ -99,7 +99,7 @@ class LearnedGaussianObservation(Observation):
     params_per_dim = 2
     min_scale = 1e-3
 
-    def __init__(self, event_ndim: int, **unused: float) -> None:
+    def __init__(self, event_ndim: int) -> None:
         super().__init__(event_ndim)
 
     def forward(self, out: Tensor) -> Distribution:
@@ -108,9 +108,12 @@ class LearnedGaussianObservation(Observation):
         return diagonal_gaussian(mean, F.softplus(raw) + self.min_scale, self.event_ndim)
 
 
-def build_observation(name: str, event_ndim: int, **options: float) -> Observation:
-    """Builds the observation model registered as ``name`` for data with ``event_ndim`` dims."""
-    return OBSERVATIONS[name](event_ndim, **options)
+def build_observation(name: str, event_ndim: int, *, obs_precision: float = 100.0) -> Observation:
+    """Builds the observation model registered as ``name`` for data with ``event_ndim`` dims;
+    ``obs_precision`` goes to the model that has a fixed precision (``gaussian``)."""
+    cls = OBSERVATIONS[name]
+    options = {"obs_precision": obs_precision} if "obs_precision" in keywords(cls) else {}
+    return cls(event_ndim, **options)
 
 
 # -- posteriors with their parameters cut from the graph -------------------------------------
@@ -127,7 +130,7 @@ def stop_gradient(q: Distribution) -> Distribution:
     """
     raise ConfigError(
         f"the stl/dreg/score gradient estimators need a posterior whose parameters can be "
-        f"detached; {type(q).__name__} has no stop_gradient rule (use --grad-estimator reparam)"
+        f"detached; {type(q).__name__} has no stop_gradient rule (use grad_estimator= reparam)"
     )
 
 

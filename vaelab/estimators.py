@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .distributions import stop_gradient
@@ -106,7 +106,7 @@ def sample_particles(
     return Particles(model=model, x=x, q=q, z=z, prior=prior)
 
 
-def log_weights(model, x: Tensor, k: int) -> Tensor:
+def log_weights(model: nn.Module, x: Tensor, k: int) -> Tensor:
     """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), reparameterized; shape (k, B)."""
     return sample_particles(model, x, k).log_weights
 
@@ -117,7 +117,7 @@ def check_estimator(name: str, objective: str, allowed: tuple[str, ...]) -> None
         raise ConfigError(f"unknown grad estimator {name!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}")
     if name not in allowed:
         raise ConfigError(
-            f"--grad-estimator {name} is not available for --objective {objective}; "
+            f"grad_estimator= {name} is not available for objective= {objective}; "
             f"choose one of: {', '.join(allowed)}"
         )
 

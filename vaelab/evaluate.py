@@ -102,7 +102,7 @@ def log_likelihood(
     bound_k = tuple(int(b) for b in bounds)
     if any(b < 1 or b > k for b in bound_k):
         raise ConfigError(
-            f"--bounds values must be at least 1 and at most --k ({k}), as they are cut from the same "
+            f"bounds= values must be at least 1 and at most k= ({k}), as they are cut from the same "
             f"particles; got {','.join(map(str, bound_k))}"
         )
     n = x.shape[0]

@@ -19,7 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .errors import RunError
+from .errors import RunError, RunNotFoundError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -90,7 +90,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise RunError(f"{path} does not exist") from None
+        raise RunNotFoundError(f"{path} does not exist") from None
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")

@@ -227,7 +227,7 @@ def _scan(root: str, image_size: int | None, channels: int | None, signature: tu
             (a, pa), (b, pb) = list(sizes.items())[:2]
             raise DataError(
                 f"{folder}: images differ in size ({pa} is {a[0]}x{a[1]}, {pb} is {b[0]}x{b[1]} "
-                "pixels, width x height); pass --image-size S to resize every image to S x S"
+                "pixels, width x height); pass image_size= S to resize every image to S x S"
             )
         width, height = next(iter(sizes))
     else:

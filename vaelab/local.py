@@ -172,7 +172,7 @@ def gaps(
         raise ConfigError("ais_options are used only with method='ais'")
     if getattr(model, "encoder", 0) is None:
         raise ConfigError(
-            "this model has no encoder (trained with --inference local), so it has no amortized q "
+            "this model has no encoder (trained with inference= local), so it has no amortized q "
             "and no amortization gap; gaps needs a run with an encoder"
         )
     # AIS first: an option it refuses (e.g. a planar flow as its start) fails before the long fits

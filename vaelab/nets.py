@@ -14,17 +14,26 @@ The backbones in ``NETS`` (``--net``):
   latent; images whose height and width are multiples of 4. Its grid-level halves,
   ``resnet_encoder_grid`` and ``resnet_decoder_grid``, map feature maps to feature maps for
   models with spatial latents.
+
+Your own networks: ``--net package.module:Factory`` (any name with a ``:``) names a factory that
+is imported and called as ``Factory(spec, **net_args)`` with the ``NetSpec`` below and the JSON
+object of ``--net-args`` as keywords; it returns ``(encoder, decoder)`` with the contract above,
+checked once on a batch of zeros when the model is built (``check_outputs``). A run directory that
+names such a factory is only rebuilt when the caller allows that code to run (``check_trusted``).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, UntrustedCodeError
 from .registry import Registry
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
@@ -50,7 +59,139 @@ class NetSpec:
     res_blocks: int = 2  # resnet: residual blocks per side
 
 
-NETS: Registry[Callable[[NetSpec], tuple[nn.Module, nn.Module]]] = Registry("net")
+# A backbone factory: NetSpec (and, for your own factories, the --net-args keywords) -> (encoder, decoder)
+NetFactory = Callable[..., tuple[nn.Module, nn.Module]]
+NETS: Registry[NetFactory] = Registry("net")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_import_path(net: str) -> bool:
+    """Whether ``net`` names a factory to import (``package.module:Factory``) rather than a
+    registered backbone."""
+    return ":" in net
+
+
+def split_import_path(net: str) -> tuple[str, str]:
+    """``"package.module:Factory"`` -> ``("package.module", "Factory")``, checked for form only
+    (nothing is imported); ConfigError if it is not of that form."""
+    module, _, attribute = net.partition(":")
+    if not all(_NAME.fullmatch(part) for part in (*module.split("."), *attribute.split("."))):
+        raise ConfigError(
+            f"net={net!r} is neither a built-in backbone ({', '.join(NETS.names())}) nor an import "
+            f"path such as net='mypackage.nets:make_nets'"
+        )
+    return module, attribute
+
+
+def check_net(net: str, net_args: Mapping[str, Any] | None = None) -> None:
+    """Refuses a ``net`` that is neither registered nor an import path, and ``net_args`` that are
+    not a JSON-style object of keywords or are given to a built-in backbone (ConfigError). Imports
+    nothing."""
+    if is_import_path(net):
+        split_import_path(net)
+    else:
+        NETS[net]  # raises ConfigError listing the valid names
+    if net_args is None:
+        return
+    if not isinstance(net_args, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in net_args):
+        raise ConfigError(f"net_args= must be an object of keyword arguments such as {{\"width\": 32}}, got {net_args!r}")
+    if not is_import_path(net):
+        raise ConfigError(
+            f"net_args={dict(net_args)!r} passes keywords to your own factory (net='package.module:Factory'); "
+            f"the built-in net={net!r} takes its sizes from the other options: drop net_args="
+        )
+
+
+def check_trusted(net: str, nets: Mapping[str, NetFactory] | None = None, trust_code: bool = False) -> None:
+    """Refuses, before anything is imported, a ``net`` that names code to import unless the caller
+    passed its factory in ``nets`` or allowed imports with ``trust_code`` (UntrustedCodeError). A
+    run directory is data someone may hand you; the code it names runs only when you say so."""
+    if not is_import_path(net) or trust_code or (nets is not None and net in nets):
+        return
+    module = net.partition(":")[0]
+    raise UntrustedCodeError(
+        f"the run builds its networks with net={net!r}, which would import and run code from module "
+        f"{module!r}; if you trust it, pass trust_code=True, or give the factory yourself with "
+        f"nets={{{net!r}: factory}}"
+    )
+
+
+def resolve_net(net: str, nets: Mapping[str, NetFactory] | None = None) -> NetFactory:
+    """The factory ``net`` names: a registered backbone, an entry of ``nets``, or the attribute
+    imported from ``package.module:Factory``. A failing import or a missing attribute is a
+    one-line ConfigError naming the module and the attribute."""
+    if nets is not None and net in nets:
+        return nets[net]
+    if not is_import_path(net):
+        return NETS[net]
+    module_name, attribute = split_import_path(net)
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as err:  # an import runs arbitrary code: any failure is the factory's module's
+        raise ConfigError(f"net={net!r}: cannot import module {module_name!r} ({_one_line(err)})") from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ConfigError(f"net={net!r}: module {module_name!r} has no attribute {attribute!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ConfigError(f"net={net!r}: {attribute!r} of module {module_name!r} is not callable")
+    return found
+
+
+def build_nets(net: str, spec: NetSpec, net_args: Mapping[str, Any] | None = None,
+               nets: Mapping[str, NetFactory] | None = None) -> tuple[nn.Module, nn.Module]:  # fmt: skip
+    """The (encoder, decoder) of backbone ``net`` for ``spec``. Your own factory is called as
+    ``factory(spec, **net_args)`` and its networks are checked (``check_outputs``)."""
+    check_net(net, net_args)
+    factory = resolve_net(net, nets)
+    if not is_import_path(net):
+        return factory(spec)
+    try:
+        made = factory(spec, **dict(net_args or {}))
+    except Exception as err:  # your code: say whose it was, in one line
+        raise ConfigError(f"net={net!r} failed to build the networks ({_one_line(err)})") from None
+    if not (isinstance(made, tuple) and len(made) == 2 and all(isinstance(m, nn.Module) for m in made)):
+        raise ConfigError(f"net={net!r} must return a pair (encoder, decoder) of torch.nn.Module, got {type(made).__name__}")
+    check_outputs(made[0], made[1], spec, f"net={net!r}")
+    return made
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".replace("\n", " ")
+
+
+def _probe_like(module: nn.Module) -> dict[str, Any]:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return {"device": tensor.device, "dtype": tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()}
+    return {}
+
+
+def check_outputs(encoder: nn.Module | None, decoder: nn.Module, spec: NetSpec, what: str) -> None:
+    """Runs the networks once on a batch of two zero inputs (in eval mode, without gradients, so
+    no batch statistics move) and refuses outputs of the wrong shape with a one-line ConfigError
+    that says which shape was expected: the encoder maps ``(B, *event_shape)`` to ``(B,
+    encoder_out)`` (the posterior's parameters), the decoder ``(B, latent_dim)`` to ``(B,
+    params_per_dim, *event_shape)`` (the observation model's parameters)."""
+    checks = [("decoder", decoder, (spec.latent_dim,), (spec.params_per_dim, *spec.event_shape))]
+    if encoder is not None:
+        checks.insert(0, ("encoder", encoder, tuple(spec.event_shape), (spec.encoder_out,)))
+    for name, module, shape_in, shape_out in checks:
+        training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(torch.zeros(2, *shape_in, **_probe_like(module)))
+        except Exception as err:
+            raise ConfigError(f"{what}: the {name} fails on a batch of shape {(2, *shape_in)} ({_one_line(err)})") from None
+        finally:
+            module.train(training)
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        if got != (2, *shape_out):
+            raise ConfigError(
+                f"{what}: the {name} must map a batch of shape (B, {', '.join(map(str, shape_in))}) to "
+                f"(B, {', '.join(map(str, shape_out))}), but maps (2, {', '.join(map(str, shape_in))}) to {got}"
+            )
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -96,8 +237,8 @@ def conv_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     ``(C, H, W)`` with H and W divisible by 4 (28x28 -> 7x7 feature maps)."""
     if len(spec.event_shape) != 3 or spec.event_shape[1] % 4 or spec.event_shape[2] % 4:
         raise ConfigError(
-            f"--net conv needs images whose height and width are multiples of 4, got data of "
-            f"shape {spec.event_shape}; use --net mlp for this data"
+            f"net= conv needs images whose height and width are multiples of 4, got data of "
+            f"shape {spec.event_shape}; use net= mlp for this data"
         )
     c, h, w = spec.event_shape
     act = ACTIVATIONS[spec.activation]
@@ -148,9 +289,9 @@ class ResidualBlock(nn.Module):
 
 def _check_resnet(channels: int, res_blocks: int) -> None:
     if channels < 1:
-        raise ConfigError(f"--resnet-channels must be at least 1 for --net resnet, got {channels}")
+        raise ConfigError(f"resnet_channels= must be at least 1 for net= resnet, got {channels}")
     if res_blocks < 0:
-        raise ConfigError(f"--res-blocks must be 0 or more for --net resnet, got {res_blocks}")
+        raise ConfigError(f"res_blocks= must be 0 or more for net= resnet, got {res_blocks}")
 
 
 def resnet_encoder_grid(in_channels: int, channels: int, res_blocks: int, out_channels: int) -> nn.Module:
@@ -195,8 +336,8 @@ def resnet_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     not used)."""
     if len(spec.event_shape) != 3 or spec.event_shape[1] % 4 or spec.event_shape[2] % 4:
         raise ConfigError(
-            f"--net resnet needs images whose height and width are multiples of 4, got data of "
-            f"shape {spec.event_shape}; use --net mlp for this data"
+            f"net= resnet needs images whose height and width are multiples of 4, got data of "
+            f"shape {spec.event_shape}; use net= mlp for this data"
         )
     _check_resnet(spec.channels, spec.res_blocks)
     c, h, w = spec.event_shape
@@ -232,8 +373,8 @@ def _leaky() -> nn.Module:
 def _check_images(name: str, event_shape: tuple[int, ...]) -> None:
     if len(event_shape) != 3 or event_shape[1] % 4 or event_shape[2] % 4:
         raise ConfigError(
-            f"--net {name} needs images whose height and width are multiples of 4, got data of "
-            f"shape {event_shape}; use --net mlp for this data"
+            f"net= {name} needs images whose height and width are multiples of 4, got data of "
+            f"shape {event_shape}; use net= mlp for this data"
         )
 
 

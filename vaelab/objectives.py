@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
 from .distributions import kl_per_dimension, stop_gradient
@@ -41,7 +41,7 @@ from .estimators import (
     sample_particles,
     score_function_surrogate,
 )
-from .registry import Registry
+from .registry import Registry, check_keywords
 
 OBJECTIVES: Registry[Callable[..., "Bound"]] = Registry("objective")
 KL_MODES = ("analytic", "mc")
@@ -104,12 +104,12 @@ def _check_remedies(kl_scale: float, free_bits: float) -> None:
     if not (kl_scale >= 0 and math.isfinite(kl_scale)):
         raise ConfigError(f"kl_scale must be a non-negative number, got {kl_scale}")
     if not (free_bits >= 0 and math.isfinite(free_bits)):
-        raise ConfigError(f"--free-bits must be a non-negative number of nats, got {free_bits}")
+        raise ConfigError(f"free_bits= must be a non-negative number of nats, got {free_bits}")
 
 
 @OBJECTIVES.register("elbo")
 def elbo(
-    model,
+    model: nn.Module,
     x: Tensor,
     *,
     beta: float = 1.0,
@@ -194,9 +194,9 @@ def _weighted(
     check_estimator(grad_estimator, name, ("reparam", "stl", "dreg"))
     _check_remedies(kl_scale, free_bits)
     if k < 1 or m < 1:
-        raise ConfigError(f"--k and --m must be at least 1, got k={k}, m={m}")
+        raise ConfigError(f"k= and m= must be at least 1, got k={k}, m={m}")
     if not 0.0 <= beta <= 1.0:
-        raise ConfigError(f"--beta for ciwae mixes ELBO and IWAE and must be in [0, 1], got {beta}")
+        raise ConfigError(f"beta= for ciwae mixes ELBO and IWAE and must be in [0, 1], got {beta}")
     prior = model.prior()
     p = sample_particles(model, x, m * k, prior=prior)
     # With a detached log q (stl, dreg, and piwae, whose encoder and decoder weights differ),
@@ -318,7 +318,7 @@ def _pooled_bound(lw: Tensor) -> Tensor:
 
 @OBJECTIVES.register("iwae")
 def iwae(
-    model, x: Tensor, *, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0, free_bits: float = 0.0
+    model: nn.Module, x: Tensor, *, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0, free_bits: float = 0.0
 ) -> Bound:
     """The importance-weighted bound L_K = E[log (1/K) sum_k w_k] (Burda et al. 2015).
 
@@ -333,7 +333,7 @@ def iwae(
 
 @OBJECTIVES.register("miwae")
 def miwae(
-    model, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    model: nn.Module, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,
 ) -> Bound:  # fmt: skip
     """MIWAE(M, K): the mean of M independent L_K bounds (Rainforth et al. 2018)."""
@@ -343,7 +343,7 @@ def miwae(
 
 @OBJECTIVES.register("ciwae")
 def ciwae(
-    model, x: Tensor, *, beta: float = 0.5, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    model: nn.Module, x: Tensor, *, beta: float = 0.5, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,
 ) -> Bound:  # fmt: skip
     """CIWAE: beta ELBO + (1 - beta) L_K on the same K particles (Rainforth et al. 2018); a convex
@@ -354,7 +354,7 @@ def ciwae(
 
 @OBJECTIVES.register("piwae")
 def piwae(
-    model, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
+    model: nn.Module, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,
 ) -> Bound:  # fmt: skip
     """PIWAE(M, K): the decoder is trained on L_{MK}, the encoder on MIWAE(M, K), from the same
@@ -370,15 +370,14 @@ def objective_options(name: str) -> set[str]:
 
 
 def get_objective(name: str, **options: object) -> Callable[..., NamedTuple]:
-    """The objective registered as ``name`` bound to the options it accepts, as ``f(model, x)``.
+    """The objective registered as ``name`` bound to ``options``, as ``f(model, x)``.
 
-    Options an objective does not take (``m`` for the ELBO, say) are dropped, so one
-    configuration can serve every objective; ``config.TrainConfig`` refuses non-default values
-    of options the chosen objective ignores.
+    An option the objective does not take (``m`` for the ELBO, say) is an error
+    (UnknownOptionError, a TypeError) that names it: a typo must not train with a default.
+    ``config.TrainConfig.objective_options`` gives each objective the options it takes.
     """
-    accepted = objective_options(name)
-    bound = {k: v for k, v in options.items() if k in accepted}
-    return functools.partial(OBJECTIVES[name], **bound)
+    check_keywords(f"get_objective({name!r}, ...)", options, objective_options(name))
+    return functools.partial(OBJECTIVES[name], **options)
 
 
 class VQBound(NamedTuple):

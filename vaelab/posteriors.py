@@ -76,9 +76,9 @@ def check_posterior(spec: str) -> tuple[str, int | None]:
     name, k = parse_spec(spec)
     POSTERIORS[name]  # raises ConfigError listing the families
     if name in FLOWS and k is None:
-        raise ConfigError(f"--posterior {name} needs a number of flow steps, e.g. {name}:4")
+        raise ConfigError(f"posterior= {name} needs a number of flow steps, e.g. {name}:4")
     if name not in FLOWS and k is not None:
-        raise ConfigError(f"--posterior {name} takes no ':K' (flows do: planar:K, iaf:K)")
+        raise ConfigError(f"posterior= {name} takes no ':K' (flows do: planar:K, iaf:K)")
     return name, k
 
 
@@ -190,7 +190,7 @@ class FlowDistribution(Distribution):
             raise ConfigError(
                 "this flow posterior has no closed-form inverse, so it can score only its own "
                 "reparameterized samples (log q of other points, e.g. for the score-function "
-                "estimator or a VampPrior, needs --posterior gaussian, full or iaf:K)"
+                "estimator or a VampPrior, needs posterior= gaussian, full or iaf:K)"
             )
         z, log_det_inv = value, torch.zeros(())
         for inverse in reversed(self.inverses):
@@ -210,7 +210,7 @@ class FlowDistribution(Distribution):
 def _(q: FlowDistribution) -> Distribution:
     raise ConfigError(
         "the stl and dreg gradient estimators are not implemented for flow posteriors (log q at "
-        "a sample with the flow's parameters detached needs the inverse); use --grad-estimator reparam"
+        "a sample with the flow's parameters detached needs the inverse); use grad_estimator= reparam"
     )
 
 

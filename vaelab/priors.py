@@ -23,7 +23,7 @@ from torch.distributions import Categorical, Distribution, MixtureSameFamily
 from .distributions import diagonal_gaussian_log_prob_matrix, is_diagonal_gaussian, standard_normal
 from .errors import ConfigError
 from .posteriors import parse_spec
-from .registry import Registry
+from .registry import Registry, keywords
 
 PRIORS: Registry[Callable[..., "Prior"]] = Registry("prior")
 
@@ -104,9 +104,9 @@ def check_prior(spec: str) -> tuple[str, int | None]:
     name, k = parse_spec(spec, "prior")
     PRIORS[name]  # raises ConfigError listing the priors
     if name == "standard" and k is not None:
-        raise ConfigError("--prior standard takes no ':K' (mixtures do: mog:K, vamp:K)")
+        raise ConfigError("prior= standard takes no ':K' (mixtures do: mog:K, vamp:K)")
     if name != "standard" and k is None:
-        raise ConfigError(f"--prior {name} needs a number of components, e.g. {name}:10")
+        raise ConfigError(f"prior= {name} needs a number of components, e.g. {name}:10")
     return name, k
 
 
@@ -115,7 +115,9 @@ def build_prior(spec: str, latent_dim: int, event_shape: tuple[int, ...]) -> Pri
     name, k = check_prior(spec)
     if k is None:
         return PRIORS[name](latent_dim)
-    return PRIORS[name](latent_dim, k, event_shape=event_shape)
+    cls = PRIORS[name]
+    # only a prior made of data-shaped parameters (the VampPrior's pseudo-inputs) takes the shape
+    return cls(latent_dim, k, **({"event_shape": tuple(event_shape)} if "event_shape" in keywords(cls) else {}))
 
 
 @PRIORS.register("standard")
@@ -135,7 +137,7 @@ class MixturePrior(Prior):
     """sum_k pi_k N(mu_k, diag(s_k^2)) with learned logits, means and log-scales. The means start
     at N(0, I) draws and the scales at 1, so the initial prior is close to N(0, 2 I)."""
 
-    def __init__(self, latent_dim: int, components: int, **unused: Any) -> None:
+    def __init__(self, latent_dim: int, components: int) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(components))
         self.means = nn.Parameter(torch.randn(components, latent_dim))

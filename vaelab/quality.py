@@ -188,7 +188,7 @@ def manifold_metrics(real: Tensor, fake: Tensor, k: int = K_NEIGHBOURS) -> dict[
     fake = fake.flatten(1).to(torch.float64)
     for name, x in (("real", real), ("fake", fake)):
         if len(x) <= k:
-            raise DataError(f"k-nearest-neighbour metrics with k={k} need more than {k} {name} points, got {len(x)}")
+            raise DataError(f"k-nearest-neighbour metrics with K = {k} neighbours need more than {k} {name} points, got {len(x)}")
     real_radius = _kth_neighbour(real, k)  # (N,)
     fake_radius = _kth_neighbour(fake, k)  # (M,)
     in_real = fake.new_zeros(len(fake), dtype=torch.bool)  # Y_j inside some real ball
@@ -539,7 +539,7 @@ class QualityScorer(_ImageSamples):
     def check_n(self, n: int) -> None:
         """Refuses a number of samples that the test split (or the reference) cannot match."""
         if n <= K_NEIGHBOURS:
-            raise DataError(f"the k-nearest-neighbour metrics (k={K_NEIGHBOURS}) need at least {K_NEIGHBOURS + 1} "
+            raise DataError(f"the k-nearest-neighbour metrics (K = {K_NEIGHBOURS}) need at least {K_NEIGHBOURS + 1} "
                             f"samples, got {n}")  # fmt: skip
         if n > len(self.test):
             raise DataError(f"{n} samples, but {self.dataset} has {len(self.test)} test images to compare them "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import difflib
+import inspect
+from typing import Any, Callable, Collection, Generic, Iterable, Iterator, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownOptionError
 
 T = TypeVar("T")
 
@@ -45,3 +47,24 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def keywords(function: Callable[..., Any], skip: Collection[str] = ()) -> list[str]:
+    """The keyword arguments ``function`` takes by name (not ``*args``/``**kwargs``), less ``skip``."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds and p.name not in skip]
+
+
+def check_keywords(what: str, given: Iterable[str], valid: Collection[str]) -> None:
+    """Refuses keyword arguments outside ``valid``, so that a typo (``latnet_dim=8``) is an error
+    rather than a silently built default: UnknownOptionError naming the first bad keyword, the
+    closest valid one and all of them."""
+    unknown = [name for name in given if name not in valid]
+    if not unknown:
+        return
+    bad = unknown[0]
+    close = difflib.get_close_matches(bad, list(valid), n=1)
+    hint = f" (did you mean {close[0]}=?)" if close else ""
+    raise UnknownOptionError(
+        f"{what} got an unexpected keyword argument {bad}={hint}; it takes: {', '.join(sorted(valid))}"
+    )

@@ -513,17 +513,18 @@ def curves_figure(records: list[dict], path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32) -> list[Path]:
+def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32, *,
+                      trust_code: bool = False) -> list[Path]:  # fmt: skip
     """Writes ``curves.png`` (the training curves of metrics.jsonl, ``curves_figure``), ``samples.png``, ``reconstructions.png`` (models with an encoder) and, for a 2-D
     latent, ``latent.png`` (test data, up to 5000 points) into a run directory. For 2-D data
     (``ring8``, ``grid25``) ``samples.png`` is a scatter plot of samples over the test points, and
     there are no reconstructions. A VQ-VAE gets ``samples.png`` only once ``vaelab prior`` has
-    trained its prior over code grids."""
+    trained its prior over code grids. ``trust_code`` as in ``runs.load``."""
     from .runs import load, load_data, read_config
 
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
-    model = load(run_dir)
+    model = load(run_dir, trust_code=trust_code)
     test = load_data(config, "test", limit=5000)
     written = []
     curves = curves_figure(read_metrics(run_dir), run_dir / "curves.png")

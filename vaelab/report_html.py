@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import VaelabError
+from .errors import UntrustedCodeError, VaelabError
 from .files import CONFIG_FILE, atomic_write_bytes, read_metrics
 from .report import RANKING_EXAMPLES
 from .results import load_results
@@ -184,7 +184,7 @@ def _results(page: _Page, run_dir: Path) -> None:
             page.add(_table(rows))
 
 
-def _model_sections(page: _Page, run_dir: Path) -> None:
+def _model_sections(page: _Page, run_dir: Path, trust_code: bool = False) -> None:
     """Samples, reconstructions, the latent map, a traversal and an interpolation, each where it
     applies to the model; otherwise the reason."""
     from .report import (
@@ -204,7 +204,9 @@ def _model_sections(page: _Page, run_dir: Path) -> None:
     titles = ("Samples", "Reconstructions", "Latent map", "Traversals", "Interpolation")
     try:
         config, event_shape = read_config(run_dir)
-        model = load(run_dir)
+        model = load(run_dir, trust_code=trust_code)
+    except UntrustedCodeError:
+        raise  # the reader decides whether the run's code may run, not the page
     except VaelabError as err:
         for title in titles:
             page.omit(title, f"the model cannot be loaded: {err}")
@@ -296,12 +298,14 @@ def _model_sections(page: _Page, run_dir: Path) -> None:
                    f"{between.method.capitalize()} interpolation ({why}) between the codes of test examples 0 and 1.")  # fmt: skip
 
 
-def write_report(run_dir: str | Path, path: str | Path | None = None) -> Report:
+def write_report(run_dir: str | Path, path: str | Path | None = None, *, trust_code: bool = False) -> Report:
     """Writes the run's HTML report (``RUN/report.html`` by default), atomically.
 
     Args:
         run_dir: a run directory.
         path: where to write the page.
+        trust_code: allow a run trained with your own network factory to import it
+            (``runs.load``); without it such a run is an UntrustedCodeError.
 
     Returns:
         A ``Report`` with the page's path, the sections shown and those left out with the reason.
@@ -318,7 +322,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Report:
     doc = _configuration(page, run_dir)
     _curves(page, run_dir)
     _results(page, run_dir)
-    _model_sections(page, run_dir)
+    _model_sections(page, run_dir, trust_code)
     family = ""
     if doc is not None and isinstance(doc.get("model"), dict):
         family = f" (model {doc['model'].get('model', '?')})"

@@ -12,23 +12,38 @@ runs/NAME/
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
+from typing import Mapping
 
 from torch import nn
 
 from . import config as cfg
 from .data import Split, is_folder, load_split
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, RunNotFoundError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
 from .imagefolder import StreamSplit
 from .models import ADVERSARIAL, build_model
+from .nets import NetFactory, check_trusted
 
 
-def model_from_config(config: cfg.RunConfig, event_shape: tuple[int, ...]) -> nn.Module:
-    """Builds an untrained model from a run configuration."""
-    options = dataclasses.asdict(config.model)
-    return build_model(options.pop("model"), event_shape, **options)
+def model_from_config(
+    config: cfg.RunConfig,
+    event_shape: tuple[int, ...],
+    *,
+    nets: Mapping[str, NetFactory] | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
+    """Builds an untrained model from a run configuration.
+
+    A configuration that names your own network factory (``net="package.module:Factory"``) is
+    built only with that factory given in ``nets`` or with ``trust_code=True`` (which imports it);
+    otherwise UntrustedCodeError, raised before anything is imported.
+    """
+    check_trusted(config.model.net, nets, trust_code)
+    options = config.model.builder_options()
+    if nets is not None and config.model.model == "vae":
+        options["nets"] = nets
+    return build_model(config.model.model, event_shape, **options)
 
 
 def load_data(
@@ -70,7 +85,7 @@ def check_data_options(config: cfg.RunConfig) -> None:
     """Refuses --image-size and --channels for data that is not a folder of images, where they
     would be ignored."""
     d = config.data
-    given = [flag for flag, value in (("--image-size", d.image_size), ("--channels", d.channels)) if value is not None]
+    given = [flag for flag, value in (("image_size=", d.image_size), ("channels=", d.channels)) if value is not None]
     if given and not is_folder(d.data):
         raise ConfigError(
             f"{given[0]} applies to folders of images, and {d.data} is not one; drop {given[0]}"
@@ -93,9 +108,9 @@ def check_compatible(config: cfg.RunConfig, split: Split | StreamSplit) -> None:
     x = split.x if isinstance(split, Split) else split.head(CHECK_EXAMPLES)
     if not bool(((x == 0) | (x == 1)).all()):
         raise ConfigError(
-            f"--likelihood bernoulli needs binary data, but {config.data.data} with --binarize "
-            f"{config.data.binarize} has grey levels; use --binarize dynamic, threshold or static, "
-            f"or --likelihood gaussian"
+            f"likelihood= bernoulli needs binary data, but {config.data.data} with binarize= "
+            f"{config.data.binarize} has grey levels; use binarize= dynamic, threshold or static, "
+            f"or likelihood= gaussian"
         )
 
 
@@ -103,17 +118,30 @@ def read_config(run_dir: str | Path) -> tuple[cfg.RunConfig, tuple[int, ...]]:
     """A run's configuration and data shape; RunError if the directory is not a run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"run directory {run_dir} does not exist")
+        raise RunNotFoundError(f"run directory {run_dir} does not exist")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunNotFoundError(f"{run_dir / CONFIG_FILE} does not exist: is {run_dir} a vaelab run directory?")
     try:
         return cfg.load_json(run_dir / CONFIG_FILE)
     except ConfigError as err:
         raise RunError(str(err)) from None
 
 
-def load(run_dir: str | Path, *, code_prior: bool = True) -> nn.Module:
+def load(
+    run_dir: str | Path,
+    *,
+    code_prior: bool = True,
+    nets: Mapping[str, NetFactory] | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
     """The trained model of a run directory, as an ``nn.Module`` in eval mode. A VQ-VAE comes
     with its learned prior over code grids when ``vaelab prior`` has trained one (unless
     ``code_prior=False``).
+
+    Loading never unpickles, and never imports or calls code the run directory names unless you
+    say so: a run trained with ``net="package.module:Factory"`` is rebuilt with the factory you
+    pass in ``nets={"package.module:Factory": factory}``, or imported with ``trust_code=True``
+    (as Hugging Face's ``trust_remote_code``); otherwise UntrustedCodeError names the module.
 
     Example:
         >>> model = vaelab.load("runs/demo")
@@ -122,10 +150,10 @@ def load(run_dir: str | Path, *, code_prior: bool = True) -> nn.Module:
     """
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
-    model = model_from_config(config, event_shape)
+    model = model_from_config(config, event_shape, nets=nets, trust_code=trust_code)
     weights = run_dir / MODEL_FILE
     if not weights.exists():
-        raise RunError(
+        raise RunNotFoundError(
             f"{weights} does not exist: the run has not finished an epoch yet "
             f"(resume it with: vaelab train --resume {run_dir})"
         )
@@ -135,4 +163,3 @@ def load(run_dir: str | Path, *, code_prior: bool = True) -> nn.Module:
 
         attach_code_prior(model, run_dir)
     return model.eval()
-

@@ -140,7 +140,7 @@ def sample_images(
         raise ConfigError(f"components must be a positive integer, got {components!r}")
     own = getattr(model, "sample_images", None)
     if own is not None and sampler in ("gmm", "stage2"):
-        raise ConfigError(f"--sampler {sampler} needs a VAE's continuous latent")
+        raise ConfigError(f"sampler={sampler!r} needs a VAE's continuous latent")
     if own is None and sampler == "stage2" and stage2 is None:
         raise ConfigError("sampler='stage2' draws z from a second VAE trained on the model's codes; pass stage2")
     if own is None and sampler == "gmm" and train_x is None:

@@ -30,7 +30,7 @@ def warmup(*, epochs: float, **unused: float) -> Schedule:
     """Linear KL warm-up from 0 to 1 over the first ``epochs`` epochs, then 1 (Bowman et al. 2016;
     Sønderby et al. 2016): kl_scale(t) = min(1, t / epochs)."""
     if not epochs > 0:
-        raise ConfigError(f"--kl-warmup must be a positive number of epochs, got {epochs}")
+        raise ConfigError(f"kl_warmup= must be a positive number of epochs, got {epochs}")
     return lambda t: min(1.0, max(0.0, t) / epochs)
 
 
@@ -41,7 +41,7 @@ def cyclical(*, cycles: int, total: float, ratio: float = 0.5, **unused: float) 
     stays at 1 for the rest: kl_scale(t) = min(1, tau / ratio), tau = (t mod P) / P, P = total / cycles.
     """
     if cycles < 1:
-        raise ConfigError(f"--kl-cycles must be a positive number of cycles, got {cycles}")
+        raise ConfigError(f"kl_cycles= must be a positive number of cycles, got {cycles}")
     if not 0 < ratio <= 1:
         raise ConfigError(f"the rising part of a cycle must be in (0, 1], got {ratio}")
     period = total / cycles
@@ -54,10 +54,10 @@ def cyclical(*, cycles: int, total: float, ratio: float = 0.5, **unused: float) 
 
 
 def kl_schedule(*, warmup: float = 0, cycles: int = 0, epochs: float = 1) -> Schedule:
-    """The schedule a run's configuration asks for: ``--kl-warmup N`` or ``--kl-cycles C`` over
+    """The schedule a run's configuration asks for: ``kl_warmup= N`` or ``kl_cycles= C`` over
     ``epochs`` epochs, or the constant 1."""
     if warmup and cycles:
-        raise ConfigError("--kl-warmup and --kl-cycles are two different schedules; choose one")
+        raise ConfigError("kl_warmup= and kl_cycles= are two different schedules; choose one")
     if warmup:
         return SCHEDULES["warmup"](epochs=warmup)
     if cycles:

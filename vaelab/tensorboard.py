@@ -44,7 +44,7 @@ def _summary_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ConfigError(f"--tensorboard needs the tensorboard package ({err}); install it with: {INSTALL}") from None
+        raise ConfigError(f"tensorboard= needs the tensorboard package ({err}); install it with: {INSTALL}") from None
     return SummaryWriter
 
 

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ from .files import (
 )
 from .diagnostics import CodebookMonitor, CollapseMonitor
 from .models.vqvae import VQVAE
+from .nets import NetFactory, check_trusted, is_import_path
 from .objectives import get_objective, vq
 from .schedules import kl_schedule
 from .runs import check_compatible, check_data_options, load_data, model_from_config, read_config
@@ -107,8 +108,14 @@ class Trainer:
         train: training split, in memory (``Split``) or streamed from disk (``StreamSplit``);
             batches are drawn from it with the trainer's data generator.
         valid: validation split (either kind), or None to keep the last model and never stop early.
-        config: optimizer, epochs, patience and seed.
-        run_dir: where checkpoints, metrics and weights go; None trains in memory only.
+        config: optimizer, epochs, patience and seed (a ``config.TrainConfig``), or the run's
+            whole configuration (a ``config.RunConfig``: data, model and training), which makes
+            ``run_dir`` a complete run directory.
+        run_dir: where checkpoints, metrics and weights go; None trains in memory only. With a
+            ``RunConfig`` the trainer also writes ``config.json`` there (checking first that the
+            configuration rebuilds a model of the same parameters), so ``vaelab.load``,
+            ``vaelab evaluate`` and the other commands open the directory; with a
+            ``TrainConfig`` alone it holds the training state but cannot be opened as a run.
         progress: show a progress bar on stderr.
         schedule: maps training time t in epochs (fractional, step by step) to keyword options
             passed to the objective, e.g. ``{"kl_scale": min(1, t / 10)}``. The options of an
@@ -128,7 +135,7 @@ class Trainer:
         objective: Objective | None,
         train: Split | StreamSplit,
         valid: Split | StreamSplit | None,
-        config: cfg.TrainConfig,
+        config: cfg.TrainConfig | cfg.RunConfig,
         run_dir: str | Path | None = None,
         progress: bool = True,
         schedule: ObjectiveSchedule | None = None,
@@ -142,6 +149,9 @@ class Trainer:
         self.objective = objective
         self.train = train
         self.valid = valid if valid is not None and len(valid) > 0 else None
+        # the whole run's configuration, when given, is what config.json records
+        self.run_config = config if isinstance(config, cfg.RunConfig) else None
+        config = config.train if isinstance(config, cfg.RunConfig) else config
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
@@ -211,6 +221,38 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunError(f"checkpoint {path} is incomplete or does not match the run ({err})") from None
 
+    def _write_config(self) -> None:
+        """Writes RUN/config.json from the RunConfig the trainer was given (once: a run started or
+        resumed by ``start_run`` has it already), after checking that it rebuilds this model, so
+        the directory opens with ``vaelab.load`` and the commands."""
+        if self.run_dir is None or self.run_config is None or (self.run_dir / CONFIG_FILE).exists():
+            return
+        event_shape = tuple(self.train.event_shape)
+        # a factory the configuration names is the caller's word for how the networks were made (it
+        # may not be importable here, e.g. when given to build_model in nets=); a built-in is checked
+        if not is_import_path(self.run_config.model.net):
+            if getattr(self.model, "ready_modules", False):
+                raise RunError(
+                    f"the model's networks are ready modules (encoder=/decoder=), which config.json cannot record, so "
+                    f"{self.run_dir} could not be reopened: build them with a factory, net='package.module:Factory'"
+                )
+            self._check_rebuilds(event_shape)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / CONFIG_FILE, cfg.save_json(self.run_config, event_shape))
+
+    def _check_rebuilds(self, event_shape: tuple[int, ...]) -> None:
+        with torch.random.fork_rng(devices=[]):  # building the check model must not move the seed
+            rebuilt = model_from_config(self.run_config, event_shape)
+        ours = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+        if ours != theirs:
+            differ = sorted(set(ours) ^ set(theirs)) or [k for k in ours if ours[k] != theirs[k]]
+            raise RunError(
+                f"the RunConfig does not describe this model (parameter {differ[0]} differs), so {self.run_dir} could "
+                f"not be reopened: build the model from the same config.model (runs.model_from_config), or give "
+                f"your networks as net='package.module:Factory' rather than encoder=/decoder= modules"
+            )
+
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
@@ -223,6 +265,7 @@ class Trainer:
         per step with flushing, measured in the first epoch on Fashion-MNIST). Values that small
         are zero for every purpose here. PyTorch's default (off) is restored afterwards.
         """
+        self._write_config()
         torch.set_flush_denormal(True)
         try:
             return self._fit()
@@ -552,9 +595,12 @@ def _setup(
     callbacks: Sequence[Callback] = (),
     *,
     init: bool = True,
+    trust_code: bool = True,
+    nets: Mapping[str, NetFactory] | None = None,
 ) -> Trainer:
     """The Trainer of a run; ``init``: copy the weights of ``config.train.init_from`` (when set)
-    into the new model (a resumed run's checkpoint replaces them anyway)."""
+    into the new model (a resumed run's checkpoint replaces them anyway). ``trust_code`` and
+    ``nets``: as in ``runs.load``, for a configuration that names a network factory."""
     check_data_options(config)
     train = load_data(config, "train", progress=progress, stream=True)
     if len(train) == 0:
@@ -562,7 +608,7 @@ def _setup(
     check_compatible(config, train)
     valid = load_data(config, "valid", stream=True) if config.data.valid_fraction > 0 else None
     torch.manual_seed(config.train.seed)  # initialization and rsample draw from the global generator
-    model = model_from_config(config, train.event_shape)
+    model = model_from_config(config, train.event_shape, nets=nets, trust_code=trust_code)
     t = config.train
     if t.init_from is not None and init:
         _init_weights(model, config, train.event_shape)
@@ -671,6 +717,8 @@ def resume_run(
     epochs: int | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    trust_code: bool = False,
+    nets: Mapping[str, NetFactory] | None = None,
 ) -> TrainResult:
     """Continues a run from its checkpoint, with its own saved configuration.
 
@@ -683,9 +731,12 @@ def resume_run(
             period is the total epochs over the cycles, so the epochs done would have been
             annealed differently) and for a run that stopped early (it would stop again).
         callbacks: the Trainer's (called with each epoch's record).
+        trust_code, nets: for a run whose configuration names your own network factory
+            (``runs.load`` explains why).
     """
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
+    check_trusted(config.model.net, nets, trust_code)  # before the data is loaded
     if epochs is not None:
         if config.train.kl_cycles and epochs != config.train.epochs:
             raise RunError(
@@ -695,7 +746,7 @@ def resume_run(
             )
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     has_checkpoint = run_dir.joinpath(CHECKPOINT_DIR, CHECKPOINT_FILE).exists()
-    trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint)
+    trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint, trust_code=trust_code, nets=nets)
     if has_checkpoint:
         trainer.load_checkpoint()
     state = trainer.state
@@ -738,7 +789,7 @@ def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool =
     path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     if path.exists() and json.loads(load_tensors(path)[1]["state"]).get("finished"):
         return None
-    return resume_run(run_dir, progress=progress)
+    return resume_run(run_dir, progress=progress, trust_code=True)  # the caller's own configuration
 
 
 def _truncate_metrics(path: Path, keep: int) -> None:

@@ -31,6 +31,7 @@ of "real". Losses are written with softplus: -log sigmoid(a) = softplus(-a) and
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -40,7 +41,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from ..distributions import Observation, build_observation
 from ..errors import ConfigError
-from ..nets import DISCRIMINATORS, NETS, NetSpec
+from ..nets import DISCRIMINATORS, NETS, NetSpec, is_import_path
 from ..posteriors import DiagonalGaussianPosterior
 from ..priors import DiagonalGaussianMixture, Prior, StandardNormalPrior, build_prior, check_prior
 from .vae import MODELS
@@ -174,8 +175,8 @@ class AdversarialModel(nn.Module):
         """G(z) for n draws z ~ p(z) from ``generator``: (n, *event)."""
         if sample_pixels:
             raise ConfigError(
-                "--sample-pixels draws from p(x|z), which the adversarial models do not have: their "
-                "samples are the generator's outputs G(z); drop --sample-pixels"
+                "sample_pixels=True draws from p(x|z), which the adversarial models do not have: their "
+                "samples are the generator's outputs G(z); drop sample_pixels=True"
             )
         return self.generate(sample_prior(self.prior(), n, generator))
 
@@ -424,21 +425,26 @@ def check_adversarial(model: str, *, prior: str = "standard", encoder: str = "de
     """Refuses settings of an adversarial model that cannot work (ConfigError)."""
     if model not in ADVERSARIAL:
         raise ConfigError(f"unknown adversarial model {model!r}; choose one of: {', '.join(ADVERSARIAL)}")
+    if is_import_path(net):
+        raise ConfigError(
+            f"net={net!r}: your own networks are for model='vae'; model={model!r} builds discriminators in the "
+            f"layout of a built-in backbone: use net='mlp', 'conv' or 'resnet'"
+        )
     if encoder not in ENCODERS:
         raise ConfigError(f"unknown encoder {encoder!r}; choose one of: {', '.join(ENCODERS)}")
     name, _ = check_prior(prior)
     if name == "vamp":
         raise ConfigError(
-            "--prior vamp is built from the encoder it is meant to regularize; the adversarial "
-            "autoencoder needs a fixed prior: use --prior standard or mog:K"
+            "prior= vamp is built from the encoder it is meant to regularize; the adversarial "
+            "autoencoder needs a fixed prior: use prior= standard or mog:K"
         )
     if not (gamma >= 0 and gamma < float("inf")):
-        raise ConfigError(f"--gamma must be a non-negative number, got {gamma}")
+        raise ConfigError(f"gamma= must be a non-negative number, got {gamma}")
     depth = {"mlp": len(hidden), "conv": 3, "resnet": 4}.get(net, 0)
     if feature_layer < 0 or (depth and feature_layer > depth):
         raise ConfigError(
-            f"--feature-layer must be 0 (the discriminator's last hidden layer) or 1 to {depth} "
-            f"(the discriminator of --net {net} has {depth} layers), got {feature_layer}"
+            f"feature_layer= must be 0 (the discriminator's last hidden layer) or 1 to {depth} "
+            f"(the discriminator of net= {net} has {depth} layers), got {feature_layer}"
         )
 
 
@@ -476,7 +482,6 @@ def build_adversarial(
     encoder: str = "deterministic",
     gamma: float = 1.0,
     feature_layer: int = 0,
-    **unused: Any,
 ) -> AdversarialModel:
     """Builds one of ``ADVERSARIAL`` from the fields of ``config.ModelConfig``. Generators,
     encoders and the reconstructor are the backbone's (``--net``) decoder and encoder halves;
@@ -504,4 +509,5 @@ def build_adversarial(
 
 
 for _name in ADVERSARIAL:
-    MODELS.register(_name)(lambda event_shape, _name=_name, **options: build_adversarial(_name, event_shape, **options))
+    # a partial keeps build_adversarial's keywords visible, so build_model can refuse unknown ones
+    MODELS.register(_name)(functools.partial(build_adversarial, _name))

@@ -31,14 +31,14 @@ LAYERS = (1, 2)
 def check_layers(layers: int, *, posterior: str, prior: str, inference: str, net: str | None) -> None:
     """Refuses settings the two-layer model cannot honour (ConfigError)."""
     if layers not in LAYERS:
-        raise ConfigError(f"--layers must be 1 or 2, got {layers}")
+        raise ConfigError(f"layers= must be 1 or 2, got {layers}")
     if layers == 1:
         return
-    for flag, value, allowed in (("--posterior", posterior, "gaussian"), ("--prior", prior, "standard"),
-                                 ("--inference", inference, "amortized"), ("--net", net, "mlp")):  # fmt: skip
+    for flag, value, allowed in (("posterior=", posterior, "gaussian"), ("prior=", prior, "standard"),
+                                 ("inference=", inference, "amortized"), ("net=", net, "mlp")):  # fmt: skip
         if value != allowed:
             raise ConfigError(
-                f"--layers 2 builds Burda et al.'s two-layer model with Gaussian conditionals and MLPs; "
+                f"layers= 2 builds Burda et al.'s two-layer model with Gaussian conditionals and MLPs; "
                 f"it needs {flag} {allowed}, got {value}"
             )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -10,10 +10,10 @@ from torch.distributions import Distribution
 
 from ..distributions import Observation, build_observation
 from ..errors import ConfigError
-from ..nets import NETS, NetSpec
+from ..nets import NetFactory, NetSpec, build_nets, check_outputs
 from ..posteriors import FLOWS, DiagonalGaussianPosterior, Posterior, build_posterior, check_posterior
 from ..priors import Prior, StandardNormalPrior, build_prior, check_prior
-from ..registry import Registry
+from ..registry import Registry, check_keywords, keywords
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 INFERENCE = ("amortized", "local")
@@ -108,13 +108,13 @@ def check_combination(posterior: str, prior: str, inference: str) -> None:
         raise ConfigError(f"unknown inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
     if inference == "local" and (family != "gaussian" or prior_name == "vamp"):
         raise ConfigError(
-            "--inference local fits a diagonal Gaussian per example and has no encoder; "
-            "use it with --posterior gaussian and --prior standard or mog:K"
+            "inference= local fits a diagonal Gaussian per example and has no encoder; "
+            "use it with posterior= gaussian and prior= standard or mog:K"
         )
     if prior_name == "vamp" and family in FLOWS:
         raise ConfigError(
-            "--prior vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
-            "posteriors cannot do in closed form (planar) or cheaply (iaf); use --posterior "
+            "prior= vamp evaluates log q(z|u_k) at every z for every pseudo-input, which flow "
+            "posteriors cannot do in closed form (planar) or cheaply (iaf); use posterior= "
             "gaussian or full with it"
         )
 
@@ -125,6 +125,10 @@ def build_vae(
     *,
     likelihood: str = "bernoulli",
     net: str = "mlp",
+    net_args: Mapping[str, Any] | None = None,
+    nets: Mapping[str, NetFactory] | None = None,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
     resnet_channels: int = 64,
     res_blocks: int = 2,
     hidden: tuple[int, ...] = (200, 200),
@@ -137,13 +141,38 @@ def build_vae(
     local_steps: int = 20,
     local_lr: float = 0.1,
     layers: int = 1,
-    **unused: Any,
 ) -> VAE:
     """Builds a VAE from the fields of ``config.ModelConfig`` (same defaults: Burda et al.'s
     200-200 tanh MLP, 50 latent dimensions, Bernoulli likelihood, diagonal Gaussian posterior,
     N(0, I) prior, amortized inference). ``layers=2`` builds the two-stochastic-layer model of
-    Burda et al. (``two_layer.build_two_layer``)."""
+    Burda et al. (``two_layer.build_two_layer``).
+
+    Your own networks, either way with the contract of ``nets`` (checked on a batch of zeros):
+
+    - ``net="package.module:Factory"`` with ``net_args`` (keywords for it): the factory is called
+      as ``Factory(spec, **net_args)`` with a ``nets.NetSpec``; ``nets={"package.module:Factory":
+      factory}`` gives the factory without importing it. A run records the name and net_args,
+      so ``vaelab.load`` rebuilds it.
+    - ``encoder=`` and ``decoder=`` (ready modules; ``decoder=`` alone with
+      ``inference="local"``): the encoder maps ``(B, *event_shape)`` to the posterior's
+      parameters, ``(B, 2 * latent_dim)`` for the default diagonal Gaussian, and the decoder
+      ``(B, latent_dim)`` to ``(B, params_per_dim, *event_shape)``. Nothing records how such
+      modules were made, so a run of this model cannot be rebuilt from its config.json (the
+      model's ``ready_modules`` is True, and a ``Trainer`` refuses to record it as a built-in
+      backbone): train runs with a factory instead.
+    """
     check_combination(posterior, prior, inference)
+    modules = encoder is not None or decoder is not None
+    if modules:
+        if decoder is None or (encoder is None and inference != "local"):
+            raise ConfigError(
+                "encoder= and decoder= come together (decoder= alone with inference='local', which has no encoder)"
+            )
+        if encoder is not None and inference == "local":
+            raise ConfigError("inference='local' fits q(z|x) per example and has no encoder: drop encoder=")
+        if net != "mlp" or net_args is not None or layers != 1:
+            raise ConfigError("give your networks either as encoder=/decoder= modules or as net='package.module:Factory', "
+                              "not both (and with layers=1)")  # fmt: skip
     observation = build_observation(likelihood, len(event_shape), obs_precision=obs_precision)
     if layers != 1:
         from .two_layer import build_two_layer, check_layers  # two_layer builds on VAE
@@ -162,13 +191,25 @@ def build_vae(
         channels=resnet_channels,
         res_blocks=res_blocks,
     )
-    encoder, decoder = NETS[net](spec)
+    if modules:
+        check_outputs(encoder, decoder, spec, "encoder=/decoder=")
+    else:
+        encoder, decoder = build_nets(net, spec, net_args, nets)
     if inference == "local":
-        return LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
-                        steps=local_steps, lr=local_lr)  # fmt: skip
-    return VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
+        model: VAE = LocalVAE(decoder, observation, latent_dim, build_prior(prior, latent_dim, tuple(event_shape)),
+                              steps=local_steps, lr=local_lr)  # fmt: skip
+    else:
+        model = VAE(encoder, decoder, observation, latent_dim, q, build_prior(prior, latent_dim, tuple(event_shape)))
+    # no configuration can say how ready modules were made: the Trainer will not record such a run
+    # as one of a built-in backbone
+    model.ready_modules = modules
+    return model
 
 
 def build_model(name: str, event_shape: tuple[int, ...], **options: Any) -> nn.Module:
-    """Builds the model registered as ``name`` for data of shape ``event_shape``."""
-    return MODELS[name](tuple(event_shape), **options)
+    """Builds the model registered as ``name`` for data of shape ``event_shape``; ``options`` are
+    the builder's keywords (the fields of ``config.ModelConfig`` that the family uses). An
+    unknown keyword is an error (UnknownOptionError, a TypeError) that names it."""
+    builder = MODELS[name]
+    check_keywords(f"build_model({name!r}, ...)", options, keywords(builder, skip=("event_shape",)))
+    return builder(tuple(event_shape), **options)

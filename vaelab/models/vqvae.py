@@ -232,7 +232,6 @@ def build_vqvae(
     codebook_update: str = "loss",
     ema_decay: float = 0.99,
     dead_code_restart: int = 0,
-    **ignored: Any,
 ) -> VQVAE:
     """Builds a VQ-VAE from the fields of ``config.ModelConfig`` (the VAE's posterior, prior,
     latent_dim and hidden fields do not apply; ``config`` refuses non-default values)."""
@@ -250,22 +249,22 @@ def check_vqvae(event_shape: tuple[int, ...] | None, net: str, codebook_size: in
                 codebook_update: str, ema_decay: float, dead_code_restart: int) -> None:  # fmt: skip
     """Refuses VQ-VAE settings that cannot work (ConfigError)."""
     if net != "resnet":
-        raise ConfigError(f"--model vqvae quantizes a grid of feature vectors and needs --net resnet, got --net {net}")
+        raise ConfigError(f"model= vqvae quantizes a grid of feature vectors and needs net= resnet, got net= {net}")
     if event_shape is not None and (len(event_shape) != 3 or event_shape[1] % 4 or event_shape[2] % 4):
         raise ConfigError(
-            f"--model vqvae needs images whose height and width are multiples of 4 (e.g. 1x28x28, "
+            f"model= vqvae needs images whose height and width are multiples of 4 (e.g. 1x28x28, "
             f"3x32x32), got data of shape {tuple(event_shape)}"
         )
     if codebook_size < 2 or code_dim < 1:
-        raise ConfigError(f"--codebook-size must be at least 2 and --code-dim at least 1, got {codebook_size} and {code_dim}")
+        raise ConfigError(f"codebook_size= must be at least 2 and code_dim= at least 1, got {codebook_size} and {code_dim}")
     if not (commitment >= 0 and math.isfinite(commitment)):
-        raise ConfigError(f"--commitment must be a non-negative number, got {commitment}")
+        raise ConfigError(f"commitment= must be a non-negative number, got {commitment}")
     if codebook_update not in CODEBOOK_UPDATES:
-        raise ConfigError(f"unknown --codebook-update {codebook_update!r}; choose one of: {', '.join(CODEBOOK_UPDATES)}")
+        raise ConfigError(f"unknown codebook_update= {codebook_update!r}; choose one of: {', '.join(CODEBOOK_UPDATES)}")
     if not 0 < ema_decay < 1:
-        raise ConfigError(f"--ema-decay must be in (0, 1), got {ema_decay}")
+        raise ConfigError(f"ema_decay= must be in (0, 1), got {ema_decay}")
     if dead_code_restart < 0:
-        raise ConfigError(f"--dead-code-restart must be 0 (off) or a number of steps, got {dead_code_restart}")
+        raise ConfigError(f"dead_code_restart= must be 0 (off) or a number of steps, got {dead_code_restart}")
 
 
 def codebook_usage(codes: Tensor, codebook_size: int) -> dict[str, float]:
