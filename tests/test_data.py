@@ -25,12 +25,13 @@ from vaelab.data import (
     BINARIZE_MODES,
     DATASETS,
     Split,
+    describe_source,
     load_dataset,
     load_split,
     read_idx,
     resolve_idx_files,
 )
-from vaelab.errors import ConfigError, DataError
+from vaelab.errors import ConfigError, DataError, DataNotFoundError
 
 FILES = {
     "train-images": "train-images-idx3-ubyte",
@@ -261,7 +262,6 @@ def test_load_from_system_dir(tmp_path, monkeypatch):
 
 def test_search_order(tmp_path, monkeypatch):
     places = {
-        "data_dir": tmp_path / "given",
         "env": tmp_path / "env" / "mnist",
         "cache": cache_dir(tmp_path, "mnist"),
         "system": tmp_path / "system",
@@ -271,41 +271,305 @@ def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
     monkeypatch.setitem(data.SYSTEM_DIRS, "mnist", [str(places["system"])])
     for key, folder in places.items():
-        found = resolve_idx_files("mnist", places["data_dir"], download=False)
+        found = resolve_idx_files("mnist", download=False)
         assert found["t10k-images"].parent == folder, key
+        assert describe_source("mnist") == f"mnist from {folder}", key  # the same search
         for path in folder.iterdir():  # remove this place: the next one must win
             path.unlink()
-    with pytest.raises(DataError):
-        resolve_idx_files("mnist", places["data_dir"], download=False)
+    with pytest.raises(DataNotFoundError):
+        resolve_idx_files("mnist", download=False)
+    assert describe_source("mnist") == f"mnist, to be downloaded into {cache_dir(tmp_path, 'mnist')}"
 
 
-def test_data_dir_wins_over_vaelab_data(tmp_path, monkeypatch):
-    given = make_dataset(tmp_path / "given", seed=1)
+@pytest.mark.parametrize("subfolder", [False, True])
+def test_data_dir_wins_over_every_other_place(tmp_path, monkeypatch, subfolder):
+    given = make_dataset(tmp_path / "given" / ("mnist" if subfolder else ""), seed=1)
     make_dataset(tmp_path / "env", seed=2)
+    make_dataset(cache_dir(tmp_path, "mnist"), seed=3)
+    make_dataset(tmp_path / "system", seed=4)
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
+    monkeypatch.setitem(data.SYSTEM_DIRS, "mnist", [str(tmp_path / "system")])
     test = load_split("mnist", "test", data_dir=tmp_path / "given", download=False)
     assert torch.equal(test.x, as_float(given["t10k-images"]))
+    folder = tmp_path / "given" / ("mnist" if subfolder else "")
+    assert describe_source("mnist", tmp_path / "given") == f"mnist from {folder}"
 
 
-def test_incomplete_folder_is_skipped(tmp_path, monkeypatch):
-    make_dataset(tmp_path / "given", seed=1)
-    (tmp_path / "given" / "t10k-labels-idx1-ubyte.gz").unlink()
-    env = make_dataset(tmp_path / "env", seed=2)
+def test_an_incomplete_folder_is_skipped_in_the_search(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "env", seed=1)
+    (tmp_path / "env" / "t10k-labels-idx1-ubyte.gz").unlink()
+    cache = make_dataset(cache_dir(tmp_path, "mnist"), seed=2)
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
-    test = load_split("mnist", "test", data_dir=tmp_path / "given", download=False)
-    assert torch.equal(test.x, as_float(env["t10k-images"]))
+    test = load_split("mnist", "test", download=False)
+    assert torch.equal(test.x, as_float(cache["t10k-images"]))
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
 def test_missing_without_download(tmp_path, name):
-    with pytest.raises(DataError) as info:
-        load_split(name, data_dir=tmp_path / "nowhere", download=False)
+    with pytest.raises(DataNotFoundError) as info:
+        load_split(name, download=False)
     message = str(info.value)
     assert "\n" not in message
-    assert str(tmp_path / "nowhere") in message  # where it looked
-    assert str(cache_dir(tmp_path, name)) in message  # where to put the files
-    assert "VAELAB_DATA" in message and "--data-dir" in message
+    assert str(cache_dir(tmp_path, name)) in message  # where it looked, and where to put the files
+    assert "VAELAB_DATA" in message and "data_dir=" in message  # the CLI shows --data-dir
     assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
+
+
+# ------------------------------------------------------------------------------------------
+# a given data_dir holds the files, or it is an error
+
+
+@pytest.fixture
+def copies_elsewhere(tmp_path, monkeypatch, serve):
+    """fashion-mnist and mnist in every other place, and on a mirror: a data_dir error must not be
+    covered up by any of them."""
+    for name in ("fashion-mnist", "mnist"):
+        make_dataset(tmp_path / "env" / name, seed=2)
+        make_dataset(tmp_path / "system" / name, seed=3)
+        make_dataset(tmp_path / "mirror" / name, seed=4)
+        monkeypatch.setitem(data.SYSTEM_DIRS, name, [str(tmp_path / "system" / name)])
+        monkeypatch.setitem(data.MIRRORS, name, [serve(tmp_path / "mirror" / name)])
+        monkeypatch.setitem(data.MD5, name, md5_table(tmp_path / "mirror" / name))
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
+
+
+def data_dir_error(name: str, data_dir: Path, **kwargs) -> str:
+    """The one-line message of every way to use data_dir: loading, searching, describing."""
+    messages = set()
+    for call in (lambda: load_split(name, "test", data_dir=data_dir, **kwargs),
+                 lambda: resolve_idx_files(data.IDX_SOURCES[name], data_dir, **kwargs),
+                 lambda: describe_source(name, data_dir)):  # fmt: skip
+        with pytest.raises(DataNotFoundError) as info:
+            call()
+        assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+        messages.add(str(info.value))
+    (message,) = messages  # the same words, whichever way it was asked
+    assert "\n" not in message
+    return message
+
+
+IDX_NAMES = ["fashion-mnist", "mnist", "stacked-fashion-mnist"]
+
+
+@pytest.mark.parametrize("download", [True, False])
+@pytest.mark.parametrize("name", IDX_NAMES)
+def test_a_data_dir_that_does_not_exist_is_an_error(tmp_path, copies_elsewhere, name, download):
+    message = data_dir_error(name, tmp_path / "nowhere", download=download)
+    assert message.startswith(f"data_dir={tmp_path / 'nowhere'} does not exist;")
+    assert "drop data_dir=" in message and str(cache_dir(tmp_path, data.IDX_SOURCES[name])) in message
+    assert not cache_dir(tmp_path, data.IDX_SOURCES[name]).exists()  # nothing downloaded
+    (tmp_path / "a-file").write_text("not a folder")
+    message = data_dir_error(name, tmp_path / "a-file", download=download)
+    assert message.startswith(f"data_dir={tmp_path / 'a-file'} is a file, not a folder;")
+
+
+@pytest.mark.parametrize("download", [True, False])
+@pytest.mark.parametrize("name", IDX_NAMES)
+def test_a_data_dir_without_the_files_is_an_error(tmp_path, copies_elsewhere, name, download):
+    source = data.IDX_SOURCES[name]
+    given = tmp_path / "given"
+    (given / "unrelated").mkdir(parents=True)
+    message = data_dir_error(name, given, download=download)
+    assert message.startswith(f"data_dir={given} does not hold the {source} files: looked for ")
+    for base in FILES.values():
+        assert f"{base}[.gz]" in message
+    assert f"in {given} and {given / source}" in message and "lacks" not in message
+    assert not cache_dir(tmp_path, source).exists()  # nothing downloaded
+    # three of the four files, split over the two folders it looks in, are no set either
+    make_dataset(given / source)
+    (given / source / "t10k-labels-idx1-ubyte.gz").unlink()
+    make_dataset(given, compress=False)
+    for base in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (given / base).unlink()
+    message = data_dir_error(name, given, download=download)
+    assert (f"({given} lacks train-images-idx3-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; "
+            f"{given / source} lacks t10k-labels-idx1-ubyte)") in message  # fmt: skip
+
+
+def test_the_idx_datasets_are_those_that_read_data_dir():
+    # every registered dataset either reads IDX files (and data_dir) or says where its data comes from
+    assert set(data.IDX_SOURCES) | set(data.BUILT_IN) == set(DATASETS.names())
+    assert not set(data.IDX_SOURCES) & set(data.BUILT_IN)
+    assert set(data.IDX_SOURCES.values()) <= set(data.MIRRORS)
+    assert [n for n in DATASETS.names() if data.uses_data_dir(n)] == sorted(IDX_NAMES)
+
+
+def data_without_files(tmp_path: Path) -> dict[str, Path | str]:
+    """One of each kind of data that has no files to look for in a data_dir."""
+    np.save(tmp_path / "x.npy", np.zeros((10, 3), np.float32))
+    indexed_npz(tmp_path / "x.npz")
+    class_folder(tmp_path / "photos", {"a": 5, "b": 5})
+    return {"digits": "digits", "ring8": "ring8", "grid25": "grid25", "npy": tmp_path / "x.npy",
+            "npz": tmp_path / "x.npz", "folder": tmp_path / "photos"}  # fmt: skip
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_data_dir_is_refused_for_data_without_files(tmp_path, exists):
+    given = tmp_path / "given"
+    if exists:
+        make_dataset(given)
+    for kind, name in data_without_files(tmp_path).items():
+        for call in (lambda: load_split(name, "test", data_dir=given), lambda: describe_source(name, given),
+                     lambda: data.check_data_dir(name, given)):  # fmt: skip
+            with pytest.raises(DataError) as info:
+                call()
+            message = str(info.value)
+            assert message.startswith("data_dir= is where the IDX files of fashion-mnist, mnist, "
+                                      "stacked-fashion-mnist are looked for, and "), kind  # fmt: skip
+            assert message.endswith("so it would be ignored; drop data_dir=") and "\n" not in message, kind
+        if kind in ("digits", "ring8", "grid25"):
+            assert f"{name} is {data.BUILT_IN[name]}" in message
+        else:
+            assert f"{name} is read from its own path" in message
+        assert len(load_split(name, "test")) > 0  # without data_dir, the same data loads
+
+
+def test_data_dir_none_and_unknown_names_are_left_to_the_loader(tmp_path):
+    data.check_data_dir("digits", None)
+    data.check_data_dir("no-such-set", tmp_path)  # the loader's error lists the names
+    with pytest.raises(ConfigError, match="unknown dataset 'no-such-set'"):
+        load_split("no-such-set", data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown dataset 'no-such-set'"):
+        describe_source("no-such-set", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# where the data comes from
+
+
+def test_describe_every_kind_of_source(tmp_path, monkeypatch, serve):
+    kinds = data_without_files(tmp_path)
+    assert describe_source("digits") == "digits (scikit-learn's bundled copy)"
+    assert describe_source("ring8") == "ring8 (generated: 8 Gaussians in the plane, seeded)"
+    assert describe_source("grid25") == "grid25 (generated: 25 Gaussians in the plane, seeded)"
+    monkeypatch.chdir(tmp_path)  # relative paths are described absolute
+    assert describe_source("x.npz") == str(kinds["npz"]) and describe_source("./x.npy") == str(kinds["npy"])
+    assert describe_source(kinds["folder"]) == f"{kinds['folder']} (image folder, 10 images in 2 classes)"
+    save_png(tmp_path / "flat" / "a.png", grey_image(0))
+    save_png(tmp_path / "flat" / "b.png", grey_image(1))
+    assert describe_source("flat") == f"{tmp_path / 'flat'} (image folder, 2 images)"
+    with pytest.raises(DataNotFoundError, match="no such file"):
+        describe_source("missing.npz")
+    with pytest.raises(DataError, match="differ in size"):  # the loader's own scan and its errors
+        save_png(tmp_path / "flat" / "c.png", grey_image(2, size=(5, 5)))
+        describe_source("flat")
+    assert describe_source("flat", image_size=4) == f"{tmp_path / 'flat'} (image folder, 3 images)"
+    # the IDX sets: where the files are, or where they will be downloaded to (and then are)
+    cache = cache_dir(tmp_path, "fashion-mnist")
+    assert describe_source("fashion-mnist") == f"fashion-mnist, to be downloaded into {cache}"
+    assert describe_source("stacked-fashion-mnist") == (
+        f"stacked-fashion-mnist, stacked from fashion-mnist, to be downloaded into {cache}")
+    assert not cache.exists()  # describing downloads nothing
+    make_dataset(tmp_path / "mirror")
+    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(data.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
+    load_split("fashion-mnist", "test")
+    assert describe_source("fashion-mnist") == f"fashion-mnist from {cache}"
+    assert describe_source("stacked-fashion-mnist") == f"stacked-fashion-mnist, stacked from fashion-mnist in {cache}"
+    make_dataset(tmp_path / "mine" / "fashion-mnist")
+    assert describe_source("stacked-fashion-mnist", tmp_path / "mine") == (
+        f"stacked-fashion-mnist, stacked from fashion-mnist in {tmp_path / 'mine' / 'fashion-mnist'}")
+
+
+# ------------------------------------------------------------------------------------------
+# vaelab train names its data; --data-dir errors on the command line
+
+TINY_RUN = ["--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--quiet"]
+
+
+def cli_data_line(*args: str) -> str:
+    """Trains with these flags and returns the first line of the output, after checking that the
+    epoch lines follow it."""
+    from test_cli import run_cli
+
+    proc = run_cli("train", *args)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("epoch 1/") and lines[-1].startswith("trained "), lines
+    return lines[0]
+
+
+def test_train_and_resume_print_where_the_data_comes_from(tmp_path, monkeypatch, serve):
+    from test_cli import run_cli
+
+    make_dataset(tmp_path / "given" / "fashion-mnist", seed=1)
+    make_dataset(tmp_path / "system", seed=2)
+    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "system")])
+    idx = ["--data", "fashion-mnist", "--binarize", "threshold", *TINY_RUN]
+    run = tmp_path / "runs" / "given"
+    line = cli_data_line(*idx, "--data-dir", str(tmp_path / "given"), "--out", str(run))
+    assert line == f"data: fashion-mnist from {tmp_path / 'given' / 'fashion-mnist'}"
+    proc = run_cli("train", "--resume", str(run), "--epochs", "2", "--quiet")  # the saved data_dir
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == line and "epoch 2/2" in proc.stdout
+    proc = run_cli("train", "--resume", str(run), "--epochs", "3", "--silent")
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout
+    # without --data-dir: the search; and without --quiet the line comes first all the same
+    no_quiet = [a for a in idx if a != "--quiet"]
+    assert cli_data_line(*no_quiet, "--out", str(tmp_path / "runs" / "system")) == f"data: fashion-mnist from {tmp_path / 'system'}"
+    # nowhere yet: downloaded (from a local mirror) after the line says where to
+    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [])
+    make_dataset(tmp_path / "mirror")
+    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(data.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
+    cache = cache_dir(tmp_path, "fashion-mnist")
+    line = cli_data_line(*idx, "--out", str(tmp_path / "runs" / "download"))
+    assert line == f"data: fashion-mnist, to be downloaded into {cache}" and (cache / "t10k-labels-idx1-ubyte.gz").is_file()
+    # the other kinds of data
+    kinds = data_without_files(tmp_path)
+    assert cli_data_line("--data", "digits", "--binarize", "threshold", "--limit", "50", *TINY_RUN,
+                         "--out", str(tmp_path / "runs" / "digits")) == "data: digits (scikit-learn's bundled copy)"
+    assert cli_data_line("--data", str(kinds["npz"]), "--binarize", "none", "--likelihood", "gaussian", *TINY_RUN,
+                         "--out", str(tmp_path / "runs" / "npz")) == f"data: {kinds['npz']}"
+    assert cli_data_line("--data", str(kinds["folder"]), "--binarize", "threshold", "--workers", "0", *TINY_RUN,
+                         "--out", str(tmp_path / "runs" / "folder")) == f"data: {kinds['folder']} (image folder, 10 images in 2 classes)"
+    assert cli_data_line("--data", "ring8", "--binarize", "none", "--likelihood", "gaussian", "--limit", "50", *TINY_RUN,
+                         "--out", str(tmp_path / "runs" / "ring8")) == "data: ring8 (generated: 8 Gaussians in the plane, seeded)"
+
+
+@pytest.mark.parametrize("silent", [False, True])
+def test_train_refuses_a_data_dir_it_cannot_use(tmp_path, copies_elsewhere, silent):
+    from test_cli import assert_one_line_error, run_cli
+
+    quiet = ["--silent"] if silent else ["--quiet"]
+    idx = ["--data", "fashion-mnist", "--binarize", "threshold", "--hidden", "8", "--epochs", "1", *quiet]
+    out = tmp_path / "run"
+    proc = run_cli("train", *idx, "--data-dir", str(tmp_path / "nowhere"), "--out", str(out))
+    assert_one_line_error(proc, f"vaelab: error: --data-dir {tmp_path / 'nowhere'} does not exist;", "drop --data-dir")
+    assert proc.stdout == "" and not out.exists()
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("train", *idx, "--data-dir", str(tmp_path / "empty"), "--out", str(out))
+    assert_one_line_error(proc, f"--data-dir {tmp_path / 'empty'} does not hold the fashion-mnist files: looked for")
+    assert proc.stdout == "" and not out.exists()
+    make_dataset(tmp_path / "given")
+    proc = run_cli("train", "--data", "digits", "--binarize", "threshold", *quiet, "--data-dir", str(tmp_path / "given"),
+                   "--out", str(out))  # fmt: skip
+    assert_one_line_error(proc, "--data-dir is where the IDX files", "digits is scikit-learn's bundled copy",
+                          "drop --data-dir")  # fmt: skip
+    assert proc.stdout == "" and not out.exists()
+
+
+def test_other_commands_take_data_dir_as_train_does(tmp_path, copies_elsewhere):
+    from test_cli import assert_one_line_error, run_cli
+
+    make_dataset(tmp_path / "given", n_test=4)
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "given"), "--binarize", "threshold",
+                   *TINY_RUN, "--out", str(run)).returncode == 0  # fmt: skip
+    # other data scored by the run is taken without the run's IDX folder, which would mean nothing for it
+    np.savez(tmp_path / "other.npz", x_train=np.zeros((6, 28, 28), np.uint8), x_test=np.full((3, 28, 28), 255, np.uint8))
+    proc = run_cli("score", str(run), "--data", str(tmp_path / "other.npz"), "--bound", "elbo", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    # the run's own data comes from its folder only: gone, it is an error, not another copy
+    for path in (tmp_path / "given").iterdir():
+        path.unlink()
+    (tmp_path / "given").rmdir()
+    proc = run_cli("score", str(run), "--bound", "elbo", "--json", "--quiet")
+    assert_one_line_error(proc, f"{tmp_path / 'given'} does not exist")
+    # vaelab quality refuses a --data-dir that generated points would ignore
+    np.save(tmp_path / "points.npy", np.zeros((10, 2), np.float32))
+    proc = run_cli("quality", "--data", "ring8", "--samples", str(tmp_path / "points.npy"), "--data-dir", str(tmp_path))
+    assert_one_line_error(proc, "ring8 is generated", "drop --data-dir")
 
 
 # ------------------------------------------------------------------------------------------

@@ -303,6 +303,8 @@ def test_stacked_scorer_with_an_injected_classifier(stacked_dir):
 
 def test_stacked_scorer_needs_the_fashion_mnist_files(tmp_path):
     with pytest.raises(DataError, match="fashion-mnist not found"):
+        StackedModeScorer(predict=fake_predict)
+    with pytest.raises(DataError, match="does not exist"):  # a data_dir given is the only place looked in
         StackedModeScorer(data_dir=tmp_path / "empty", predict=fake_predict)
 
 

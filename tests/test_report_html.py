@@ -139,7 +139,7 @@ def _crafted(vae2: Path, tmp_path: Path, loadable: bool) -> Path:
     run = tmp_path / f'run"><img src=x onerror=alert(0)>{int(loadable)}'
     shutil.copytree(vae2, run)
     config = json.loads((run / "config.json").read_text())
-    config["data"]["data_dir"] = PAYLOADS[0]  # digits does not read it: the model still loads
+    config["data"]["data_dir"] = PAYLOADS[0]  # the model still loads (digits refuses it: the data sections say so)
     if not loadable:
         config["model"]["activation"] = PAYLOADS[1]  # refused, and the error quotes it
     config["note"] = PAYLOADS[2]

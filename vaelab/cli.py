@@ -287,8 +287,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    "datasets ring8, grid25, stacked-fashion-mnist)")  # fmt: skip
     p.add_argument("--samples", metavar="FILE.npy", help="with --data: an N x C x H x W (or N x H x W) float array "
                    "in [0, 1] (N x 2 floats for ring8 and grid25), from any generator")  # fmt: skip
-    p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, searched first (default for a "
-                   "RUN: its own)")  # fmt: skip
+    p.add_argument("--data-dir", metavar="DIR", help="the folder that holds the IDX files (in it or in DIR/NAME), the only place "
+                   "looked in (default for a RUN: its own)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("traverse", help="latent traversals: each dimension swept while the others stay at an example's code",
                        description="The beta-VAE figure (Higgins et al. 2017): one row per latent dimension, swept over "
@@ -452,6 +452,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise VaelabError("--resume continues a run with its own saved configuration; drop the other options "
                               "(--epochs N excepted, which trains it on to N epochs)")  # fmt: skip
         run_dir = Path(args.resume)
+        _print_data_source(args, run_dir)
         epochs = getattr(args, "train.epochs", None)
         if epochs is not None:
             epochs = cfg.field_value("train", "epochs", epochs)  # its flag's own checks and message
@@ -470,6 +471,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = Path(config.data.data).stem if is_path(config.data.data) else config.data.data
         run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # for the resume hint if interrupted
+        _print_data_source(args, config)
         result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs))
     # a new run's --net is the user's own word; a resumed one's is the run directory's
     write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
@@ -477,6 +479,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.silent:
         print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
     return 0
+
+
+def _print_data_source(args: argparse.Namespace, run: cfg.RunConfig | Path) -> None:
+    """The first line of vaelab train (not under --silent): where the data comes from, by the
+    loader's own search, so a run on another copy than the one meant is seen at once. ``run``:
+    a new run's configuration, or the directory of a resumed one."""
+    if args.silent:
+        return
+    from .runs import describe_data, read_config
+
+    config = read_config(run)[0] if isinstance(run, Path) else run
+    print(f"data: {describe_data(config)}")
+    sys.stdout.flush()  # before the first progress bar on stderr
 
 
 def _epoch_printer(args: argparse.Namespace, epochs: int) -> tuple:
@@ -1276,9 +1291,13 @@ def _other_data(config: cfg.RunConfig, data: str | None, **changes: Any) -> cfg.
     taken whole: a label filter of the run's own data (``classes``, where the configuration has
     one) does not apply to it; without ``data``, the run's own data is used as the run used it."""
     if data is not None:
+        from .data import uses_data_dir
+
         defaults = {f.name: f.default for f in dataclasses.fields(cfg.DataConfig)}
         if "classes" in defaults:
             changes.setdefault("classes", defaults["classes"])
+        if not uses_data_dir(data):  # the run's IDX folder means nothing for a file or digits
+            changes.setdefault("data_dir", None)
     return dataclasses.replace(config, data=dataclasses.replace(config.data, data=data or config.data.data, **changes))
 
 

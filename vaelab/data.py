@@ -62,10 +62,13 @@ __all__ = [
     "STACKED_SIZES",
     "SPLITS",
     "Split",
+    "check_data_dir",
+    "describe_source",
     "load_dataset",
     "load_split",
     "read_idx",
     "resolve_idx_files",
+    "uses_data_dir",
 ]
 
 BINARIZE_MODES = ("none", "dynamic", "threshold", "static")
@@ -412,7 +415,10 @@ def load_split(
             or a folder of PNG/JPEG images (see :mod:`vaelab.imagefolder` for its layout).
         split: ``"train"``, ``"valid"`` (carved from the training file) or ``"test"``.
         binarize: one of ``BINARIZE_MODES``.
-        data_dir: a folder to search first for IDX files (itself, then ``data_dir/<name>``).
+        data_dir: the folder that holds the IDX files of ``fashion-mnist``, ``mnist`` and
+            ``stacked-fashion-mnist`` (in itself or in ``data_dir/<name>``); nothing else is
+            searched (see :func:`resolve_idx_files`). Refused for data that has no files to look
+            for there (see :func:`check_data_dir`).
         limit: keep only the first ``limit`` examples of the split, in file order.
         valid_fraction: share of the training file held out for ``"valid"``, in [0, 1);
             ``round(valid_fraction * n)`` examples chosen by a permutation seeded with ``seed``.
@@ -450,6 +456,7 @@ def load_split(
         if not classes:
             raise DataError("classes must list at least one label, e.g. classes=[0, 1]")
     file = "test file" if split == "test" else "training file"
+    check_data_dir(name, data_dir)
 
     if is_folder(name):
         return _folder_split(name, split, file, binarize=binarize, limit=limit, valid_fraction=valid_fraction,
@@ -610,13 +617,98 @@ def _source(
 ) -> _Source:
     if is_path(name):
         return _array_source(Path(name).expanduser())
+    return _loader(name)(data_dir=data_dir, download=download, progress=progress)
+
+
+def _loader(name: str) -> Callable[..., _Source]:
     try:
-        loader = DATASETS[name]
+        return DATASETS[name]
     except ConfigError as error:
         raise ConfigError(
             f"{error}, or a path to a .npy/.npz file or to a folder of images"
         ) from None
-    return loader(data_dir=data_dir, download=download, progress=progress)
+
+
+def uses_data_dir(name: str | os.PathLike[str]) -> bool:
+    """Whether ``data_dir`` means something for this data: a registered dataset read from IDX
+    files (``IDX_SOURCES``)."""
+    name = os.fspath(name)
+    return not is_path(name) and name in IDX_SOURCES
+
+
+def check_data_dir(name: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None) -> None:
+    """Refuses ``data_dir`` for data that has no files to look for there (``digits``, the
+    generated ``ring8`` and ``grid25``, a ``.npy``/``.npz`` path, an image folder), where it would
+    be ignored: a folder given for nothing is a mistake worth a word, not a silent no-op. An
+    unknown name is left to the loader's error, which lists the valid ones."""
+    if data_dir is None or uses_data_dir(name):
+        return
+    name = os.fspath(name)
+    if is_path(name):
+        what = f"{name} is read from its own path"
+    elif name in BUILT_IN:
+        what = f"{name} is {BUILT_IN[name]}"
+    else:
+        return
+    raise DataError(
+        f"data_dir= is where the IDX files of {', '.join(sorted(IDX_SOURCES))} are looked for, and "
+        f"{what}, so it would be ignored; drop data_dir="
+    )
+
+
+def describe_source(
+    name: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> str:
+    """Where ``load_split(name, data_dir=data_dir)`` takes its data from, in a few words, by the
+    same search the loader does (without downloading or reading any data):
+
+    - ``"fashion-mnist from /usr/share/datasets/fashion-mnist"``, or ``"mnist, to be downloaded
+      into ~/.cache/vaelab/mnist"`` when the files are nowhere yet;
+    - ``"stacked-fashion-mnist, stacked from fashion-mnist in FOLDER"``;
+    - ``"digits (scikit-learn's bundled copy)"``, ``"ring8 (generated: ...)"``;
+    - ``"/abs/path/x.npz"``; ``"/abs/photos (image folder, 1234 images in 10 classes)"``.
+
+    Args:
+        name, data_dir: as for :func:`load_split`.
+        image_size, channels: an image folder's, as for :func:`load_split` (its scan, cached,
+            serves the load that follows).
+
+    Raises:
+        the errors the loader would raise for a missing file or folder, a bad ``data_dir``, an
+        unknown name or (image folders) a bad layout.
+    """
+    name = os.fspath(name)
+    check_data_dir(name, data_dir)
+    if is_path(name):
+        path = Path(os.path.abspath(os.path.expanduser(name)))  # as the loader spells it
+        if is_folder(name):
+            from . import imagefolder
+
+            folder = imagefolder.scan(str(path), image_size, channels)
+            count = len(folder.train) + len(folder.test)
+            classes = f" in {len(folder.classes)} classes" if folder.classes else ""
+            return f"{path} (image folder, {count} images{classes})"
+        _check_array_path(path)
+        return str(path)
+    _loader(name)  # an unknown name: the loader's error
+    source = IDX_SOURCES.get(name)
+    if source is None:
+        return f"{name} ({BUILT_IN[name]})"
+    found, _ = _find_idx_files(source, data_dir)
+    if found is None:
+        where = f"to be downloaded into {_cache_dir(source)}"
+    else:
+        where = f"{'from' if source == name else 'in'} {found['train-images'].parent}"
+    return f"{name} {where}" if source == name else f"{name}, stacked from {source} {where}"
+
+
+# Registered datasets that have no files to find, and where their data comes from instead (every
+# other registered dataset reads IDX files: IDX_SOURCES).
+BUILT_IN: dict[str, str] = {"digits": "scikit-learn's bundled copy"}
 
 
 @DATASETS.register("digits")
@@ -708,6 +800,11 @@ MIXTURE_SIZES: dict[str, int] = {"train": 20_000, "test": 5_000}  # points per f
 STACKED_SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}  # images per file
 STACKED_SOURCE = "fashion-mnist"  # the IDX set whose images become the channels
 
+# Registered datasets read from IDX files -> the IDX set (a key of MIRRORS) whose files they read;
+# the datasets for which data_dir= means something.
+IDX_SOURCES: dict[str, str] = {"fashion-mnist": "fashion-mnist", "mnist": "mnist",
+                               "stacked-fashion-mnist": STACKED_SOURCE}  # fmt: skip
+
 
 def _file_seed(name: str, file: str) -> int:
     # A stable hash, as in _derived_seed: the files are the same on every machine and run, and
@@ -740,6 +837,7 @@ def _mixture_loader(name: str) -> Callable[..., _Source]:
 
 for _name in MIXTURES:
     DATASETS.register(_name)(_mixture_loader(_name))
+    BUILT_IN[_name] = f"generated: {len(MIXTURES[_name][0])} Gaussians in the plane, seeded"
 
 
 def _stacked_part(source: _Part, origin: str, n: int, seed: int) -> _Part:
@@ -877,30 +975,33 @@ def resolve_idx_files(
 ) -> dict[str, Path]:
     """Find the four IDX files of a dataset, downloading them into the user cache if missing.
 
-    Search order (the first folder holding all four files wins; ``.gz`` or uncompressed):
-    ``data_dir`` and ``data_dir/<name>``; ``$VAELAB_DATA/<name>`` and ``$VAELAB_DATA``; the
-    user cache ``$XDG_CACHE_HOME/vaelab/<name>`` (default ``~/.cache/vaelab/<name>``); then the
-    system folders in ``SYSTEM_DIRS`` (e.g. Debian's ``dataset-fashion-mnist``). Local files are
-    not checksummed (Debian recompressed its copies); downloads are checked against ``MD5``.
+    With ``data_dir``, the files must be there: in ``data_dir`` itself or in ``data_dir/<name>``
+    (``.gz`` or uncompressed). A ``data_dir`` that does not exist, or that holds no complete set,
+    is a DataNotFoundError: searching elsewhere would silently train on another copy than the
+    one asked for, and nothing is downloaded.
+
+    Without it, the first folder holding all four files wins, in this order: ``$VAELAB_DATA/<name>``
+    and ``$VAELAB_DATA``; the user cache ``$XDG_CACHE_HOME/vaelab/<name>`` (default
+    ``~/.cache/vaelab/<name>``); then the system folders in ``SYSTEM_DIRS`` (e.g. Debian's
+    ``dataset-fashion-mnist``). Local files are not checksummed (Debian recompressed its
+    copies); downloads are checked against ``MD5``.
 
     Args:
         name: an IDX dataset, a key of ``MIRRORS`` (``"fashion-mnist"`` or ``"mnist"``).
-        data_dir: a folder to search first.
+        data_dir: the folder that holds the files (nothing else is searched).
         download: when the files are nowhere, fetch them from ``MIRRORS[name]``.
         progress: show a download progress bar on stderr.
 
     Returns:
         ``{"train-images", "train-labels", "t10k-images", "t10k-labels"}`` -> path.
+
+    Raises:
+        DataNotFoundError: ``data_dir`` does not exist or lacks the files, or (with
+            ``download=False``) the files are nowhere.
     """
-    if name not in MIRRORS:
-        raise DataError(
-            f"{name!r} is not an IDX dataset; choose one of: {', '.join(sorted(MIRRORS))}"
-        )
-    looked = _candidate_dirs(name, data_dir)
-    for folder in looked:
-        found = _complete_dir(folder)
-        if found is not None:
-            return found
+    found, looked = _find_idx_files(name, data_dir)
+    if found is not None:
+        return found
     cache = _cache_dir(name)
     if not download:
         raise DataNotFoundError(_missing_message(name, looked, cache, None))
@@ -911,6 +1012,64 @@ def resolve_idx_files(
     return found
 
 
+def _find_idx_files(
+    name: str, data_dir: str | os.PathLike[str] | None
+) -> tuple[dict[str, Path] | None, list[Path]]:
+    """The search of ``resolve_idx_files`` without downloading: the files found (None when they
+    are nowhere) and the folders looked in. The loaders and ``describe_source`` both use it, so
+    what is described is what is loaded."""
+    if name not in MIRRORS:
+        raise DataError(
+            f"{name!r} is not an IDX dataset; choose one of: {', '.join(sorted(MIRRORS))}"
+        )
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        return _from_data_dir(name, root), [root, root / name]
+    looked = _candidate_dirs(name)
+    for folder in looked:
+        found = _complete_dir(folder)
+        if found is not None:
+            return found, looked
+    return None, looked
+
+
+def _from_data_dir(name: str, root: Path) -> dict[str, Path]:
+    """The files in the folder the caller named, or DataNotFoundError saying what is missing."""
+    elsewhere = (
+        f"or drop data_dir= to look in $VAELAB_DATA, the user cache ({_cache_dir(name)}) and the "
+        f"system folders (downloading {name} when it is nowhere)"
+    )
+    if not root.exists():
+        raise DataNotFoundError(
+            f"data_dir={root} does not exist; check the path (it should be the folder that holds "
+            f"the {name} IDX files), {elsewhere}"
+        )
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"data_dir={root} is a file, not a folder; give the folder that holds the {name} IDX "
+            f"files, {elsewhere}"
+        )
+    folders = [root, root / name]
+    for folder in folders:
+        found = _complete_dir(folder)
+        if found is not None:
+            return found
+    wanted = ", ".join(f"{base}[.gz]" for base in IDX_FILES.values())
+    partial = []
+    for folder in folders:
+        have = [base for base in IDX_FILES.values() if _idx_file(folder, base) is not None]
+        if have:
+            lacks = [base for base in IDX_FILES.values() if base not in have]
+            partial.append(f"{folder} lacks {', '.join(lacks)}")
+    detail = f" ({'; '.join(partial)})" if partial else ""
+    raise DataNotFoundError(
+        _one_line(
+            f"data_dir={root} does not hold the {name} files: looked for {wanted} in {root} and "
+            f"{root / name}{detail}; put all four in one of them, {elsewhere}"
+        )
+    )
+
+
 def _cache_dir(name: str) -> Path:
     base = os.environ.get("XDG_CACHE_HOME", "")
     # The XDG spec says to ignore a relative XDG_CACHE_HOME.
@@ -918,11 +1077,8 @@ def _cache_dir(name: str) -> Path:
     return root / "vaelab" / name
 
 
-def _candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+def _candidate_dirs(name: str) -> list[Path]:
     folders: list[Path] = []
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        folders += [root, root / name]
     env = os.environ.get("VAELAB_DATA", "")
     if env:
         root = Path(env).expanduser()
@@ -932,15 +1088,20 @@ def _candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[
     return list(dict.fromkeys(folders))  # drop repeats, keep order
 
 
+def _idx_file(folder: Path, base: str) -> Path | None:
+    for candidate in (folder / f"{base}.gz", folder / base):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _complete_dir(folder: Path) -> dict[str, Path] | None:
     found: dict[str, Path] = {}
     for key, base in IDX_FILES.items():
-        for candidate in (folder / f"{base}.gz", folder / base):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
+        path = _idx_file(folder, base)
+        if path is None:
             return None
+        found[key] = path
     return found
 
 
@@ -951,7 +1112,7 @@ def _missing_message(name: str, looked: list[Path], cache: Path, failure: str | 
     if name in APT_PACKAGES:
         fixes.append(f"`apt-get install {APT_PACKAGES[name]}`")
     fixes.append(f"put the four files ({files}) in {cache}")
-    fixes.append("pass --data-dir / set VAELAB_DATA to a folder that holds them")
+    fixes.append("pass data_dir= / set VAELAB_DATA to a folder that holds them")
     if failure is None:
         fixes.append("allow downloading")
     where = ", ".join(str(folder) for folder in looked)
@@ -1061,12 +1222,16 @@ def _stream_to_file(url: str, final: Path, expected: str, progress: bool) -> str
 # .npy / .npz arrays
 
 
-def _array_source(path: Path) -> _Source:
+def _check_array_path(path: Path) -> None:
     if not path.exists():
         raise DataNotFoundError(
             f"{path}: no such file or folder; check the path, or use a dataset name "
             f"({', '.join(DATASETS.names())})"
         )
+
+
+def _array_source(path: Path) -> _Source:
+    _check_array_path(path)
     if path.is_dir():  # load_split reads folders as images; only a direct call gets here
         raise DataError(f"{path} is a folder; pass a .npy/.npz file or a dataset name")
     try:

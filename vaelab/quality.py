@@ -63,6 +63,7 @@ from .data import (
     STACKED_SOURCE,
     Split,
     _cache_dir,
+    check_data_dir,
     load_split,
     resolve_idx_files,
 )
@@ -499,7 +500,7 @@ class QualityScorer(_ImageSamples):
     Args:
         dataset: a registered dataset name, or a ``.npz`` file with ``x_train``, ``y_train``,
             ``x_test``, ``y_test``: images and integer labels.
-        data_dir: a folder to search first for the IDX files.
+        data_dir: the folder that holds the IDX files (the only place looked in).
         cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
         device: where the classifier and the metrics run.
         progress: a progress bar on stderr while the classifier trains.
@@ -756,7 +757,7 @@ class StackedModeScorer(_ImageSamples):
     :func:`stacked_mode_metrics` counts the class triples.
 
     Args:
-        data_dir: a folder to search first for the Fashion-MNIST IDX files.
+        data_dir: the folder that holds the Fashion-MNIST IDX files (the only place looked in).
         cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
         device: where the classifier runs.
         progress: a progress bar on stderr while the classifier trains.
@@ -862,6 +863,7 @@ def get_scorer(dataset: str | os.PathLike[str], *, data_dir: str | os.PathLike[s
     any other. Each has ``score(samples)``, ``check(samples)``, ``check_n(n)``, ``event_shape``,
     ``dataset`` and ``DEFAULT_N``."""
     name = os.fspath(dataset)
+    check_data_dir(name, data_dir)  # the mode scorers of generated points would ignore it
     build = MODE_SCORERS.get(name)
     if build is None:
         return QualityScorer(name, data_dir=data_dir, cache_dir=cache_dir, device=device, progress=progress)

@@ -18,7 +18,7 @@ from typing import Mapping
 from torch import nn
 
 from . import config as cfg
-from .data import Split, is_folder, load_split
+from .data import Split, describe_source, is_folder, load_split
 from .errors import ConfigError, RunError, RunNotFoundError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
 from .imagefolder import StreamSplit
@@ -79,6 +79,16 @@ def load_data(
         memory_budget=d.memory_budget if stream else None,
         workers=d.workers,
     )
+
+
+def describe_data(config: cfg.RunConfig) -> str:
+    """Where ``load_data(config, ...)`` takes the run's data from, in a few words (``data.
+    describe_source``: the loader's own search, nothing downloaded or read): e.g. ``fashion-mnist
+    from /usr/share/datasets/fashion-mnist`` or ``digits (scikit-learn's bundled copy)``."""
+    d = config.data
+    folder = is_folder(d.data)
+    return describe_source(d.data, d.data_dir, image_size=d.image_size if folder else None,
+                           channels=d.channels if folder else None)  # fmt: skip
 
 
 def check_data_options(config: cfg.RunConfig) -> None:
