@@ -700,10 +700,10 @@ def describe_source(
         return f"{name} ({BUILT_IN[name]})"
     found, _ = _find_idx_files(source, data_dir)
     if found is None:
-        where = f"to be downloaded into {_cache_dir(source)}"
+        where = f", to be downloaded into {_cache_dir(source)}"
     else:
-        where = f"{'from' if source == name else 'in'} {found['train-images'].parent}"
-    return f"{name} {where}" if source == name else f"{name}, stacked from {source} {where}"
+        where = f" {'from' if source == name else 'in'} {found['train-images'].parent}"
+    return f"{name}{where}" if source == name else f"{name}, stacked from {source}{where}"
 
 
 # Registered datasets that have no files to find, and where their data comes from instead (every
