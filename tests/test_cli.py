@@ -757,6 +757,9 @@ def test_a_shortened_make_demo_prints_no_collapse_warning(tmp_path):
     assert any(collapsed(r) for r in records), "the demo no longer passes through a collapse: shorten less"
     assert not collapsed(records[-1]) and len(_epoch_lines(proc.stdout)) == DEMO_EPOCHS
     assert re.search(r"active units \d+", proc.stdout)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("## What `make demo` does", 1)[1].split("```\n", 2)[1].splitlines()
+    assert proc.stdout.splitlines()[0] == shown[0] == "data: digits (scikit-learn's bundled copy)"
 
 
 DEMO_EPOCHS = 20

@@ -499,6 +499,7 @@ def test_train_and_resume_print_where_the_data_comes_from(tmp_path, monkeypatch,
     run = tmp_path / "runs" / "given"
     line = cli_data_line(*idx, "--data-dir", str(tmp_path / "given"), "--out", str(run))
     assert line == f"data: fashion-mnist from {tmp_path / 'given' / 'fashion-mnist'}"
+    assert line == "data: " + describe_source("fashion-mnist", tmp_path / "given")  # the Python words
     proc = run_cli("train", "--resume", str(run), "--epochs", "2", "--quiet")  # the saved data_dir
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == line and "epoch 2/2" in proc.stdout
