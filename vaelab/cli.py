@@ -287,8 +287,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    "datasets ring8, grid25, stacked-fashion-mnist)")  # fmt: skip
     p.add_argument("--samples", metavar="FILE.npy", help="with --data: an N x C x H x W (or N x H x W) float array "
                    "in [0, 1] (N x 2 floats for ring8 and grid25), from any generator")  # fmt: skip
-    p.add_argument("--data-dir", metavar="DIR", help="the folder that holds the IDX files (in it or in DIR/NAME), the only place "
-                   "looked in (default for a RUN: its own)")  # fmt: skip
+    p.add_argument("--data-dir", metavar="DIR", help="the folder that holds the IDX files (in it, or in its subfolder "
+                   "named after the dataset), the only place looked in (default for a RUN: its own)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("traverse", help="latent traversals: each dimension swept while the others stay at an example's code",
                        description="The beta-VAE figure (Higgins et al. 2017): one row per latent dimension, swept over "

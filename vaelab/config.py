@@ -60,7 +60,7 @@ class DataConfig:
     """Which data, and how it is prepared."""
 
     data: str = field(default="digits", metadata=_help("dataset name (digits, fashion-mnist, mnist, stacked-fashion-mnist, ring8, grid25), a .npy/.npz path, or a folder of PNG/JPEG images (subfolders: class labels); paths are stored absolute"))
-    data_dir: str | None = field(default=None, metadata=_help("the folder that holds the IDX files of fashion-mnist, mnist or stacked-fashion-mnist (in it or in DIR/NAME); nothing else is searched, so a folder that does not exist or lacks the files is an error"))
+    data_dir: str | None = field(default=None, metadata=_help("the folder that holds the IDX files of fashion-mnist, mnist or stacked-fashion-mnist (in it, or in its subfolder named after the dataset); nothing else is searched, so a folder that does not exist or lacks the files is an error"))
     image_size: int | None = field(default=None, metadata=_help("image folders: resize every image to S x S pixels (default: keep the size, which all images must then share)"))
     channels: int | None = field(default=None, metadata=_help("image folders: 1 (greyscale) or 3 (RGB) (default: 1 when every image is greyscale, else 3)"))
     classes: tuple[int, ...] | None = field(default=None, metadata=_help("keep only these labels of a labelled dataset, comma-separated, e.g. 0,1,2 (labels keep their values)"))
