@@ -688,8 +688,15 @@ def test_resume_with_more_epochs_and_its_errors(tmp_path):
     assert len(_epoch_lines(proc.stdout)) == 1 and "trained 3 epochs" in proc.stdout
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "3"), "epochs", "not more than the 3 epochs")
-    assert_one_line_error(run_cli("train", "--resume", str(run)), "already finished", "epochs", "N > 3")
+    assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "2"), "epochs", "not more than the 3 epochs")
+    # a finished run resumed at the epochs it was asked for has nothing to do: status 0, one line, so a
+    # job scheduler's requeue loop can always call --resume
+    for again in ([], ["--epochs", "3"]):
+        proc = run_cli("train", "--resume", str(run), *again)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert proc.stdout.splitlines() == [f"nothing to do: {run} already finished (3 epochs: reached 3 epochs); train it on "
+                                            f"with more epochs (--epochs N, N > 3), or start a new run"]  # fmt: skip
+    assert run_cli("train", "--resume", str(run), "--silent").stdout == ""
     assert_one_line_error(run_cli("train", "--resume", str(run), "--epochs", "5", "--lr", "0.1"), "--resume", "--epochs N")
     cyclic = tmp_path / "cyclic"
     assert run_cli("train", *TINY_VAE, "--epochs", "2", "--kl-cycles", "2", "--quiet", "--out", str(cyclic)).returncode == 0

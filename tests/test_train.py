@@ -18,7 +18,7 @@ from torch import nn
 
 from vaelab import config as cfg
 from vaelab.data import load_split
-from vaelab.errors import ConfigError, RunError, TrainingDiverged
+from vaelab.errors import ConfigError, RunError, RunFinishedError, TrainingDiverged
 from vaelab.files import load_tensors, read_metrics
 from vaelab.models import build_model
 from vaelab.objectives import get_objective
@@ -447,10 +447,13 @@ def test_training_on_is_refused_where_it_cannot_be_exact(tmp_path):
     run = tmp_path / "r"
     start_run(family_config("vae", 2), run, progress=False)
     config_before = (run / "config.json").read_bytes()
-    with pytest.raises(RunError, match=r"epochs=2 is not more than the 2 epochs"):
-        resume_run(run, epochs=2, progress=False)
-    with pytest.raises(RunError, match=r"already finished.*epochs=N, N > 2"):
-        resume_run(run, progress=False)
+    with pytest.raises(RunError, match=r"epochs=1 is not more than the 2 epochs"):
+        resume_run(run, epochs=1, progress=False)
+    # at the epochs it was asked for, a finished run has nothing to do (its own error class, which
+    # the CLI turns into status 0)
+    for same in (None, 2):
+        with pytest.raises(RunFinishedError, match=r"already finished.*epochs=N, N > 2"):
+            resume_run(run, epochs=same, progress=False)
     cyclic = tmp_path / "cyclic"
     start_run(family_config("vae", 2, kl_warmup=0, kl_cycles=2), cyclic, progress=False)
     with pytest.raises(RunError, match="cycles spread over its 2 epochs"):
@@ -514,3 +517,87 @@ def test_callbacks_get_every_epochs_record(digits):
     result = Trainer(small_vae(), get_objective("elbo"), train, valid, tcfg(epochs=2), progress=False,
                      callbacks=[seen.append]).fit()  # fmt: skip
     assert seen == result.history and [r["epoch"] for r in seen] == [1, 2]
+
+
+# -- run directories under real-world faults ----------------------------------------------------
+
+_FAULT_RUN = ["--data", "digits", "--binarize", "dynamic", "--hidden", "16", "--latent-dim", "2", "--limit", "300",
+              "--epochs", "4", "--batch-size", "50", "--patience", "0", "--quiet"]  # fmt: skip
+
+
+def test_a_full_disk_stops_training_in_one_line_and_the_last_checkpoint_resumes_exactly(tmp_path, monkeypatch, capsys):
+    import errno
+    import pathlib
+
+    from vaelab.cli import main
+
+    assert main(["train", *_FAULT_RUN, "--out", str(tmp_path / "ref")]) == 0
+    real = pathlib.Path.write_bytes
+    checkpoints = []
+
+    def disk_fills_at_the_second_checkpoint(self, data):
+        if self.name.startswith(".state.safetensors."):
+            checkpoints.append(self)
+            if len(checkpoints) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_fills_at_the_second_checkpoint)
+    run = tmp_path / "full"
+    capsys.readouterr()
+    assert main(["train", *_FAULT_RUN, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vaelab: error: cannot write {run / 'checkpoint' / 'state.safetensors'}: No space left on device; the "
+                   f"file there before (if any) is unchanged; training stopped, and the checkpoint of epoch 1 is intact: "
+                   f"make room and continue with vaelab train --resume {run}"]  # fmt: skip
+    assert _checkpoint_epoch(run) == 1
+    assert not [p for p in run.rglob("*.tmp")]  # no half-written file is left either
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
+
+
+def test_a_read_only_output_directory_is_one_line_and_nothing_is_left(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    from vaelab.cli import main
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    run = tmp_path / "ro"
+    assert main(["train", *_FAULT_RUN, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {run / 'config.json'}: Read-only file system" in err[0], err
+    assert not (run / "config.json").exists()
+
+
+def test_a_second_process_cannot_train_into_a_run_that_is_training(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    run = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "vaelab", "train", "--data", "digits", "--hidden", "16", "--latent-dim", "2",
+           "--epochs", "100000", "--patience", "0", "--out", str(run), "--quiet", "--silent"]  # fmt: skip
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while _checkpoint_epoch(run) < 1:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        second = subprocess.run([sys.executable, "-m", "vaelab", "train", "--resume", str(run), "--quiet"], env=env,
+                                capture_output=True, text=True)  # fmt: skip
+        assert second.returncode == 2 and second.stderr.splitlines() == [
+            f"vaelab: error: {run} is being trained by another process right now; wait for it to finish, or train "
+            f"into another directory"
+        ]
+        with pytest.raises(RunError, match="being trained by another process"):
+            resume_run(run, progress=False)
+    finally:
+        first.kill()
+        first.wait()
+    # SIGKILLed, the first process holds nothing: the run resumes (here, to one more epoch)
+    done = _checkpoint_epoch(run)
+    result = resume_run(run, epochs=done + 1, progress=False) if done < 100000 else None
+    assert result is not None and result.epochs == done + 1

@@ -456,13 +456,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs = getattr(args, "train.epochs", None)
         if epochs is not None:
             epochs = cfg.field_value("train", "epochs", epochs)  # its flag's own checks and message
-        if epochs is None:
-            from .runs import read_config
+        from .errors import RunFinishedError
 
-            epochs = read_config(run_dir)[0].train.epochs
-            result = resume_run(run_dir, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
-        else:
-            result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
+        try:
+            if epochs is None:
+                from .runs import read_config
+
+                epochs = read_config(run_dir)[0].train.epochs
+                result = resume_run(run_dir, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
+            else:
+                result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
+        except RunFinishedError as done:
+            # not an error: a job scheduler's requeue loop may call --resume on a run that finished
+            if not args.silent:
+                print(f"nothing to do: {_as_flags(str(done), {'epochs'})}")
+            return 0
     else:
         config = _config_from_args(args)
         from .data import is_path

@@ -37,6 +37,7 @@ from .files import (
     atomic_write_bytes,
     load_tensors,
     load_weights,
+    run_lock,
 )
 from .models.vqvae import VQVAE
 from .pixelcnn import GatedPixelCNN
@@ -139,12 +140,13 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
     trainer = Trainer(prior, code_log_likelihood, train_codes, valid_codes, config.train_config(), run_dir=out,
                       progress=progress, callbacks=callbacks)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    if trainer.checkpoint_path.exists():
-        trainer.load_checkpoint()
-        _truncate_metrics(out / METRICS_FILE, trainer.state.metrics_lines)
-    else:
-        atomic_write_bytes(out / PRIOR_CONFIG, (json.dumps(settings, indent=2) + "\n").encode())
-    return trainer.fit()
+    with run_lock(out):  # a second process training this prior is refused before it reads the checkpoint
+        if trainer.checkpoint_path.exists():
+            trainer.load_checkpoint()
+            _truncate_metrics(out / METRICS_FILE, trainer.state.metrics_lines)
+        else:
+            atomic_write_bytes(out / PRIOR_CONFIG, (json.dumps(settings, indent=2) + "\n").encode())
+        return trainer.fit()
 
 
 def load_code_prior(run_dir: str | Path) -> GatedPixelCNN | None:

@@ -54,3 +54,16 @@ class TrainingDiverged(VaelabError):
 class UnknownOptionError(ConfigError, TypeError):
     """A builder got a keyword argument it does not take (a TypeError, as Python's own calls raise,
     and a ConfigError, so the CLI shows it as one line)."""
+
+
+class RunBusyError(RunError):
+    """Another process is training into the run directory (it holds the directory's lock)."""
+
+
+class RunFinishedError(RunError):
+    """A run asked to continue has already finished, at the epochs it was asked for."""
+
+
+class WriteError(RunError, OSError):
+    """A file could not be written: the disk is full, a quota is reached, or the folder is
+    read-only or not ours. The file that stood there before, if any, is left as it was."""

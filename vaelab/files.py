@@ -7,6 +7,7 @@ one. Loading never unpickles.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,12 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks (see run_lock)
+    fcntl = None  # type: ignore[assignment]
+
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .errors import RunError, RunNotFoundError
+from .errors import RunBusyError, RunError, RunNotFoundError, WriteError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -51,25 +57,90 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# What a full disk, a reached quota, or a read-only or foreign folder raise on a write
+_WRITE_ERRNOS = frozenset(
+    code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG"))
+    if code is not None
+)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turns the operating system's refusal to write ``path`` into one ``WriteError`` line."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise WriteError(f"cannot write {path}: {err.strerror or err}; the file there before (if any) is unchanged") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path to write; on success it replaces ``path`` atomically."""
+    """Yields a temporary path to write; on success it replaces ``path`` atomically. A write the
+    system refuses (full disk, read-only folder) raises ``WriteError`` and leaves ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            # mkstemp creates the file readable by its owner only; a run's files get the permissions
+            # any other new file would have (0666 less the umask), so others can read shared runs
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+
+# run directories this process holds the lock of -> (directory fd, how many holders)
+_HELD: dict[str, list[int]] = {}
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Holds an exclusive advisory lock on a run directory while a process trains into it, so that
+    a second process (another `vaelab train --resume`, a job requeued while the first still runs)
+    gets ``RunBusyError`` instead of interleaving checkpoints. The lock is ``flock`` on the
+    directory itself: no lock file is left behind, and the system releases it when the process
+    dies, however it dies (a SIGKILLed run can be resumed at once). Re-entrant within a process.
+    Where ``fcntl`` does not exist (Windows) nothing is locked."""
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(key, os.O_RDONLY)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp creates the file readable by its owner only; a run's files get the permissions
-        # any other new file would have (0666 less the umask), so others can read shared runs
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunBusyError(
+                    f"{run_dir} is being trained by another process right now; wait for it to finish, or train into "
+                    f"another directory"
+                ) from None
+            raise
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
     finally:
-        tmp_path.unlink(missing_ok=True)
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -119,7 +190,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def append_line(path: str | Path, text: str) -> None:
     """Appends one line and fsyncs, so a metrics line is on disk before the checkpoint that counts it."""
-    with open(path, "a") as fh:
+    with _writing(Path(path)), open(path, "a") as fh:
         fh.write(text + "\n")
         fh.flush()
         os.fsync(fh.fileno())

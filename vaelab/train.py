@@ -10,13 +10,14 @@ at any moment and resumed therefore ends bitwise-identical to an uninterrupted o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from . import config as cfg
 from .data import Split
 from .imagefolder import StreamSplit
-from .errors import RunError, TrainingDiverged
+from .errors import RunError, RunFinishedError, TrainingDiverged, WriteError
 from .files import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
@@ -37,6 +38,7 @@ from .files import (
     load_tensors,
     load_weights,
     read_metrics,
+    run_lock,
     save_model,
     save_tensors,
 )
@@ -221,12 +223,12 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunError(f"checkpoint {path} is incomplete or does not match the run ({err})") from None
 
-    def _write_config(self) -> None:
-        """Writes RUN/config.json from the RunConfig the trainer was given (once: a run started or
+    def _config_record(self) -> bytes | None:
+        """RUN/config.json from the RunConfig the trainer was given (written once: a run started or
         resumed by ``start_run`` has it already), after checking that it rebuilds this model, so
-        the directory opens with ``vaelab.load`` and the commands."""
+        the directory opens with ``vaelab.load`` and the commands; None when there is none to write."""
         if self.run_dir is None or self.run_config is None or (self.run_dir / CONFIG_FILE).exists():
-            return
+            return None
         event_shape = tuple(self.train.event_shape)
         # a factory the configuration names is the caller's word for how the networks were made (it
         # may not be importable here, e.g. when given to build_model in nets=); a built-in is checked
@@ -237,8 +239,7 @@ class Trainer:
                     f"{self.run_dir} could not be reopened: build them with a factory, net='package.module:Factory'"
                 )
             self._check_rebuilds(event_shape)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.run_dir / CONFIG_FILE, cfg.save_json(self.run_config, event_shape))
+        return cfg.save_json(self.run_config, event_shape)
 
     def _check_rebuilds(self, event_shape: tuple[int, ...]) -> None:
         with torch.random.fork_rng(devices=[]):  # building the check model must not move the seed
@@ -265,7 +266,16 @@ class Trainer:
         per step with flushing, measured in the first epoch on Fashion-MNIST). Values that small
         are zero for every purpose here. PyTorch's default (off) is restored afterwards.
         """
-        self._write_config()
+        if self.run_dir is None:
+            return self._fit_flushed()
+        record = self._config_record()  # checked before anything is written
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.run_dir):  # one process trains into a run directory at a time
+            if record is not None and not (self.run_dir / CONFIG_FILE).exists():
+                atomic_write_bytes(self.run_dir / CONFIG_FILE, record)
+            return self._fit_flushed()
+
+    def _fit_flushed(self) -> TrainResult:
         torch.set_flush_denormal(True)
         try:
             return self._fit()
@@ -485,18 +495,31 @@ class Trainer:
             self.state.best_epoch = epoch
             self.best_weights = None
         record["best_epoch"] = self.state.best_epoch
+        done = self.state.epoch  # the epochs the checkpoint on disk holds
         self.state.epoch = epoch
         if self.run_dir is None:
             return
-        if self.state.best_epoch in (epoch, 0):
-            save_model(self.run_dir / MODEL_FILE, self.model)
-        # The metrics line is on disk before the checkpoint that counts it; on resume, lines
-        # beyond the checkpoint's count (an epoch that was redone) are dropped.
-        append_line(self.run_dir / METRICS_FILE, json.dumps(record))
-        if self.tensorboard is not None:
-            self.tensorboard.log_epoch(self.model, record)
-        self.state.metrics_lines += 1
-        self.save_checkpoint()
+        with self._stopped_by_writes(done):
+            if self.state.best_epoch in (epoch, 0):
+                save_model(self.run_dir / MODEL_FILE, self.model)
+            # The metrics line is on disk before the checkpoint that counts it; on resume, lines
+            # beyond the checkpoint's count (an epoch that was redone) are dropped.
+            append_line(self.run_dir / METRICS_FILE, json.dumps(record))
+            if self.tensorboard is not None:
+                self.tensorboard.log_epoch(self.model, record)
+            self.state.metrics_lines += 1
+            self.save_checkpoint()
+
+    @contextlib.contextmanager
+    def _stopped_by_writes(self, done: int) -> Iterator[None]:
+        """A full disk or a read-only run directory stops training with one line that says what
+        is left: the checkpoint is written atomically, so the last one that was written stands."""
+        try:
+            yield
+        except WriteError as err:
+            kept = (f"the checkpoint of epoch {done} is intact: make room and continue with "
+                    f"vaelab train --resume {self.run_dir}") if done else "no checkpoint had been written yet"  # fmt: skip
+            raise WriteError(f"{err}; training stopped, and {kept}") from None
 
     def _finish(self) -> None:
         self.state.finished = True
@@ -506,7 +529,8 @@ class Trainer:
             # resume_run(epochs=N) can train on exactly as an N-epoch run would have.
             # model.safetensors already holds the best weights: _select wrote it when they were
             # best (or, without a best epoch, when they were the latest).
-            self.save_checkpoint()
+            with self._stopped_by_writes(self.state.epoch):
+                self.save_checkpoint()
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
 
@@ -707,8 +731,11 @@ def start_run(
         )
     trainer = _setup(config, run_dir, progress, callbacks)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, trainer.train.event_shape))
-    return trainer.fit()
+    with run_lock(run_dir):
+        if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
+            raise RunError(f"{run_dir} was just started by another process; pick another directory")
+        atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, trainer.train.event_shape))
+        return trainer.fit()
 
 
 def resume_run(
@@ -737,6 +764,13 @@ def resume_run(
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
     check_trusted(config.model.net, nets, trust_code)  # before the data is loaded
+    with run_lock(run_dir):  # a second process is refused before it reads the checkpoint
+        return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets)
+
+
+def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], epochs: int | None, progress: bool,
+            callbacks: Sequence[Callback], trust_code: bool, nets: Mapping[str, NetFactory] | None) -> TrainResult:  # fmt: skip
+    asked = config.train.epochs  # what the run was started (or last continued) with
     if epochs is not None:
         if config.train.kl_cycles and epochs != config.train.epochs:
             raise RunError(
@@ -750,14 +784,15 @@ def resume_run(
     if has_checkpoint:
         trainer.load_checkpoint()
     state = trainer.state
+    if state.finished and epochs in (None, asked):
+        # nothing to do: a job scheduler that requeues `vaelab train --resume RUN` can always call it
+        raise RunFinishedError(
+            f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); train it on with "
+            f"more epochs (epochs=N, N > {state.epoch}), or start a new run"
+        )
     if epochs is not None and epochs <= state.epoch:
         raise RunError(f"epochs={epochs} is not more than the {state.epoch} epochs {run_dir} has done; ask for more")
     if state.finished:
-        if epochs is None:
-            raise RunError(
-                f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); train it on with "
-                f"more epochs (epochs=N, N > {state.epoch}), or start a new run"
-            )
         if not state.stop_reason.startswith("reached"):
             raise RunError(
                 f"{run_dir} stopped early ({state.stop_reason}), and a run started with {epochs} epochs "
