@@ -601,3 +601,20 @@ def test_a_second_process_cannot_train_into_a_run_that_is_training(tmp_path):
     done = _checkpoint_epoch(run)
     result = resume_run(run, epochs=done + 1, progress=False) if done < 100000 else None
     assert result is not None and result.epochs == done + 1
+
+
+def test_nothing_to_do_is_found_without_loading_the_data(tmp_path):
+    import numpy as np
+
+    from vaelab.train import nothing_to_do
+
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((60, 4)).astype(np.float32))
+    config = cfg.build({"data": {"data": str(data), "binarize": "none"},
+                        "model": {"hidden": [8], "latent_dim": 2, "likelihood": "gaussian"}, "train": {"epochs": 1}})  # fmt: skip
+    run = tmp_path / "r"
+    start_run(config, run, progress=False)
+    data.unlink()  # a requeued job whose data is gone still learns there is nothing to do
+    with pytest.raises(RunFinishedError, match="already finished"):
+        resume_run(run, progress=False)
+    assert nothing_to_do(run, epochs=1) is not None and nothing_to_do(run, epochs=2) is None

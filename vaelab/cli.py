@@ -452,12 +452,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise VaelabError("--resume continues a run with its own saved configuration; drop the other options "
                               "(--epochs N excepted, which trains it on to N epochs)")  # fmt: skip
         run_dir = Path(args.resume)
-        _print_data_source(args, run_dir)
         epochs = getattr(args, "train.epochs", None)
         if epochs is not None:
             epochs = cfg.field_value("train", "epochs", epochs)  # its flag's own checks and message
         from .errors import RunFinishedError
+        from .train import nothing_to_do
 
+        # not an error: a job scheduler's requeue loop may call --resume on a run that finished
+        finished = nothing_to_do(run_dir, epochs)
+        if finished is not None:
+            if not args.silent:
+                print(f"nothing to do: {_as_flags(finished, {'epochs'})}")
+            return 0
+        _print_data_source(args, run_dir)
         try:
             if epochs is None:
                 from .runs import read_config
@@ -466,8 +473,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 result = resume_run(run_dir, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
             else:
                 result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
-        except RunFinishedError as done:
-            # not an error: a job scheduler's requeue loop may call --resume on a run that finished
+        except RunFinishedError as done:  # it finished in the meantime
             if not args.silent:
                 print(f"nothing to do: {_as_flags(str(done), {'epochs'})}")
             return 0

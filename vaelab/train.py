@@ -770,7 +770,9 @@ def resume_run(
 
 def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], epochs: int | None, progress: bool,
             callbacks: Sequence[Callback], trust_code: bool, nets: Mapping[str, NetFactory] | None) -> TrainResult:  # fmt: skip
-    asked = config.train.epochs  # what the run was started (or last continued) with
+    reason = nothing_to_do(run_dir, epochs)
+    if reason is not None:  # found before the data is loaded: a requeue loop's call costs nothing
+        raise RunFinishedError(reason)
     if epochs is not None:
         if config.train.kl_cycles and epochs != config.train.epochs:
             raise RunError(
@@ -784,12 +786,6 @@ def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], 
     if has_checkpoint:
         trainer.load_checkpoint()
     state = trainer.state
-    if state.finished and epochs in (None, asked):
-        # nothing to do: a job scheduler that requeues `vaelab train --resume RUN` can always call it
-        raise RunFinishedError(
-            f"{run_dir} already finished ({state.epoch} epochs: {state.stop_reason}); train it on with "
-            f"more epochs (epochs=N, N > {state.epoch}), or start a new run"
-        )
     if epochs is not None and epochs <= state.epoch:
         raise RunError(f"epochs={epochs} is not more than the {state.epoch} epochs {run_dir} has done; ask for more")
     if state.finished:
@@ -810,6 +806,28 @@ def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], 
     return trainer.fit()
 
 
+def nothing_to_do(run_dir: str | Path, epochs: int | None = None) -> str | None:
+    """Why resuming ``run_dir`` (to ``epochs`` in all) has nothing to do, or None when it has: the
+    run finished, and ``epochs`` is None or the number it was asked for. A job scheduler that
+    requeues `vaelab train --resume RUN` can therefore always call it. Reads the checkpoint's
+    metadata only, not the data."""
+    run_dir = Path(run_dir)
+    config, _ = read_config(run_dir)
+    path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    _, meta = load_tensors(path)
+    try:
+        state = json.loads(meta["state"])
+        finished, done, why = bool(state["finished"]), int(state["epoch"]), str(state["stop_reason"])
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"checkpoint {path} is incomplete or does not match the run (no training state)") from None
+    if not finished or epochs not in (None, config.train.epochs):
+        return None
+    return (f"{run_dir} already finished ({done} epochs: {why}); train it on with more epochs (epochs=N, "
+            f"N > {done}), or start a new run")  # fmt: skip
+
+
 def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult | None:
     """Brings ``run_dir`` to the end of its training: starts it if it is new, resumes it if it was
     interrupted, and leaves it alone (returns None) if it already finished. A run directory that
@@ -821,8 +839,7 @@ def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool =
     saved, _ = read_config(run_dir)
     if saved != config:
         raise RunError(f"{run_dir} holds a run with a different configuration; choose another directory")
-    path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if path.exists() and json.loads(load_tensors(path)[1]["state"]).get("finished"):
+    if nothing_to_do(run_dir) is not None:
         return None
     return resume_run(run_dir, progress=progress, trust_code=True)  # the caller's own configuration
 
