@@ -386,3 +386,28 @@ def test_library_prior_fit_and_load(tmp_path):
     assert load(tmp_path / "r", code_prior=False).code_prior is None
     with pytest.raises(RunError, match="already has a trained prior"):
         fit_code_prior(tmp_path / "r", PriorConfig(layers=1, channels=4, epochs=2), progress=False)
+
+
+def test_a_prior_being_trained_refuses_a_second_process(tmp_path):
+    """The code prior's folder is locked while it trains, like a run directory: a second
+    `vaelab prior RUN` meanwhile is one line, and nothing of the first is touched."""
+    config = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 150},
+                        "model": {"model": "vqvae", "resnet_channels": 8, "res_blocks": 1, "codebook_size": 6, "code_dim": 3},
+                        "train": {"epochs": 1}})  # fmt: skip
+    run = tmp_path / "r"
+    start_run(config, run, progress=False)
+    (run / "prior").mkdir()
+    hold = "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / "prior")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_cli("prior", str(run), "--layers", "1", "--channels", "4", "--epochs", "1")
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"vaelab: error: {run / 'prior'} is being trained by another process right now; wait for it to finish, "
+            f"or train into another directory"
+        ], proc.stderr
+        assert sorted(p.name for p in (run / "prior").iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert fit_code_prior(run, PriorConfig(layers=1, channels=4, epochs=1), progress=False).epochs == 1
