@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaelab import config as cfg
@@ -39,7 +40,20 @@ SHAPES = {"elbo": {"k": 3}, "iwae": {"k": 3}, "miwae": {"m": 2, "k": 2}, "ciwae"
           "piwae": {"m": 2, "k": 2}}  # fmt: skip
 KL_SCALE = 0.7  # a KL schedule's value mid-way: the general case of every formula that uses it
 EVENT, LATENT, BATCH = (6,), 2, 3
-NETS = ("mlp", "conv", "resnet")  # the backbones; conv and resnet need images, IMAGE on the meta device
+FACTORY = "combinations:small"  # your own backbone, --net package.module:Factory, given in nets= (no import)
+NETS = ("mlp", "conv", "resnet", FACTORY)  # the backbones; conv and resnet need images, IMAGE on the meta device
+
+
+def _small(spec, width=5):
+    """A user's factory: any event shape flattened, the contract of the built-in backbones."""
+    n = math.prod(spec.event_shape)
+    encoder = nn.Sequential(nn.Flatten(1), nn.Linear(n, width), nn.Tanh(), nn.Linear(width, spec.encoder_out))
+    decoder = nn.Sequential(nn.Linear(spec.latent_dim, width), nn.Tanh(), nn.Linear(width, spec.params_per_dim * n),
+                            nn.Unflatten(1, (spec.params_per_dim, *spec.event_shape)))  # fmt: skip
+    return encoder, decoder
+
+
+FACTORIES = {FACTORY: _small}
 IMAGE = (1, 4, 4)
 
 
@@ -275,8 +289,8 @@ def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
             _config(*combo, net=net)
         return
     config = _config(*combo, net=net)
-    event = EVENT if net == "mlp" else IMAGE
-    model = model_from_config(config, event).to("meta")
+    event = IMAGE if net in ("conv", "resnet") else EVENT
+    model = model_from_config(config, event, nets=FACTORIES).to("meta")
     x = torch.empty(BATCH, *event, device="meta")
     result = get_objective(config.train.objective, **config.train.objective_options())(model, x, kl_scale=KL_SCALE)
     result.objective.mean().backward()

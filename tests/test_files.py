@@ -103,7 +103,8 @@ def test_a_metrics_line_the_disk_refuses_is_a_write_error(tmp_path, monkeypatch)
         append_line(tmp_path / "metrics.jsonl", "{}")
 
 
-_HOLD = """
+# another process that holds a directory's lock until it is killed
+HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -122,7 +123,7 @@ def test_a_run_directory_is_locked_against_other_processes_and_reentrant_in_one(
                                 "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    print('busy')",
                                 str(run)], capture_output=True, text=True)  # fmt: skip
         assert probe.stdout.strip() == "busy"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunBusyError, match="is being trained by another process right now"):

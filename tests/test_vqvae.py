@@ -24,6 +24,7 @@ from vaelab.runs import load
 from vaelab.train import start_run
 
 from test_cli import run_cli
+from test_files import HOLD_LOCK
 from test_train import _checkpoint_epoch
 
 TINY = ["--model", "vqvae", "--data", "digits", "--binarize", "threshold", "--codebook-size", "8", "--code-dim", "4",
@@ -397,8 +398,7 @@ def test_a_prior_being_trained_refuses_a_second_process(tmp_path):
     run = tmp_path / "r"
     start_run(config, run, progress=False)
     (run / "prior").mkdir()
-    hold = "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / "prior")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / "prior")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         proc = run_cli("prior", str(run), "--layers", "1", "--channels", "4", "--epochs", "1")
