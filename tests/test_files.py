@@ -63,7 +63,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 from vaelab.errors import RunBusyError, VaelabError, WriteError  # noqa: E402
-from vaelab.files import append_line, run_lock  # noqa: E402
+from vaelab.files import append_line, read_metadata, run_lock  # noqa: E402
 
 
 def _refuse_writes(monkeypatch, code: int) -> None:
@@ -135,3 +135,14 @@ def test_a_run_directory_is_locked_against_other_processes_and_reentrant_in_one(
     with run_lock(run):  # a killed holder's lock is gone with it
         pass
     assert [p.name for p in run.iterdir()] == []  # no lock file is left behind
+
+
+def test_metadata_is_read_from_the_header_alone(tmp_path):
+    path = tmp_path / "state.safetensors"
+    save_tensors(path, {"w": torch.ones(3)}, {"state": '{"epoch": 4}'})
+    assert read_metadata(path) == load_tensors(path)[1] == {"state": '{"epoch": 4}'}
+    path.write_bytes(path.read_bytes()[:12])  # a torn header
+    with pytest.raises(RunError, match="is corrupt"):
+        read_metadata(path)
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / "none.safetensors")

@@ -35,8 +35,8 @@ from .files import (
     METRICS_FILE,
     MODEL_FILE,
     atomic_write_bytes,
-    load_tensors,
     load_weights,
+    read_metadata,
     run_lock,
 )
 from .models.vqvae import VQVAE
@@ -127,7 +127,7 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
                 f"or run the same command as before to continue it"
             )
         path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
-        if path.exists() and json.loads(load_tensors(path)[1]["state"]).get("finished"):
+        if path.exists() and json.loads(read_metadata(path)["state"]).get("finished"):
             raise RunError(f"{run_dir} already has a trained prior ({out}); delete {out} to train a new one")
     # The code grids of the run's data; a dynamically binarized run uses its fixed seeded draw.
     train = load_data(run_config, "train", progress=progress).fixed()

@@ -171,6 +171,23 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, header.get("__metadata__", {}) or {}
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, read from its header alone (a checkpoint's
+    training state without its weights); raises RunError if it is missing or corrupt."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+    except FileNotFoundError:
+        raise RunNotFoundError(f"{path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is corrupt ({err}); it cannot be loaded") from None
+    if not isinstance(header, dict):
+        raise RunError(f"{path} is corrupt (its header is not a JSON object); it cannot be loaded")
+    return header.get("__metadata__", {}) or {}
+
+
 def save_model(path: str | Path, model: nn.Module, state: dict[str, Tensor] | None = None) -> None:
     """Saves a model's weights (or the given state dict) as safetensors."""
     state = model.state_dict() if state is None else state

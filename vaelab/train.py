@@ -37,6 +37,7 @@ from .files import (
     atomic_write_bytes,
     load_tensors,
     load_weights,
+    read_metadata,
     read_metrics,
     run_lock,
     save_model,
@@ -816,7 +817,7 @@ def nothing_to_do(run_dir: str | Path, epochs: int | None = None) -> str | None:
     path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     if not path.exists():
         return None
-    _, meta = load_tensors(path)
+    meta = read_metadata(path)  # the state, without reading the weights the resume reads next
     try:
         state = json.loads(meta["state"])
         finished, done, why = bool(state["finished"]), int(state["epoch"]), str(state["stop_reason"])
