@@ -467,12 +467,15 @@ def test_training_on_is_refused_where_it_cannot_be_exact(tmp_path):
     assert json.loads((cyclic / "config.json").read_text())["train"]["epochs"] == 2
 
 
-def test_init_from_copies_the_weights_only(tmp_path):
+@pytest.mark.parametrize("name", FAMILIES)
+def test_init_from_copies_the_weights_only(name, tmp_path):
+    """Every family takes --init-from (one player or several)."""
+    still = {"lr": 1e-30, **({"lr_disc": 1e-30} if name in ("gan", "aae") else {})}
     source = tmp_path / "source"
-    start_run(family_config("vae", 2), source, progress=False)
+    start_run(family_config(name, 2), source, progress=False)
     warm = tmp_path / "warm"
     # so small a learning rate leaves float32 weights where they start
-    start_run(family_config("vae", 1, init_from=str(source), lr=1e-30), warm, progress=False)
+    start_run(family_config(name, 1, init_from=str(source), **still), warm, progress=False)
     mine, _ = load_tensors(warm / "model.safetensors")
     theirs, _ = load_tensors(source / "model.safetensors")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
@@ -482,7 +485,7 @@ def test_init_from_copies_the_weights_only(tmp_path):
     assert json.loads(meta["state"])["epoch"] == 1  # counted from 0
     steps = {k: v for k, v in state.items() if k.endswith(".step")}
     assert steps and all(v.item() == 4 for v in steps.values())  # a fresh Adam: one epoch of 200 / 50 steps
-    cold = start_run(family_config("vae", 1, lr=1e-30), tmp_path / "cold", progress=False)
+    cold = start_run(family_config(name, 1, **still), tmp_path / "cold", progress=False)
     assert cold.epochs == 1
     fresh, _ = load_tensors(tmp_path / "cold" / "model.safetensors")
     assert not all(torch.equal(fresh[k], theirs[k]) for k in fresh)
