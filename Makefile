@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)" \
-	  || $(BIN)/python -m pip install --quiet "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu
+	  || $(BIN)/python -m pip install --quiet "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
