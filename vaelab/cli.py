@@ -82,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration; "
                    "with --epochs N (more than it has done), a finished run trains on as if it had been started "
                    "with N epochs")  # fmt: skip
+    _add_device_flag(p)
     _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
     p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
@@ -332,6 +333,11 @@ def _build_parser() -> argparse.ArgumentParser:
 METHODS = ("is", "ais", "bdmc")
 
 
+def _add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                        help="where to compute (default: auto, which takes CUDA, then MPS, then the CPU)")  # fmt: skip
+
+
 def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     """--trust-code, on every command that opens a run directory: a run trained with --net
     package.module:Factory is rebuilt by importing and calling that factory, which runs its code;
@@ -470,9 +476,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 from .runs import read_config
 
                 epochs = read_config(run_dir)[0].train.epochs
-                result = resume_run(run_dir, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
+                result = resume_run(run_dir, progress=progress, trust_code=args.trust_code,
+                                    callbacks=_epoch_printer(args, epochs), device=args.device)  # fmt: skip
             else:
-                result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code, callbacks=_epoch_printer(args, epochs))
+                result = resume_run(run_dir, epochs=epochs, progress=progress, trust_code=args.trust_code,
+                                    callbacks=_epoch_printer(args, epochs), device=args.device)  # fmt: skip
         except RunFinishedError as done:  # it finished in the meantime
             if not args.silent:
                 print(f"nothing to do: {_as_flags(str(done), {'epochs'})}")
@@ -486,7 +494,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # for the resume hint if interrupted
         _print_data_source(args, config)
-        result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs))
+        result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs),
+                           device=args.device)  # fmt: skip
     # a new run's --net is the user's own word; a resumed one's is the run directory's
     write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
     best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""

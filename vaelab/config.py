@@ -31,6 +31,8 @@ from .nets import ACTIVATIONS, check_net
 from .estimators import GRAD_ESTIMATORS
 from .objectives import KL_MODES, OBJECTIVES, objective_options
 
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")  # training arithmetic: fp32, or mixed with bf16 / fp16 autocast
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -236,6 +238,7 @@ class TrainConfig:
     patience: int = field(default=20, metadata=_help("stop after this many epochs without a better validation bound (0: never)"))
     time_limit: float = field(default=0.0, metadata=_help("stop after the epoch in which the run's wall-clock seconds (training, validation, monitors; summed over resumes) reach this (0: no limit)"))
     seed: int = field(default=0, metadata=_help("seed for initialization, data order, binarization and sampling"))
+    precision: str = field(default="32", metadata=_help("32 | bf16-mixed | 16-mixed: the networks' arithmetic (mixed: autocast, and a gradient scaler for 16); densities, KL and log-sum-exp stay in fp32", choices=PRECISIONS))
     tensorboard: bool = field(default=False, metadata=_help("log every epoch's metrics and its samples and reconstructions for TensorBoard in RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')"))
     # a warm start: the path of another run (stored absolute), whose model weights the new model starts from
     init_from: str | None = field(default=None, metadata=_help("start from the model weights of this run (built with the same model options and data shape); the optimizer, epoch count and random state start fresh", metavar="RUN"))
@@ -259,6 +262,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         accepted = objective_options(self.objective)  # raises ConfigError listing the objectives
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)} (a string)")
         if self.kl not in KL_MODES:
             raise ConfigError(f"unknown kl mode {self.kl!r}; choose one of: {', '.join(KL_MODES)}")
         if self.grad_estimator not in GRAD_ESTIMATORS:

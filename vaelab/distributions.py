@@ -21,6 +21,17 @@ from .registry import Registry, keywords
 OBSERVATIONS: Registry[type["Observation"]] = Registry("likelihood")
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in fp32 when a network computed it in half precision (under mixed-precision
+    autocast), else unchanged: densities, KL terms and log-sum-exp are computed from it in fp32."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def fp32_inputs(module: nn.Module, args: tuple) -> tuple:
+    # a forward pre-hook of the distribution heads: the networks' outputs enter them in fp32
+    return tuple(full_precision(a) if isinstance(a, Tensor) else a for a in args)
+
+
 def diagonal_gaussian(mean: Tensor, scale: Tensor, event_dims: int = 1) -> Independent:
     """A Gaussian with diagonal covariance whose last ``event_dims`` dimensions form one event."""
     return Independent(Normal(mean, scale, validate_args=False), event_dims, validate_args=False)
@@ -44,6 +55,7 @@ class Observation(nn.Module):
     def __init__(self, event_ndim: int) -> None:
         super().__init__()
         self.event_ndim = event_ndim
+        self.register_forward_pre_hook(fp32_inputs)
 
     def forward(self, out: Tensor) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError

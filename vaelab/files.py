@@ -151,7 +151,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Saves tensors (and string metadata) as safetensors, atomically."""
-    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    # tensors from any device: a run trained on a GPU loads on a CPU-only machine
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save(contiguous, metadata=metadata))
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-from .distributions import diagonal_gaussian, stop_gradient
+from .distributions import fp32_inputs, diagonal_gaussian, full_precision, stop_gradient
 from .errors import ConfigError
 from .registry import Registry
 
@@ -44,6 +44,7 @@ class Posterior(nn.Module):
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
+        self.register_forward_pre_hook(fp32_inputs)  # the encoder's output, in fp32 under mixed precision
         self.latent_dim = latent_dim
 
     def neutral(self, batch: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
@@ -282,7 +283,7 @@ class MADE(nn.Module):
 
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         hid = F.elu(self.inp(z) + self.ctx(context))
-        return self.out_m(hid), self.out_s(hid)
+        return full_precision(self.out_m(hid)), full_precision(self.out_s(hid))
 
 
 @POSTERIORS.register("iaf")

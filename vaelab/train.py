@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .files import (
     save_model,
     save_tensors,
 )
+from .devices import fused_adam_supported, resolve_device
 from .diagnostics import CodebookMonitor, CollapseMonitor
 from .models.vqvae import VQVAE
 from .nets import NetFactory, check_trusted, is_import_path
@@ -130,6 +132,9 @@ class Trainer:
             method gets every epoch's record (of earlier sessions too) when training ends.
         callbacks: called with each epoch's record once it is logged and checkpointed (the
             library prints nothing; the CLI prints ``epoch_line(record)`` from here).
+        device: where to train: ``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``,
+            ``cuda:N``, ``mps`` or a ``torch.device``; the model is moved there and every batch
+            follows it. None trains where the model's parameters are.
     """
 
     def __init__(
@@ -144,8 +149,10 @@ class Trainer:
         schedule: ObjectiveSchedule | None = None,
         monitors: Sequence[Monitor] = (),
         callbacks: Sequence[Callback] = (),
+        device: str | torch.device | None = None,
     ) -> None:
-        self.model = model
+        self.device = resolve_device(device) if device is not None else _device_of(model)
+        self.model = model.to(self.device)
         self.callbacks = tuple(callbacks)
         self.schedule = schedule
         self.monitors = tuple(monitors)
@@ -158,7 +165,13 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
+        # the data generator stays on the CPU, where the batches are drawn, on every device
         self.generator = torch.Generator().manual_seed(config.seed + 1)
+        # mixed precision: networks under autocast, densities in fp32 (the models cast their
+        # networks' outputs); fp16 also needs a gradient scaler against underflowing gradients
+        self.autocast_dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[config.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "16-mixed" else None
+        self.notes: list[str] = []  # one-line notes for the user (e.g. resumed on another device)
         # A model with several players (the adversarial ones) gets one optimizer per player and
         # keeps its last weights (it has no bound to select on); any other model is one player.
         self.players = _check_players(model) if hasattr(model, "players") else None
@@ -181,8 +194,10 @@ class Trainer:
             self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=lambda: shown.head(N_POINTS))
 
     def _adam(self, parameters, lr: float, betas: Sequence[float]) -> torch.optim.Adam:
-        # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
-        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), eps=self.config.adam_eps, fused=True)
+        # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs; used wherever the
+        # installed PyTorch has the kernel for the device (the same update either way).
+        fused = fused_adam_supported(self.device)
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), eps=self.config.adam_eps, fused=fused or None)
 
     # -- checkpointing -------------------------------------------------------------------
 
@@ -200,7 +215,12 @@ class Trainer:
                 tensors.update({f"{prefix}.{i}.{name}": v for name, v in slots.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.data"] = self.generator.get_state()
-        meta = {"format": "vaelab-checkpoint", "state": json.dumps(self.state.__dict__)}
+        device_rng = _device_rng_state(self.device)
+        if device_rng is not None:  # a GPU's own generator, which draws the model's noise there
+            tensors[f"rng.{self.device.type}"] = device_rng
+        meta = {"format": "vaelab-checkpoint", "state": json.dumps(self.state.__dict__), "device": self.device.type}
+        if self.scaler is not None:
+            meta["scaler"] = json.dumps(self.scaler.state_dict())
         save_tensors(self.checkpoint_path, tensors, meta)
 
     def load_checkpoint(self) -> None:
@@ -221,8 +241,19 @@ class Trainer:
                 optimizer.load_state_dict(optim)
             torch.set_rng_state(tensors["rng.torch"])
             self.generator.set_state(tensors["rng.data"])
+            if f"rng.{self.device.type}" in tensors:
+                _set_device_rng_state(self.device, tensors[f"rng.{self.device.type}"])
+            if self.scaler is not None and "scaler" in meta:
+                self.scaler.load_state_dict(json.loads(meta["scaler"]))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunError(f"checkpoint {path} is incomplete or does not match the run ({err})") from None
+        trained_on = meta.get("device", "cpu")
+        if trained_on != self.device.type:
+            self.notes.append(
+                f"{self.run_dir} was trained on {trained_on} and goes on on {self.device.type}: the weights, optimizer "
+                f"and data order continue exactly, the model's random draws come from {self.device.type}'s generator"
+            )
+            logging.getLogger("vaelab").warning(self.notes[-1])
 
     def _config_record(self) -> bytes | None:
         """RUN/config.json from the RunConfig the trainer was given (written once: a run started or
@@ -350,6 +381,7 @@ class Trainer:
         batches = self.train.batches(self.config.batch_size, generator=self.generator, shuffle=True)
         options: dict[str, Any] = {}
         for step, x in enumerate(batches, 1):
+            x = x.to(self.device, non_blocking=True)
             options = self._options(epoch, step)
             try:
                 if self.players is None:
@@ -373,17 +405,29 @@ class Trainer:
 
     def _step(self, x: Tensor, options: dict[str, Any]) -> tuple[tuple[str, ...], Sequence[Tensor]]:
         """One Adam step on the objective; returns its field names and per-example values."""
-        result = self.objective(self.model, x, **options)
-        loss = -result.objective.mean()
+        with self._autocast():
+            result = self.objective(self.model, x, **options)
+        loss = -result.objective.float().mean()
         # A bool() on a CPU scalar costs microseconds; checking before the step means a
         # non-finite loss never reaches the weights.
         if not torch.isfinite(loss):
             raise TrainingDiverged("")
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:  # fp16: the scaled loss's gradients are unscaled, and a step with inf/NaN in them skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
         return result._fields, result
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass under mixed precision (``precision`` bf16-mixed or 16-mixed), else as is."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _step_players(self, x: Tensor) -> tuple[tuple[str, ...], list[Tensor]]:
         """One step of every player, in the model's update scheme; returns the logged names
@@ -402,14 +446,16 @@ class Trainer:
         grads = []
         for i, player in enumerate(players):
             if i == 0 or not simultaneous:
-                out = model.losses(x)
+                with self._autocast():
+                    out = model.losses(x)
                 first = first or out
                 if not all(bool(torch.isfinite(out[p.name].mean())) for p in (players if simultaneous else [player])):
                     raise TrainingDiverged("")
-            loss = out[player.name]
+            loss = out[player.name].float()
             used[player.name] = loss.detach()
             last = i == len(players) - 1
-            g = torch.autograd.grad(loss.mean(), player.parameters, retain_graph=simultaneous and not last,
+            scaled = loss.mean() if self.scaler is None else self.scaler.scale(loss.mean())
+            g = torch.autograd.grad(scaled, player.parameters, retain_graph=simultaneous and not last,
                                     allow_unused=True)  # fmt: skip
             if simultaneous:
                 grads.append(g)
@@ -417,6 +463,8 @@ class Trainer:
                 self._apply(player, g)
         for player, g in zip(players, grads):
             self._apply(player, g)
+        if self.scaler is not None:  # once per step, after every player's (unscaled, checked) step
+            self.scaler.update()
         names = tuple(f"{p.name}_loss" for p in players)
         extras = [k for k in first if k not in used]
         return names + tuple(extras), [used[p.name] for p in players] + [first[k].detach() for k in extras]
@@ -425,7 +473,10 @@ class Trainer:
         for parameter, grad in zip(player.parameters, grads):
             parameter.grad = grad
         optimizer = self.optimizers[f"optim.{player.name}"]
-        optimizer.step()
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
 
     def _steps_per_epoch(self) -> int:
@@ -451,6 +502,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
             for x in self.valid.fixed_batches(1000):
+                x = x.to(self.device, non_blocking=True)
                 if self.players is None:
                     result = self.objective(self.model, x, **options)
                     names = result._fields
@@ -470,6 +522,7 @@ class Trainer:
             x = self.valid.head(None if isinstance(self.valid, Split) else MONITOR_EXAMPLES)
         else:
             x = self.train.head(MONITOR_EXAMPLES)
+        x = x.to(self.device)
         record: dict[str, Any] = {}
         self.model.eval()
         with torch.random.fork_rng(devices=[]):
@@ -578,6 +631,29 @@ def _settings(config: cfg.TrainConfig, role: str) -> tuple[float, Sequence[float
     return config.lr, config.adam_betas
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where a model's parameters are (the CPU for a model without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _device_rng_state(device: torch.device) -> Tensor | None:
+    """The state of the generator that draws the model's noise on ``device``, when it is not
+    the CPU's (which the checkpoint holds anyway)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def _set_device_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+
+
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -622,10 +698,13 @@ def _setup(
     init: bool = True,
     trust_code: bool = True,
     nets: Mapping[str, NetFactory] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> Trainer:
     """The Trainer of a run; ``init``: copy the weights of ``config.train.init_from`` (when set)
     into the new model (a resumed run's checkpoint replaces them anyway). ``trust_code`` and
-    ``nets``: as in ``runs.load``, for a configuration that names a network factory."""
+    ``nets``: as in ``runs.load``, for a configuration that names a network factory. The model
+    is built on the CPU (the same initial weights everywhere) and moved to ``device``."""
+    device = resolve_device(device)  # an unusable device is refused before the data is read
     check_data_options(config)
     train = load_data(config, "train", progress=progress, stream=True)
     if len(train) == 0:
@@ -652,7 +731,7 @@ def _setup(
     else:
         monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
     return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
-                   schedule=schedule, monitors=monitors, callbacks=callbacks)  # fmt: skip
+                   schedule=schedule, monitors=monitors, callbacks=callbacks, device=device)  # fmt: skip
 
 
 def _init_weights(model: nn.Module, config: cfg.RunConfig, event_shape: tuple[int, ...]) -> None:
@@ -717,12 +796,18 @@ def _has_latent_diagnostics(model: nn.Module) -> bool:
 
 
 def start_run(
-    config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()
+    config: cfg.RunConfig,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    device: str | torch.device | None = "auto",
 ) -> TrainResult:
     """Starts a new run in ``run_dir`` (which must not exist, or be empty).
 
     Data and model are built before anything is written, so a bad configuration leaves no trace.
-    ``callbacks`` are the Trainer's (called with each epoch's record).
+    ``callbacks`` are the Trainer's (called with each epoch's record); ``device``: where to
+    train (``auto``: CUDA, then MPS, then the CPU; see ``devices.resolve_device``).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -730,7 +815,7 @@ def start_run(
             f"{run_dir} already exists and is not empty; pick another --out, or continue it "
             f"with: vaelab train --resume {run_dir}"
         )
-    trainer = _setup(config, run_dir, progress, callbacks)
+    trainer = _setup(config, run_dir, progress, callbacks, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
@@ -747,6 +832,7 @@ def resume_run(
     callbacks: Sequence[Callback] = (),
     trust_code: bool = False,
     nets: Mapping[str, NetFactory] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> TrainResult:
     """Continues a run from its checkpoint, with its own saved configuration.
 
@@ -761,16 +847,21 @@ def resume_run(
         callbacks: the Trainer's (called with each epoch's record).
         trust_code, nets: for a run whose configuration names your own network factory
             (``runs.load`` explains why).
+        device: where to go on training; it may differ from where the run started (a GPU run
+            resumed on the CPU, say), which logs a one-line note on the "vaelab" logger: the
+            weights, optimizer state and data order continue exactly, the model's noise is
+            drawn by the new device's generator.
     """
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
     check_trusted(config.model.net, nets, trust_code)  # before the data is loaded
     with run_lock(run_dir):  # a second process is refused before it reads the checkpoint
-        return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets)
+        return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets, device)
 
 
 def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], epochs: int | None, progress: bool,
-            callbacks: Sequence[Callback], trust_code: bool, nets: Mapping[str, NetFactory] | None) -> TrainResult:  # fmt: skip
+            callbacks: Sequence[Callback], trust_code: bool, nets: Mapping[str, NetFactory] | None,
+            device: str | torch.device | None) -> TrainResult:  # fmt: skip
     reason = nothing_to_do(run_dir, epochs)
     if reason is not None:  # found before the data is loaded: a requeue loop's call costs nothing
         raise RunFinishedError(reason)
@@ -783,7 +874,8 @@ def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], 
             )
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     has_checkpoint = run_dir.joinpath(CHECKPOINT_DIR, CHECKPOINT_FILE).exists()
-    trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint, trust_code=trust_code, nets=nets)
+    trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint, trust_code=trust_code, nets=nets,
+                     device=device)  # fmt: skip
     if has_checkpoint:
         trainer.load_checkpoint()
     state = trainer.state
@@ -829,20 +921,21 @@ def nothing_to_do(run_dir: str | Path, epochs: int | None = None) -> str | None:
             f"N > {done}), or start a new run")  # fmt: skip
 
 
-def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True) -> TrainResult | None:
+def complete_run(config: cfg.RunConfig, run_dir: str | Path, *, progress: bool = True,
+                 device: str | torch.device | None = "auto") -> TrainResult | None:  # fmt: skip
     """Brings ``run_dir`` to the end of its training: starts it if it is new, resumes it if it was
     interrupted, and leaves it alone (returns None) if it already finished. A run directory that
     holds a different configuration is an error, so results are never silently reused for
     another setting. Benchmarks and sweeps that may be restarted use this."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
-        return start_run(config, run_dir, progress=progress)
+        return start_run(config, run_dir, progress=progress, device=device)
     saved, _ = read_config(run_dir)
     if saved != config:
         raise RunError(f"{run_dir} holds a run with a different configuration; choose another directory")
     if nothing_to_do(run_dir) is not None:
         return None
-    return resume_run(run_dir, progress=progress, trust_code=True)  # the caller's own configuration
+    return resume_run(run_dir, progress=progress, trust_code=True, device=device)  # the caller's own configuration
 
 
 def _truncate_metrics(path: Path, keep: int) -> None:

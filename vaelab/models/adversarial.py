@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
-from ..distributions import Observation, build_observation
+from ..distributions import Observation, build_observation, full_precision
 from ..errors import ConfigError
 from ..nets import DISCRIMINATORS, NETS, NetSpec, is_import_path
 from ..posteriors import DiagonalGaussianPosterior
@@ -91,14 +91,14 @@ class Critic(nn.Module):
             h = block(h)
             if i == layer:
                 kept = h
-        return self._head(h, None), kept.flatten(1)
+        return full_precision(self._head(h, None)), full_precision(kept.flatten(1))
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         """The logit of "real" for each example: (B,)."""
         h = x
         for block in self.blocks:
             h = block(h)
-        return self._head(h, z)
+        return full_precision(self._head(h, z))  # logits in fp32 under mixed precision
 
     def _head(self, h: Tensor, z: Tensor | None) -> Tensor:
         if self.code is not None:
@@ -199,7 +199,7 @@ class _WithEncoder(AdversarialModel):
     def code(self, x: Tensor, sample: bool = True) -> Tensor:
         """z for x: E(x), or a reparameterized draw from q(z|x) (its mean with ``sample=False``)."""
         if self.posterior is None:
-            return self.encoder(x)
+            return full_precision(self.encoder(x))
         q = self.encode(x)
         return q.rsample() if sample else q.mean
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 from torch.func import functional_call
 
-from ..distributions import Observation, stop_gradient
+from ..distributions import Observation, full_precision, stop_gradient
 from ..errors import ConfigError
 from ..nets import NETS, NetSpec, mlp
 from ..priors import StandardNormalPrior, _Expanded
@@ -58,7 +58,7 @@ class GaussianConditional(nn.Module):
             out = functional_call(self.net, params, (h,))
         else:
             out = self.net(h)
-        mean, log_var = out.chunk(2, dim=-1)
+        mean, log_var = full_precision(out).chunk(2, dim=-1)
         return mean, (0.5 * log_var).exp()
 
 
@@ -186,7 +186,7 @@ class TwoLayerVAE(VAE):
 
     def encode(self, x: Tensor) -> Distribution:
         """q(z1, z2|x) for x of shape (B, *event_shape); batch (B,), event (d1 + d2,)."""
-        mean1, log_var1 = self.encoder(x).chunk(2, dim=-1)
+        mean1, log_var1 = full_precision(self.encoder(x)).chunk(2, dim=-1)
         return TwoLayerPosterior(mean1, (0.5 * log_var1).exp(), self.inference2, self.layer_sizes[1])
 
     def decode(self, z: Tensor) -> Distribution:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..distributions import Observation, build_observation
+from ..distributions import Observation, build_observation, full_precision
 from ..errors import ConfigError, RunError
 from ..nets import NetSpec, resnet_decoder_grid, resnet_encoder_grid
 from .vae import MODELS
@@ -91,6 +91,7 @@ class VectorQuantizer(nn.Module):
         return self.codebook[codes].permute(0, 3, 1, 2)
 
     def forward(self, z_e: Tensor) -> Quantized:
+        z_e = full_precision(z_e)  # distances to the codebook in fp32 under mixed precision
         b, d, h, w = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (B h w, D)
         if self.training and not self.initialized:
