@@ -298,6 +298,31 @@ def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
     assert all(p.grad is None or p.grad.device.type == "meta" for p in model.parameters())
 
 
+@pytest.mark.parametrize("combo", ACCEPTED, ids=_name)
+def test_every_combination_keeps_densities_in_fp32_under_mixed_precision(combo):
+    """Under bf16 autocast (precision="bf16-mixed") the networks compute in bf16 while every
+    per-example field of the objective (densities, KL, log-sum-exp) and every gradient is fp32:
+    the distribution heads take the networks' outputs in fp32."""
+    config = _config(*combo)
+    torch.manual_seed(0)
+    model = model_from_config(config, EVENT)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+             for m in model.modules() if isinstance(m, nn.Linear)]  # fmt: skip
+    x = (torch.rand(BATCH, *EVENT, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    objective = get_objective(config.train.objective, **config.train.objective_options())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = objective(model, x, kl_scale=KL_SCALE)
+    for hook in hooks:
+        hook.remove()
+    assert torch.bfloat16 in seen  # autocast did reach the networks
+    for name, value in zip(result._fields, result):
+        assert value.dtype == torch.float32, name
+        assert torch.isfinite(value).all(), name
+    result.objective.mean().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 # -- the VQ-VAE's combinations ------------------------------------------------------------------
 
 VQ_AXES = {"likelihood": ("bernoulli", "gaussian", "gaussian-learned"), "codebook_update": ("loss", "ema"),
