@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
+from . import sharding
 from .errors import ConfigError
 from .registry import Registry, keywords
 
@@ -35,6 +37,43 @@ def fp32_inputs(module: nn.Module, args: tuple) -> tuple:
 def diagonal_gaussian(mean: Tensor, scale: Tensor, event_dims: int = 1) -> Independent:
     """A Gaussian with diagonal covariance whose last ``event_dims`` dimensions form one event."""
     return Independent(Normal(mean, scale, validate_args=False), event_dims, validate_args=False)
+
+
+class PosteriorNormal(Normal):
+    """``Normal`` whose batch dimension indexes the examples of a data batch (q(z|x)): its
+    noise comes from ``sharding.standard_normal``, so a batch split over processes draws what
+    one process would. Unsplit, ``rsample`` draws exactly as ``Normal``'s; ``sample`` is
+    ``rsample`` without the gradient path (the same draws either way)."""
+
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        shape = self._extended_shape(sample_shape)  # (*S, B, D): the batch after the sample dims
+        eps = sharding.standard_normal(shape, len(sample_shape), self.loc)
+        return self.loc + eps * self.scale
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class PosteriorMultivariateNormal(MultivariateNormal):
+    """``MultivariateNormal`` over a batch of examples, with ``PosteriorNormal``'s noise."""
+
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        shape = self._extended_shape(sample_shape)  # (*S, B, D)
+        eps = sharding.standard_normal(shape, len(sample_shape), self.loc)
+        return self.loc + torch.matmul(self._unbroadcasted_scale_tril, eps.unsqueeze(-1)).squeeze(-1)
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+def posterior_gaussian(mean: Tensor, scale: Tensor) -> Independent:
+    """q(z|x) = N(mean, diag(scale^2)) for a batch of examples (B, D): a diagonal Gaussian whose
+    draws stay the same when the batch is split over processes."""
+    return Independent(PosteriorNormal(mean, scale, validate_args=False), 1, validate_args=False)
 
 
 def standard_normal(loc: Tensor, scale: Tensor) -> Independent:
@@ -153,12 +192,12 @@ def _(q: Independent) -> Distribution:
 
 @stop_gradient.register
 def _(q: Normal) -> Distribution:
-    return Normal(q.loc.detach(), q.scale.detach(), validate_args=False)
+    return type(q)(q.loc.detach(), q.scale.detach(), validate_args=False)
 
 
 @stop_gradient.register
 def _(q: MultivariateNormal) -> Distribution:
-    return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
+    return type(q)(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
 
 
 def is_diagonal_gaussian(q: Distribution) -> bool:

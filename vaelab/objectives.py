@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
+from . import sharding
 from .distributions import kl_per_dimension, stop_gradient
 from .errors import ConfigError
 from .estimators import (
@@ -82,7 +83,7 @@ def kl_to_prior(q: Distribution, prior: Distribution, particles: Particles | Non
 def free_dimensions(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
     """The latent dimensions free bits exempts from the KL: KL_d, the batch mean of
     KL(q(z_d|x) || p(z_d)), below lambda. Boolean, shape (D,)."""
-    return kl_per_dimension(q, prior).detach().mean(0) < free_bits
+    return sharding.batch_mean(kl_per_dimension(q, prior).detach()) < free_bits  # of the global batch
 
 
 def free_bits_correction(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
@@ -96,7 +97,7 @@ def free_bits_correction(q: Distribution, prior: Distribution, free_bits: float)
     their log-weights, see ``_weighted``.)
     """
     per_dim = kl_per_dimension(q, prior)  # (B, D)
-    below = per_dim.detach().mean(0) < free_bits  # (D,)
+    below = sharding.batch_mean(per_dim.detach()) < free_bits  # (D,), of the global batch under torchrun
     return torch.where(below, per_dim - free_bits, torch.zeros_like(per_dim)).sum(-1)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-from .distributions import fp32_inputs, diagonal_gaussian, full_precision, stop_gradient
+from .distributions import PosteriorMultivariateNormal, fp32_inputs, full_precision, posterior_gaussian, stop_gradient
 from .errors import ConfigError
 from .registry import Registry
 
@@ -99,7 +99,7 @@ class DiagonalGaussianPosterior(Posterior):
 
     def forward(self, h: Tensor) -> Distribution:
         mean, log_var = h.chunk(2, dim=-1)
-        return diagonal_gaussian(mean, (0.5 * log_var).exp())
+        return posterior_gaussian(mean, (0.5 * log_var).exp())
 
 
 @POSTERIORS.register("full")
@@ -121,7 +121,7 @@ class FullGaussianPosterior(Posterior):
         tril = h.new_zeros(*h.shape[:-1], d, d)
         tril[..., self.rows, self.cols] = below
         tril = tril + torch.diag_embed((0.5 * log_var).exp())
-        return MultivariateNormal(mean, scale_tril=tril, validate_args=False)
+        return PosteriorMultivariateNormal(mean, scale_tril=tril, validate_args=False)
 
 
 @register_kl(MultivariateNormal, Independent)
@@ -248,7 +248,7 @@ class PlanarPosterior(Posterior):
             off = 2 * d + k * (2 * d + 1)
             u, w, b = h[..., off : off + d], h[..., off + d : off + 2 * d], h[..., off + 2 * d]
             steps.append(planar_step(u, w, b))
-        return FlowDistribution(diagonal_gaussian(mean, (0.5 * log_var).exp()), steps)
+        return FlowDistribution(posterior_gaussian(mean, (0.5 * log_var).exp()), steps)
 
 
 class MaskedLinear(nn.Linear):
@@ -353,5 +353,5 @@ class IAFPosterior(Posterior):
         mean, log_var, context = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
         steps = [self._step(k, context) for k in range(self.flows)]
         inverses = [self._inverse(k, context) for k in range(self.flows)]
-        return FlowDistribution(diagonal_gaussian(mean, (0.5 * log_var).exp()), steps, inverses)
+        return FlowDistribution(posterior_gaussian(mean, (0.5 * log_var).exp()), steps, inverses)
 

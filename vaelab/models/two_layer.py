@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 from torch.func import functional_call
 
-from ..distributions import Observation, full_precision, stop_gradient
+from .. import sharding
+from ..distributions import Observation, PosteriorNormal, full_precision, stop_gradient
 from ..errors import ConfigError
 from ..nets import NETS, NetSpec, mlp
 from ..priors import StandardNormalPrior, _Expanded
@@ -90,9 +91,10 @@ class TwoLayerPosterior(Distribution):
         return z[..., : self.mean1.shape[-1]], z[..., self.mean1.shape[-1] :]
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        z1 = Normal(self.mean1, self.scale1, validate_args=False).rsample(torch.Size(sample_shape))  # (*S, B, d1)
+        sample_shape = torch.Size(sample_shape)
+        z1 = PosteriorNormal(self.mean1, self.scale1, validate_args=False).rsample(sample_shape)  # (*S, B, d1)
         mean2, scale2 = self.layer2(z1, self.detach)
-        z2 = mean2 + scale2 * torch.randn_like(mean2)  # (*S, B, d2)
+        z2 = mean2 + scale2 * sharding.standard_normal(mean2.shape, len(sample_shape), mean2)  # (*S, B, d2)
         return torch.cat([z1, z2], dim=-1)
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
