@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaelab import config as cfg
+from vaelab import sharding
 from vaelab.diagnostics import parameter_groups
 from vaelab.distributions import stop_gradient
 from vaelab.errors import ConfigError
@@ -321,6 +322,37 @@ def test_every_combination_keeps_densities_in_fp32_under_mixed_precision(combo):
         assert torch.isfinite(value).all(), name
     result.objective.mean().backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("combo", [c for c in ACCEPTED if c[6] == 0.0], ids=_name)
+def test_every_combination_gives_the_same_values_and_gradients_when_its_batch_is_split(combo):
+    """What torchrun's processes compute, in one process: the batch split 3 + 1 (each part under
+    ``sharding.sharded``, from the same generator state) gives each example the values one
+    process gives it, and the parts' gradients of the summed objective add up to the whole
+    batch's. Free bits decide from the global batch mean, which needs the processes' reduction
+    (the two-process training test covers it)."""
+    config = _config(*combo)
+    torch.manual_seed(1)
+    model = model_from_config(config, EVENT).double()
+    x = (torch.rand(4, *EVENT, generator=torch.Generator().manual_seed(2), dtype=torch.float64) < 0.5).double()
+    objective = get_objective(config.train.objective, **config.train.objective_options())
+
+    def run(rows, shard):
+        model.zero_grad()
+        torch.manual_seed(3)
+        with sharding.sharded(shard):
+            result = objective(model, x[rows], kl_scale=KL_SCALE)
+        result.objective.sum().backward()
+        return result, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, whole_grads = run(slice(0, 4), None)
+    parts = [run(slice(0, 3), sharding.Shard(0, 3, 4, reduce=False)), run(slice(3, 4), sharding.Shard(3, 1, 4, reduce=False))]
+    for name in whole._fields:
+        joined = torch.cat([getattr(part, name) for part, _ in parts])
+        torch.testing.assert_close(joined, getattr(whole, name), rtol=1e-9, atol=1e-9, msg=name)
+    assert whole_grads.keys() == parts[0][1].keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(parts[0][1][name] + parts[1][1].get(name, 0), grad, rtol=1e-8, atol=1e-10, msg=name)
 
 
 # -- the VQ-VAE's combinations ------------------------------------------------------------------

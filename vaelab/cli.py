@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its checkpoint with its saved configuration; "
                    "with --epochs N (more than it has done), a finished run trains on as if it had been started "
                    "with N epochs")  # fmt: skip
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="with --out RUN: if RUN already holds this run (the same configuration), continue it from its "
+                   "checkpoint (a finished one: nothing to do) instead of refusing; for job schedulers' requeues and "
+                   "torchrun --max-restarts")  # fmt: skip
     _add_device_flag(p)
     _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
@@ -448,6 +452,25 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    # under torchrun every process runs this command; rank 0 alone speaks and writes
+    launched = distributed.launched()
+    if launched and not args.resume and not args.out:
+        raise VaelabError("under torchrun, name the run directory with --out RUN (every process must agree on it)")
+    if launched and int(os.environ.get("RANK", "0")) != 0:
+        args.silent = True
+    if args.resume_if_exists and (args.resume or not args.out):
+        raise VaelabError("--resume-if-exists goes with --out RUN and the run's options (not with --resume)")
+    if launched:  # join the other processes now: they decide together whether RUN is new
+        args.device = distributed.init(args.device)[1]
+    try:
+        return _train(args, main=not launched or int(os.environ.get("RANK", "0")) == 0)
+    finally:
+        distributed.finish()
+
+
+def _train(args: argparse.Namespace, main: bool) -> int:
     from .report import write_run_figures
     from .train import resume_run, start_run
 
@@ -485,6 +508,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not args.silent:
                 print(f"nothing to do: {_as_flags(str(done), {'epochs'})}")
             return 0
+    elif args.resume_if_exists and Path(args.out, "config.json").exists():
+        return _train_existing(args, _config_from_args(args), Path(args.out), progress, main)
     else:
         config = _config_from_args(args)
         from .data import is_path
@@ -497,7 +522,45 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs),
                            device=args.device)  # fmt: skip
     # a new run's --net is the user's own word; a resumed one's is the run directory's
-    write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
+    if main:
+        write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
+    best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
+    if not args.silent:
+        print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
+    return 0
+
+
+def _train_existing(args: argparse.Namespace, config: cfg.RunConfig, run_dir: Path, progress: bool, main: bool) -> int:
+    """--resume-if-exists of a run directory that exists: the same configuration goes on (or has
+    nothing to do), another one is refused."""
+    from . import distributed
+    from .errors import RunFinishedError
+    from .report import write_run_figures
+    from .runs import read_config
+    from .train import nothing_to_do, resume_run
+
+    saved, _ = read_config(run_dir)
+    distributed.barrier()  # every process has read it before rank 0 may change it
+    if saved != config:
+        differ = [f"{section}.{f.name}" for section in ("data", "model", "train")
+                  for f in dataclasses.fields(getattr(config, section))
+                  if getattr(getattr(config, section), f.name) != getattr(getattr(saved, section), f.name)]  # fmt: skip
+        raise VaelabError(f"{run_dir} holds a run with another configuration ({', '.join(differ) or 'data shape'} "
+                          f"differ); pick another --out, or drop --resume-if-exists")  # fmt: skip
+    finished = nothing_to_do(run_dir)
+    if finished is None:
+        _print_data_source(args, run_dir)
+        try:
+            result = resume_run(run_dir, progress=progress, trust_code=True, device=args.device,
+                                callbacks=_epoch_printer(args, config.train.epochs))  # fmt: skip
+        except RunFinishedError as done:
+            finished = str(done)
+    if finished is not None:
+        if not args.silent:
+            print(f"nothing to do: {_as_flags(finished, {'epochs'})}")
+        return 0
+    if main:
+        write_run_figures(run_dir, trust_code=True)  # the user's own --net
     best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
     if not args.silent:
         print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -25,9 +26,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import config as cfg
+from . import distributed, sharding
 from .data import Split
 from .imagefolder import StreamSplit
-from .errors import RunError, RunFinishedError, TrainingDiverged, WriteError
+from .errors import ConfigError, RunError, RunFinishedError, TrainingDiverged, WriteError
 from .files import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
@@ -153,6 +155,9 @@ class Trainer:
     ) -> None:
         self.device = resolve_device(device) if device is not None else _device_of(model)
         self.model = model.to(self.device)
+        # under torchrun: every process computes its rows of each global batch; rank 0 alone writes
+        self.world = distributed.world()
+        self.writes = self.world.is_main
         self.callbacks = tuple(callbacks)
         self.schedule = schedule
         self.monitors = tuple(monitors)
@@ -182,16 +187,37 @@ class Trainer:
                 f"optim.{p.name}": self._adam(p.parameters, *_settings(config, p.role)) for p in self.players
             }
         self.optimizer = self.optimizers.get("optim")
+        self.ddp = self._wrap_ddp() if self.world.size > 1 else None
         self.state = TrainState()
         self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict] = []
         self.tensorboard = None  # --tensorboard: each epoch's record and image grids in RUN/tensorboard
-        if config.tensorboard and self.run_dir is not None:
+        if config.tensorboard and self.run_dir is not None and self.writes:
             from .tensorboard import N_POINTS, TENSORBOARD_DIR, TensorBoardLog
 
             shown = self.valid if self.valid is not None else train
             # head(), not fixed(): a streamed image folder has no whole-split tensor
             self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=lambda: shown.head(N_POINTS))
+
+    def _wrap_ddp(self) -> nn.Module:
+        """The objective as the forward of a DistributedDataParallel module, which averages the
+        processes' gradients during backward. Models that change their own state from a batch
+        (the VQ-VAE's codebook) or step several players are refused for now."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.players is not None or isinstance(self.model, VQVAE):
+            kind = "the VQ-VAE, whose codebook is initialised and updated from each batch" if self.players is None \
+                else "the adversarial models, whose players step one after another"  # fmt: skip
+            raise ConfigError(
+                f"training under torchrun supports the VAE family; {kind}, trains in one process: start it "
+                f"without torchrun"
+            )
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # the VAE family's buffers are constants, the same in every process: no need to sync them
+        # at every forward (the option's name changed in torch 2.13)
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        return DistributedDataParallel(_ObjectiveModule(self.model, self.objective), device_ids=ids, **no_sync)
 
     def _adam(self, parameters, lr: float, betas: Sequence[float]) -> torch.optim.Adam:
         # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs; used wherever the
@@ -298,7 +324,7 @@ class Trainer:
         per step with flushing, measured in the first epoch on Fashion-MNIST). Values that small
         are zero for every purpose here. PyTorch's default (off) is restored afterwards.
         """
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writes:
             return self._fit_flushed()
         record = self._config_record()  # checked before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -347,7 +373,7 @@ class Trainer:
                 "; the validation bound was never finite (NaN or -inf in every epoch), so the last "
                 "epoch's weights were kept: check the model and objective in eval mode"
             )
-        finishing = [m for m in self.monitors if hasattr(m, "finish")]
+        finishing = [m for m in self.monitors if hasattr(m, "finish")] if self.writes else []
         if finishing:
             # every epoch's record, those of earlier sessions of a resumed run included
             records = read_metrics(self.run_dir)[: self.state.metrics_lines] if self.run_dir is not None else self.history
@@ -370,7 +396,7 @@ class Trainer:
         bar = tqdm(
             total=n_batches,
             desc=f"epoch {epoch}/{self.config.epochs}",
-            disable=not self.progress,
+            disable=not self.progress or not self.writes,
             leave=not self.callbacks,  # a callback (the CLI's epoch line) says what the bar would have left
             dynamic_ncols=True,
         )
@@ -381,10 +407,13 @@ class Trainer:
         batches = self.train.batches(self.config.batch_size, generator=self.generator, shuffle=True)
         options: dict[str, Any] = {}
         for step, x in enumerate(batches, 1):
-            x = x.to(self.device, non_blocking=True)
+            x, shard = self._rows(x)
             options = self._options(epoch, step)
             try:
-                if self.players is None:
+                if self.ddp is not None:
+                    with sharding.sharded(shard):
+                        names, values = self._step_ddp(x, shard.total, options)
+                elif self.players is None:
                     names, values = self._step(x, options)
                 else:
                     names, values = self._step_players(x)
@@ -396,6 +425,9 @@ class Trainer:
             if self.progress and (step % 20 == 0 or step == n_batches):
                 bar.set_postfix(_postfix(names, sums / seen, seen / (time.perf_counter() - start)), refresh=False)
             bar.update(1)
+        if self.ddp is not None:  # every process's examples: the global batch's means
+            sums = distributed.all_sum(sums)
+            seen = int(distributed.all_sum(torch.tensor(seen, device=self.device)))
         seconds = time.perf_counter() - start
         bar.close()
         record = {"epoch": epoch, "train_seconds": seconds, "examples_per_second": seen / seconds}
@@ -418,6 +450,37 @@ class Trainer:
             loss.backward()
             opt.step()
         else:  # fp16: the scaled loss's gradients are unscaled, and a step with inf/NaN in them skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        return result._fields, result
+
+    def _rows(self, x: Tensor) -> tuple[Tensor, sharding.Shard | None]:
+        """This process's rows of a global batch, on the training device, and where they lie in
+        it (None in one process)."""
+        if self.world.size == 1:
+            return x.to(self.device, non_blocking=True), None
+        start, size = distributed.rows(x.shape[0], self.world)
+        return x[start : start + size].to(self.device, non_blocking=True), sharding.Shard(start, size, x.shape[0])
+
+    def _step_ddp(self, x: Tensor, total: int, options: dict[str, Any]) -> tuple[tuple[str, ...], Sequence[Tensor]]:
+        """One Adam step of one process under torchrun, on its rows of a global batch of
+        ``total``: DDP averages the processes' gradients, so each contributes its rows' sum
+        scaled by size / total, and the average is the global batch mean's gradient, as in one
+        process. The global loss is summed before the step, so every process agrees on
+        whether it is finite."""
+        with self._autocast():
+            result = self.ddp(x, **options)
+        local = -result.objective.float().sum()
+        if not torch.isfinite(distributed.all_sum(local)):
+            raise TrainingDiverged("")
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss = local * (self.world.size / total)
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
@@ -502,9 +565,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + 2)
             for x in self.valid.fixed_batches(1000):
-                x = x.to(self.device, non_blocking=True)
+                x, shard = self._rows(x)
                 if self.players is None:
-                    result = self.objective(self.model, x, **options)
+                    with sharding.sharded(shard):
+                        result = self.objective(self.model, x, **options)
                     names = result._fields
                 else:  # every player's loss, and the model's other quantities, on the same draws
                     out = self.model.losses(x)
@@ -512,6 +576,8 @@ class Trainer:
                     result = list(out.values())
                 sums = _accumulate(sums, result)
                 seen += x.shape[0]
+        if self.world.size > 1:  # every process's rows of the validation set
+            sums, seen = distributed.all_sum(sums), int(distributed.all_sum(torch.tensor(seen, device=self.device)))
         self.model.train()
         return _named_means("valid", names, sums / seen)
 
@@ -551,7 +617,7 @@ class Trainer:
         record["best_epoch"] = self.state.best_epoch
         done = self.state.epoch  # the epochs the checkpoint on disk holds
         self.state.epoch = epoch
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writes:
             return
         with self._stopped_by_writes(done):
             if self.state.best_epoch in (epoch, 0):
@@ -578,7 +644,7 @@ class Trainer:
     def _finish(self) -> None:
         self.state.finished = True
         self.state.continuable = True
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             # The checkpoint keeps the last epoch's weights beside the best ones, so that
             # resume_run(epochs=N) can train on exactly as an N-epoch run would have.
             # model.safetensors already holds the best weights: _select wrote it when they were
@@ -596,6 +662,18 @@ class Trainer:
             else ""
         )
         return f"training diverged: the loss became non-finite at {where}{kept}; try a lower --lr (now {self.config.lr:g})"
+
+
+class _ObjectiveModule(nn.Module):
+    """``objective(model, x, **options)`` as a module's forward, for DistributedDataParallel."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, x: Tensor, **options: Any) -> NamedTuple:
+        return self.objective(self.model, x, **options)
 
 
 @torch.no_grad()
@@ -704,6 +782,8 @@ def _setup(
     into the new model (a resumed run's checkpoint replaces them anyway). ``trust_code`` and
     ``nets``: as in ``runs.load``, for a configuration that names a network factory. The model
     is built on the CPU (the same initial weights everywhere) and moved to ``device``."""
+    if distributed.launched():  # one of torchrun's processes: join the others, on this process's device
+        device = distributed.init(device)[1]
     device = resolve_device(device)  # an unusable device is refused before the data is read
     check_data_options(config)
     train = load_data(config, "train", progress=progress, stream=True)
@@ -816,6 +896,9 @@ def start_run(
             f"with: vaelab train --resume {run_dir}"
         )
     trainer = _setup(config, run_dir, progress, callbacks, device=device)
+    distributed.barrier()  # every process has checked the directory before rank 0 writes into it
+    if not trainer.writes:
+        return trainer.fit()
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
@@ -855,7 +938,10 @@ def resume_run(
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
     check_trusted(config.model.net, nets, trust_code)  # before the data is loaded
-    with run_lock(run_dir):  # a second process is refused before it reads the checkpoint
+    if distributed.launched():  # one of torchrun's processes: join the others first
+        device = distributed.init(device)[1]
+    # a second process is refused before it reads the checkpoint; under torchrun rank 0 holds the lock
+    with run_lock(run_dir) if distributed.world().is_main else contextlib.nullcontext():
         return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets, device)
 
 
@@ -893,9 +979,10 @@ def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], 
                 f"so it cannot go on exactly; start a new run (init_from={run_dir} warm-starts it)"
             )
         state.finished, state.stop_reason = False, ""
-    if epochs is not None:
-        atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, event_shape))
-    _truncate_metrics(run_dir / METRICS_FILE, trainer.state.metrics_lines)
+    if trainer.writes:
+        if epochs is not None:
+            atomic_write_bytes(run_dir / CONFIG_FILE, cfg.save_json(config, event_shape))
+        _truncate_metrics(run_dir / METRICS_FILE, trainer.state.metrics_lines)
     return trainer.fit()
 
 

@@ -1,0 +1,152 @@
+"""Training under torchrun (DistributedDataParallel, gloo on the CPU): two processes reach one
+process's weights, only rank 0 writes, a killed job resumes exactly, --max-restarts works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vaelab import config as cfg
+from vaelab import distributed
+from vaelab.errors import ConfigError
+from vaelab.files import read_metrics
+from vaelab.train import _setup
+
+from test_train import _checkpoint_epoch, family_config
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+# digits: 1293 training images in batches of 50 are 26 steps an epoch, 104 in 4 epochs
+CONFIGS = {
+    "elbo-free-bits-warmup": ["--free-bits", "0.3", "--kl-warmup", "2"],
+    "iwae-dreg-full-vamp": ["--objective", "iwae", "--k", "5", "--grad-estimator", "dreg", "--posterior", "full",
+                            "--prior", "vamp:5"],
+}
+
+
+def _train(out: Path, *extra: str, epochs: int = 4) -> list[str]:
+    return ["-m", "vaelab", "train", "--data", "digits", "--binarize", "dynamic", "--hidden", "32", "--latent-dim", "4",
+            "--epochs", str(epochs), "--batch-size", "50", "--patience", "0", "--device", "cpu", "--out", str(out),
+            "--quiet", *extra]  # fmt: skip
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_two_processes_reach_the_weights_of_one(name, tmp_path):
+    """104 steps with the same global batch and seed: every weight within float32 rounding of
+    the one-process run (summation order differs), the same metrics, and rank 0 alone spoke."""
+    _run([sys.executable, *_train(tmp_path / "one", *CONFIGS[name])])
+    two = _run([*TORCHRUN, *_train(tmp_path / "two", *CONFIGS[name])])
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra, rb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "valid_bound", "valid_kl", "active_units"):
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-4), key
+    assert two.stdout.count("trained 4 epochs") == 1 and two.stdout.count("epoch 4/4") == 1
+
+
+def test_a_killed_rank_stops_the_job_and_resume_continues_exactly(tmp_path):
+    """SIGKILL to one rank after the checkpoint of epoch 2: torchrun ends the job; torchrun with
+    --resume then ends with the weights of an uninterrupted two-process run, bit for bit."""
+    _run([*TORCHRUN, *_train(tmp_path / "ref", epochs=8)])
+    run = tmp_path / "killed"
+    job = subprocess.Popen([*TORCHRUN, *_train(run, epochs=8)], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while job.poll() is None and _checkpoint_epoch(run) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    workers = _workers(job.pid)
+    assert len(workers) == 2, "the job finished before it could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    assert job.wait(timeout=120) != 0
+    assert 2 <= _checkpoint_epoch(run) < 8
+    _run([*TORCHRUN, "-m", "vaelab", "train", "--resume", str(run), "--quiet", "--device", "cpu"])
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 9))
+
+
+def test_max_restarts_with_resume_if_exists_recovers_from_a_killed_rank(tmp_path):
+    """The documented command: torchrun --max-restarts=1 ... --out RUN --resume-if-exists. One
+    rank is killed mid-run; torchrun restarts both, they continue from the checkpoint, and the
+    job ends with status 0 and the uninterrupted run's weights."""
+    _run([*TORCHRUN, *_train(tmp_path / "ref", epochs=8)])
+    run = tmp_path / "restarted"
+    cmd = [*TORCHRUN[:-1], "--nproc_per_node=2", "--max-restarts=1", *_train(run, "--resume-if-exists", epochs=8)]
+    job = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while job.poll() is None and _checkpoint_epoch(run) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    workers = _workers(job.pid)
+    assert len(workers) == 2, "the job finished before it could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-3000:]
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 9))
+    # a requeue of the finished job has nothing to do
+    again = _run([*TORCHRUN, *_train(run, "--resume-if-exists", epochs=8)])
+    assert again.stdout.count("nothing to do") == 1
+
+
+def _workers(agent: int) -> list[int]:
+    """The worker processes torchrun's agent started (its children), by pid."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(agent)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def test_resume_if_exists_refuses_another_configuration(tmp_path):
+    run = tmp_path / "r"
+    _run([sys.executable, *_train(run, epochs=1)])
+    out = subprocess.run([sys.executable, *_train(run, "--resume-if-exists", "--latent-dim", "3", epochs=1)],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "holds a run with another configuration (model.latent_dim" in out.stderr
+    same = _run([sys.executable, *_train(run, "--resume-if-exists", epochs=1)])
+    assert "nothing to do" in same.stdout
+    for bad in (["--resume", str(run), "--resume-if-exists"], ["--resume-if-exists"]):
+        out = subprocess.run([sys.executable, "-m", "vaelab", "train", *bad], env=ENV, capture_output=True, text=True)
+        assert out.returncode == 2 and "--resume-if-exists goes with --out RUN" in out.stderr
+
+
+def test_rows_split_every_batch_in_rank_order():
+    for total in (0, 1, 3, 50, 51, 99):
+        for size in (1, 2, 3, 4):
+            parts = [distributed.rows(total, distributed.World(r, size)) for r in range(size)]
+            assert parts[0][0] == 0 and sum(n for _, n in parts) == total
+            assert all(s + n == t for (s, n), (t, _) in zip(parts, parts[1:]))
+            assert max(n for _, n in parts) - min(n for _, n in parts) <= 1
+
+
+@pytest.mark.parametrize("name", ["vqvae", "gan", "aae"])
+def test_models_that_cannot_be_split_yet_are_refused_under_torchrun(name, monkeypatch):
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 2))
+    with pytest.raises(ConfigError, match="training under torchrun supports the VAE family; .*start it without torchrun"):
+        _setup(family_config(name, 1), None, False, device="cpu")
+
+
+def test_torchrun_needs_an_out_directory(tmp_path):
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    out = subprocess.run([sys.executable, "-m", "vaelab", "train", "--data", "digits", "--epochs", "1"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "under torchrun, name the run directory with --out RUN" in out.stderr
+    assert not (tmp_path / "runs").exists()
