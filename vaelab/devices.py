@@ -43,7 +43,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not _mps_available():
-            raise ConfigError("device='mps' is not available here (PyTorch sees no Apple GPU); use device='cpu' or 'auto'")
+            raise ConfigError("device='mps' is not available here (PyTorch sees no Apple GPU); use device='cpu' or device='auto'")
         return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
         index = name.partition(":")[2]
@@ -51,7 +51,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise ConfigError(f"device={device!r}: a CUDA device is cuda or cuda:N with N a GPU index (0, 1, ...)")
         if not torch.cuda.is_available():
             build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "no usable GPU"
-            raise ConfigError(f"device={device!r} is not available here ({build}); use device='cpu' or 'auto'")
+            raise ConfigError(f"device={device!r} is not available here ({build}); use device='cpu' or device='auto'")
         count = torch.cuda.device_count()
         if index and int(index) >= count:
             raise ConfigError(f"device={device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
