@@ -212,14 +212,16 @@ def gradient_snr(
     groups = parameter_groups(model)
     x = x.to(module_device(model))
     params = [p for ps in groups.values() for p in ps]
-    sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    # sums in float64, on the CPU for MPS, which has no float64
+    home = torch.device("cpu") if x.device.type == "mps" else x.device
+    sums = [torch.zeros(p.shape, dtype=torch.float64, device=home) for p in params]
+    squares = [torch.zeros(p.shape, dtype=torch.float64, device=home) for p in params]
     for _ in tqdm(range(reps), disable=not progress, desc="gradient draws", leave=False):
         value = objective(model, x).objective.mean()
         grads = torch.autograd.grad(value, params, allow_unused=True)
         for s, sq, g in zip(sums, squares, grads):
             if g is not None:
-                g = g.double()
+                g = g.to(device=home, dtype=torch.float64)
                 s.add_(g)
                 sq.add_(g.square())
     out, i = {}, 0
@@ -231,7 +233,7 @@ def gradient_snr(
             snr = mean.abs() / var.sqrt()
             ratios.append(snr[var > 1e-30 * (1 + mean.square())].flatten())
             i += 1
-        r = torch.cat(ratios) if ratios else torch.empty(0, device=x.device)
+        r = torch.cat(ratios) if ratios else torch.empty(0, device=home)
         out[name] = r.mean().item() if r.numel() else math.nan
     return out
 

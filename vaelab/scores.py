@@ -116,7 +116,7 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
         positive, negative: 1-D scores, each with at least one finite value; non-finite values
             are refused.
     """
-    pos, neg = positive.detach().double().flatten().cpu(), negative.detach().double().flatten().cpu()
+    pos, neg = positive.detach().cpu().double().flatten(), negative.detach().cpu().double().flatten()  # MPS has no float64
     if len(pos) == 0 or len(neg) == 0:
         raise ConfigError("the AUROC needs at least one score on each side")
     if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):

@@ -104,8 +104,8 @@ class LinearGaussian(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n draws (x, z) from the joint: z ~ N(0, I), x = W z + b + sigma eps."""
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype)
-        eps = torch.randn(n, self.weight.shape[0], generator=generator, dtype=self.weight.dtype)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype, device=self.weight.device)
+        eps = torch.randn(n, self.weight.shape[0], generator=generator, dtype=self.weight.dtype, device=self.weight.device)
         return z @ self.weight.T + self.bias + self.noise_scale * eps, z
 
     @classmethod
