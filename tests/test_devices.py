@@ -264,6 +264,30 @@ def test_estimators_scores_and_codes_run_on_the_meta_device(runs):
         assert reconstruct(model, x).device == META, name
 
 
+@pytest.mark.parametrize("name", ["gan", "vaegan", "aae", "alphagan", "veegan"])
+def test_the_adversarial_models_sample_and_reconstruct_on_the_meta_device(name):
+    from vaelab.sampling import can_reconstruct, reconstruct, sample_images
+
+    config = cfg.build({"model": {"model": name, "hidden": [8], "latent_dim": 2, "likelihood": "gaussian"},
+                        "data": {"binarize": "none"}})  # fmt: skip
+    model = model_from_config(config, (6,)).to(META).eval()
+    assert sample_images(model, 3).device == META
+    if can_reconstruct(model):
+        assert reconstruct(model, torch.empty(4, 6, device=META)).device == META
+
+
+def test_the_per_example_fit_starts_and_scores_on_the_meta_device(runs):
+    """fit_local's starting point and its final ELBO (its steps report a history of numbers,
+    which meta tensors do not have)."""
+    from vaelab.local import fit_local
+
+    for name, model, event in _meta_models(runs):
+        if getattr(model, "layer_sizes", None) is not None:
+            continue  # per-example fits are for one stochastic layer
+        fit = fit_local(model, torch.empty(4, *event, device=META), steps=0, eval_samples=4)
+        assert fit.elbo.device == META and fit.params.device == META, name
+
+
 def test_a_vqvae_and_its_code_prior_run_on_the_meta_device(runs):
     from vaelab.codeprior import code_grids, code_log_likelihood
     from vaelab.sampling import sample_images
