@@ -5,6 +5,7 @@ The public API:
     x = vaelab.load_dataset("digits", split="test", binarize="threshold")
     model = vaelab.load("runs/demo")                 # an nn.Module in eval mode
     model = vaelab.load("runs/mine", nets={"mynets:small": small})  # a run of your own networks
+    model = vaelab.load("runs/demo", device="auto")  # on CUDA, then MPS, then the CPU (resolve_device)
     q = model.encode(x); p = model.decode(q.rsample())  # torch.distributions objects
     ll = vaelab.log_likelihood(model, x, k=5000)     # importance-sampled log p(x) +- stderr
     ll = vaelab.ais(model, x, steps=1000, chains=16) # annealed importance sampling (HMC)
@@ -23,6 +24,7 @@ import logging as _logging
 _logging.getLogger("vaelab").addHandler(_logging.NullHandler())
 
 from .data import load_dataset, load_split
+from .devices import resolve_device
 from .errors import NotFoundError, UntrustedCodeError, VaelabError
 from .diagnostics import gradient_snr, mutual_information, posterior_summary, snr_sweep
 from .estimators import GRAD_ESTIMATORS, effective_sample_size, log_weights
@@ -85,4 +87,5 @@ __all__ = [
     "load_split",
     "log_likelihood",
     "log_weights",
+    "resolve_device",
 ]

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from .devices import fork_rng, module_device
 from .errors import ConfigError
 from .evaluate import _eval_mode, log_mean_exp
 from .registry import Registry
@@ -194,7 +195,7 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with fork_rng(device):
         torch.manual_seed(seed)
         yield
 
@@ -208,15 +209,16 @@ def _run(model: nn.Module, x: Tensor, z_exact: Tensor | None, *, steps: int, cha
         betas = betas[::-1]
     n = x.shape[0]
     per_pass = max(1, rows // chains)
+    device = module_device(model)
     x = x.clone() if x.is_inference() else x  # the gradient passes need x outside inference mode
     out: list[Tensor] | None = None
     for i in range(0, n, per_pass):
-        xb = x[i : i + per_pass]
+        xb = x[i : i + per_pass].to(device)
         b = xb.shape[0]
         prior = model.prior()
         q = model.encode(xb) if start == "posterior" else None  # batch (b,)
         if z_exact is not None:
-            z = z_exact[i : i + b].expand(chains, *z_exact[i : i + b].shape).clone()  # (C, b, D)
+            z = z_exact[i : i + b].to(device).expand(chains, *z_exact[i : i + b].shape).clone()  # (C, b, D)
         elif q is not None:
             z = q.sample((chains,))
         else:
@@ -236,8 +238,8 @@ def _run(model: nn.Module, x: Tensor, z_exact: Tensor | None, *, steps: int, cha
         if z_exact is not None:
             estimate = -estimate  # the upper bound -log mean(w_rev); the delta-method error is the same
         if out is None:
-            out = [torch.empty(n, dtype=log_w.dtype, device=log_w.device) for _ in range(4)]
-            out.append(torch.empty(chains, n, dtype=log_w.dtype, device=log_w.device))
+            out = [torch.empty(n, dtype=log_w.dtype, device=x.device) for _ in range(4)]
+            out.append(torch.empty(chains, n, dtype=log_w.dtype, device=x.device))
         for full, part in zip(out, (estimate, stderr, rate, eps)):
             full[i : i + b] = part
         out[4][:, i : i + b] = log_w
@@ -265,7 +267,7 @@ def ais(
 
     Args:
         model: exposes ``prior()``, ``encode(x)`` (for start="posterior") and ``decode(z)``.
-        x: data (N, *event_shape), on the model's device.
+        x: data (N, *event_shape), on any device: each pass of examples is moved to the model's.
         steps: T, the number of intermediate distributions (T - 1 HMC transitions; T = 1 is
             importance sampling with ``chains`` particles from the start distribution).
         chains: C independent AIS chains per example; the estimate is log (1/C) sum_c w_c.
@@ -288,7 +290,7 @@ def ais(
     _check(steps, chains, leapfrog, start, schedule, target_accept, step_size)
     passes = math.ceil(x.shape[0] / max(1, rows // chains))
     bar = tqdm(total=passes * steps, disable=not progress, desc=f"AIS, {chains} chains", unit="step")
-    with _eval_mode(model), _seeded(seed, x.device), bar:
+    with _eval_mode(model), _seeded(seed, module_device(model)), bar:
         return _run(model, x, None, steps=steps, chains=chains, leapfrog=leapfrog, start=start, schedule=schedule,
                     target_accept=target_accept, step_size=step_size, rows=rows, bar=bar)  # fmt: skip
 
@@ -332,17 +334,12 @@ def bdmc(
                    target_accept=target_accept, step_size=step_size, rows=rows, bar=bar)  # fmt: skip
     with _eval_mode(model), bar:
         prior = model.prior()
-        with _seeded(seed, _device_of(model, prior)):
+        with _seeded(seed, module_device(model)):
             z = prior.sample((n,))  # (N, D)
             x = model.decode(z).sample()  # (N, *event)
             lower = _run(model, x, None, **options)
             upper = _run(model, x, z, **options)
     return BDMCResult(x, z, lower, upper)
-
-
-def _device_of(model: nn.Module, prior: Distribution) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else prior.mean.device
 
 
 def summarize_ais(result: AISResult) -> dict:

@@ -99,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "object) is kept in RUN/evaluation.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--method", default="is", choices=METHODS,
                    help="is: importance sampling from q(z|x); ais: annealed importance sampling with HMC "
                    "(Neal 2001); bdmc: AIS lower and reverse-AIS upper bounds on --limit examples "
@@ -126,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "RUN/diagnose.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--k-list", metavar="K,K,...", type=_int_list("--k-list"), default=(1, 5, 50, 500),
                    help="numbers of particles (default: 1,5,50,500)")  # fmt: skip
     p.add_argument("--reps", type=int, default=100, help="gradient draws per K (default: 100)")
@@ -152,6 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "L[q*] - L[q]. Means in nats. The result (the --json object) is kept in RUN/gaps.json for vaelab compare.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--limit", type=int, default=100, help="first N test examples (default: 100)")
     p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) (default: 5000)")
     p.add_argument("--steps", type=int, default=2000, help="Adam steps of the per-example optimization (default: 2000)")
@@ -169,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from the model: z ~ p(z), mean of p(x|z) (G(z) for the adversarial models; a scatter plot over the data for 2-D points)")
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/samples.png, or RUN/samples-1.png, -2, ... when it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -184,6 +188,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "continue an interrupted one. `vaelab sample` and `vaelab evaluate` then use it.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--epochs", type=int, default=30, help="maximum passes over the code grids (default: 30)")
     p.add_argument("--layers", type=int, default=8, help="gated layers (default: 8)")
     p.add_argument("--channels", type=int, default=64, help="channels of each stack (default: 64)")
@@ -200,6 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="data beside its reconstructions")
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("-n", type=int, default=32, help="number of examples (default: 32)")
     p.add_argument("-o", "--output", metavar="FILE.png", help="image file (default: RUN/reconstructions.png, or RUN/reconstructions-1.png, -2, ... when it exists)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split (default: test)")
@@ -223,6 +229,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "--auroc-against D2, the AUROC of telling D2 from D by the score.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file to score, of the run's data shape "
                    "(default: the run's own data)")  # fmt: skip
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split of D (default: test)")
@@ -248,6 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "vaelab train --data FILE.npz trains a second VAE on the codes.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--data", metavar="D", help="dataset name or .npy/.npz file, of the run's data shape (default: the "
                    "run's own data)")  # fmt: skip
     p.add_argument("-o", "--output", metavar="FILE.npz", required=True, help="the codes file to write")
@@ -260,6 +268,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "to the means of p(x|z), written as an image grid (.png) or an array (.npy).")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("codes", metavar="CODES", help="N x latent_dim .npy array, or a .npz file")
     p.add_argument("-o", "--output", metavar="FILE.png|FILE.npy", required=True, help="image grid or array to write")
     p.add_argument("--key", help="the array of a .npz to decode (default: x_test, the test means of vaelab encode; "
@@ -277,6 +286,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "Either RUN (its own samples) or --data NAME --samples FILE.npy (samples from any generator).")  # fmt: skip
     p.add_argument("run", metavar="RUN", nargs="?", help="a run directory whose model draws the samples")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--n", type=int, help="RUN: samples drawn, compared with the first N test images (default: 2500 "
                    "for ring8 and grid25, 10000 otherwise)")  # fmt: skip
     p.add_argument("--sampler", type=_sampler, metavar="prior|gmm|stage2:RUN2",
@@ -303,6 +313,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "activity Cov_x E[z_d|x] where the posterior or prior has no KL per dimension) and labelled with it.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--dims", metavar="D,D,...", type=_index_list("--dims"),
                    help="latent dimensions to show, counted from 0, in this order (default: all, largest KL first)")  # fmt: skip
     p.add_argument("--range", dest="span", metavar="R", type=float, default=3.0,
@@ -318,6 +329,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "themselves frame the row.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("--from", dest="start", metavar="I", type=int, required=True, help="index of the first test example")
     p.add_argument("--to", dest="end", metavar="J", type=int, required=True, help="index of the last test example")
     p.add_argument("--steps", type=int, default=10, help="decoded points, both ends included (default: 10)")
@@ -330,6 +342,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "apply to the model are listed with the reason.")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
+    _add_device_flag(p)
     p.add_argument("-o", "--output", metavar="FILE.html", help="where to write the page (default: RUN/report.html)")
     return parser
 
@@ -349,6 +362,22 @@ def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-code", action="store_true",
                         help="allow a run trained with --net package.module:Factory to import and run that factory "
                         "to rebuild its networks (only for runs whose code you trust)")  # fmt: skip
+
+
+def _add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """--device, on every command that computes with a model (vaelab train has its own): where the
+    run's model is put and its batches computed. A run opens on any device, whichever one trained it."""
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                        help="where the model computes: auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda "
+                        "(the current GPU), cuda:N or mps (default: auto)")  # fmt: skip
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Resolves --device once, before any work: a device this machine cannot use is one line and
+    nothing is read or written; every part of the command then runs on the same device."""
+    from .devices import resolve_device
+
+    args.device = resolve_device(args.device)
 
 
 def _check_trust(args: argparse.Namespace) -> None:
@@ -651,13 +680,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
         if len(split) == 0:
             raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
-        return _evaluate_adversarial(args, config, load(args.run, trust_code=args.trust_code), split)
+        return _evaluate_adversarial(args, config, load(args.run, trust_code=args.trust_code, device=args.device), split)
     if args.method != "is" and config.model.model == "vqvae":
         raise VaelabError(
             f"--method {args.method} anneals a continuous latent; {args.run} is a --model vqvae run, whose "
             f"bound log p(x|z_q) + log p(z_q) is exact given x: use --method is"
         )
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     if args.method == "bdmc":
         return _evaluate_bdmc(args, config, model, ais_options)
     split = load_data(config, args.split, limit=args.limit, progress=not args.quiet)
@@ -945,7 +974,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     args.m = args.m or (t.m if own else 1)
     if args.beta is None and own:
         args.beta = t.beta
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     parameter_groups(model)  # a model without an encoder is refused before any work starts
     split = load_data(config, args.split, limit=args.batch)
     if len(split) == 0:
@@ -1002,7 +1031,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
             f"vaelab gaps fits q(z|x) per example within the encoder's family, which is implemented for one "
             f"stochastic layer only; {args.run} is a --layers 2 run"
         )
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     x = load_data(config, args.split, limit=args.limit).fixed()
     if len(x) == 0:
         raise VaelabError(f"the {args.split} split of {args.run} is empty")
@@ -1060,7 +1089,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _positive("-n", args.n)
     _positive("--components", args.components)
     config, event_shape = read_config(args.run)
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     sampler, label = None, "p(z)"
     if args.sampler == "gmm":
         from .runs import load_data
@@ -1104,7 +1133,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     _positive("-n", args.n)
     config, event_shape = read_config(args.run)
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     from .sampling import can_reconstruct
 
     if not can_reconstruct(model):
@@ -1186,7 +1215,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
         given = [flag for flag, value in run_only.items() if value is not None]
         if given:
             raise VaelabError(f"{given[0]} applies to a RUN's own samples; with --samples every row of the file is scored")
-        scorer = get_scorer(args.data, data_dir=args.data_dir, progress=progress)
+        scorer = get_scorer(args.data, data_dir=args.data_dir, device=args.device, progress=progress)
         samples = scorer.check(read_samples(args.samples))
         what = f"{len(samples)} samples from {args.samples}"
     else:
@@ -1204,13 +1233,13 @@ def cmd_quality(args: argparse.Namespace) -> int:
             raise DataError(f"{args.run} was trained on {name}, a .npy file without labels; quality trains its feature "
                             "classifier on labelled images (digits, fashion-mnist, mnist, or a .npz with x_train, "
                             "y_train, x_test, y_test)")  # fmt: skip
-        scorer = get_scorer(name, data_dir=args.data_dir or config.data.data_dir, progress=progress)
+        scorer = get_scorer(name, data_dir=args.data_dir or config.data.data_dir, device=args.device, progress=progress)
         if tuple(event_shape) != scorer.event_shape:
             raise DataError(f"{args.run} models data of shape {list(event_shape)}, but {name} now holds examples of "
                             f"shape {list(scorer.event_shape)}")  # fmt: skip
         n = scorer.DEFAULT_N if args.n is None else args.n
         scorer.check_n(n)
-        model = load(args.run, trust_code=args.trust_code)
+        model = load(args.run, trust_code=args.trust_code, device=args.device)
         own = hasattr(model, "sample_images")
         train_x = load_data(config, "train", limit=GMM_EXAMPLES).fixed() if sampler == "gmm" and not own else None
         stage2 = None
@@ -1276,7 +1305,7 @@ def _pictures_model(args: argparse.Namespace, what: str):
     config, event_shape = read_config(args.run)
     if tuple(event_shape) == (2,):
         raise VaelabError(f"{args.run} models points in the plane, which {what} cannot draw as images; use vaelab sample {args.run}")
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     reason = latent_codes_available(model)
     if reason is not None:
         raise VaelabError(f"{what} needs an example's continuous latent code; {args.run} is a --model "
@@ -1341,7 +1370,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.output
     if out is not None and not str(out).lower().endswith((".html", ".htm")):
         raise VaelabError(f"-o {out}: the report is an HTML page; give a file name ending in .html")
-    report = write_report(args.run, out, trust_code=args.trust_code)
+    report = write_report(args.run, out, trust_code=args.trust_code, device=args.device)
     for title, reason in report.omitted:
         print(f"  not shown: {title}: {reason}")
     print(f"report with {len(report.sections)} sections ({', '.join(report.sections)}): {report.path}")
@@ -1354,6 +1383,7 @@ GMM_EXAMPLES = 10000  # training examples whose encoder means the --sampler gmm 
 def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model, trust_code: bool) -> Any:
     """The ``--sampler stage2:RUN2`` latent sampler: RUN2, a VAE trained on RUN's codes, checked to
     draw vectors of RUN's latent size."""
+    from .devices import module_device
     from .runs import load, read_config
     from .sampling import Stage2Sampler
 
@@ -1367,7 +1397,7 @@ def _stage2_sampler(sampler: str, config: cfg.RunConfig, run: str, model, trust_
             f"{model.latent_dim} dimensions; train RUN2 on {run}'s codes (vaelab encode {run} -o codes.npz, then "
             f"vaelab train --data codes.npz --binarize none --likelihood gaussian-learned)"
         )
-    return Stage2Sampler(load(run2, trust_code=trust_code), model.latent_dim)
+    return Stage2Sampler(load(run2, trust_code=trust_code, device=module_device(model)), model.latent_dim)
 
 
 def _other_data(config: cfg.RunConfig, data: str | None, **changes: Any) -> cfg.RunConfig:
@@ -1429,7 +1459,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.auroc_against is not None:
         parts["against"] = _load_scored(config, args.run, event_shape, args.auroc_against, args.split, args.limit,
                                         "--auroc-against")  # fmt: skip
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     progress = not (args.quiet or args.json)
     scores = {key: score(model, part.fixed(), args.bound, draws=draws, seed=args.seed, progress=progress)
               for key, part in parts.items()}  # fmt: skip
@@ -1501,7 +1531,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     train = _load_scored(_other_data(config, args.data, valid_fraction=0.0), args.run, event_shape, None, "train",
                          args.limit, "--data")  # fmt: skip
     test = _load_scored(config, args.run, event_shape, args.data, "test", args.limit, "--data")
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     arrays: dict[str, Any] = {}
     for name, part in (("train", train), ("test", test)):
         codes = encode_codes(model, part.fixed(), samples=args.samples, seed=args.seed)
@@ -1536,7 +1566,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     config, _ = read_config(args.run)
     _needs_continuous_latent(config, args.run, "vaelab decode")
     codes = _read_codes(args.codes, args.key)
-    model = load(args.run, trust_code=args.trust_code)
+    model = load(args.run, trust_code=args.trust_code, device=args.device)
     if codes.ndim < 2 or codes.shape[-1] != model.latent_dim or codes.size == 0:
         raise DataError(
             f"{args.codes}: codes of shape {list(codes.shape)} do not fit {args.run}'s latent of {model.latent_dim} "
@@ -1598,8 +1628,9 @@ def cmd_prior(args: argparse.Namespace) -> int:
     config = PriorConfig(layers=args.layers, channels=args.channels, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, patience=args.patience, seed=args.seed, time_limit=args.time_limit)  # fmt: skip
     result = fit_code_prior(args.run, config, progress=not (args.quiet or args.silent),
-                            callbacks=_epoch_printer(args, config.epochs), trust_code=args.trust_code)  # fmt: skip
-    write_run_figures(args.run, trust_code=args.trust_code)  # samples.png, now that there is a prior to draw from
+                            callbacks=_epoch_printer(args, config.epochs), trust_code=args.trust_code,
+                            device=args.device)  # fmt: skip
+    write_run_figures(args.run, trust_code=args.trust_code, device=args.device)  # samples.png, now that there is a prior to draw from
     best = f", best validation log p(z) {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
     if not args.silent:
         print(f"trained the code prior for {result.epochs} epochs ({result.stop_reason}){best}; in {Path(args.run) / 'prior'}")
@@ -1623,6 +1654,11 @@ COMMANDS = {
     "encode": cmd_encode,
     "decode": cmd_decode,
 }
+
+
+# the commands with --device: every one that computes with a model, but train, whose device is its own
+DEVICE_COMMANDS = ("evaluate", "diagnose", "gaps", "sample", "prior", "reconstruct", "score", "encode", "decode",
+                   "quality", "traverse", "interpolate", "report")  # fmt: skip
 
 
 def _flush_denormals() -> None:
@@ -1730,6 +1766,8 @@ def _main(argv: Sequence[str] | None) -> int:
     handler = _show_warnings()
     _flush_denormals()
     try:
+        if args.command in DEVICE_COMMANDS:
+            _check_device(args)
         if hasattr(args, "trust_code"):
             _check_trust(args)
         return COMMANDS[args.command](args)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import config as cfg
 from .data import Split
+from .devices import module_device, resolve_device
 from .errors import ConfigError, RunError
 from .files import (
     CHECKPOINT_DIR,
@@ -81,18 +82,21 @@ class CodeLogLikelihood(NamedTuple):
 
 
 def code_log_likelihood(prior: GatedPixelCNN, x: Tensor) -> CodeLogLikelihood:
-    """log p(z) of code grids stored as floats (a ``Split`` holds floats; codes < 2^24 are exact)."""
-    lp = prior.log_prob(x.long())
+    """log p(z) of code grids stored as floats (a ``Split`` holds floats; codes < 2^24 are exact),
+    computed where the prior is: the grids stay on the CPU with the trainer's data, and each batch
+    moves to the prior's device."""
+    lp = prior.log_prob(x.to(device=module_device(prior), dtype=torch.long))
     return CodeLogLikelihood(objective=lp, bound=lp.detach())
 
 
 @torch.no_grad()
 def code_grids(model: VQVAE, x: Tensor, batch: int = 500) -> Tensor:
-    """z_q(x) as index grids (N, h, w), in eval mode."""
+    """z_q(x) as index grids (N, h, w) on x's device, computed on the model's in eval mode."""
     was_training = model.training
     model.eval()
+    device = module_device(model)
     try:
-        return torch.cat([model.codes(x[i : i + batch]) for i in range(0, len(x), batch)])
+        return torch.cat([model.codes(x[i : i + batch].to(device)).to(x.device) for i in range(0, len(x), batch)])
     finally:
         model.train(was_training)
 
@@ -102,8 +106,14 @@ def _settings(model: VQVAE, config: PriorConfig) -> dict:
 
 
 def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, progress: bool = True,
-                   callbacks: Sequence[Callable[[dict], None]] = (), trust_code: bool = False):  # fmt: skip
+                   callbacks: Sequence[Callable[[dict], None]] = (), trust_code: bool = False,
+                   device: str | torch.device | None = None):  # fmt: skip
     """Trains (or resumes training) the PixelCNN prior of the VQ-VAE in ``run_dir``.
+
+    ``device`` (as in ``runs.load``; None: the CPU) is where the VQ-VAE computes the code grids and
+    the prior trains. The prior is initialized on the CPU, so the same seed starts it the same way
+    on every device, and its weights and checkpoint load on any device: a prior started on a GPU
+    continues on the CPU, and the other way round.
 
     Returns the ``train.TrainResult``; ``callbacks`` are the Trainer's (called with each epoch's
     record, whose ``valid_bound`` is the validation log p(codes)). A prior that already finished, or one started with other
@@ -113,8 +123,9 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
     from .train import Trainer, _truncate_metrics
 
     run_dir = Path(run_dir)
+    target = resolve_device(device) if device is not None else torch.device("cpu")
     run_config, _ = read_config(run_dir)
-    model = load(run_dir, code_prior=False, trust_code=trust_code)
+    model = load(run_dir, code_prior=False, trust_code=trust_code, device=target)
     if not isinstance(model, VQVAE):
         raise RunError(f"{run_dir} is a model= {run_config.model.model} run; a learned code prior is for model= vqvae runs")
     out = run_dir / PRIOR_DIR
@@ -136,7 +147,7 @@ def fit_code_prior(run_dir: str | Path, config: PriorConfig = PriorConfig(), *, 
     train_codes = Split(code_grids(model, train).float(), None, name, "train")
     valid_codes = Split(code_grids(model, valid).float(), None, name, "valid") if valid is not None else None
     torch.manual_seed(config.seed)
-    prior = GatedPixelCNN(model.codebook_size, layers=config.layers, channels=config.channels)
+    prior = GatedPixelCNN(model.codebook_size, layers=config.layers, channels=config.channels).to(target)
     trainer = Trainer(prior, code_log_likelihood, train_codes, valid_codes, config.train_config(), run_dir=out,
                       progress=progress, callbacks=callbacks)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from .devices import module_device
 from .distributions import diagonal_gaussian_log_prob_matrix, is_diagonal_gaussian, kl_per_dimension
 from .errors import ConfigError
 from .estimators import effective_sample_size, log_weights
@@ -209,15 +210,18 @@ def gradient_snr(
     if reps < 2:
         raise ConfigError(f"reps= must be at least 2 to estimate a standard deviation, got {reps}")
     groups = parameter_groups(model)
+    x = x.to(module_device(model))
     params = [p for ps in groups.values() for p in ps]
-    sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    # sums in float64, on the CPU for MPS, which has no float64
+    home = torch.device("cpu") if x.device.type == "mps" else x.device
+    sums = [torch.zeros(p.shape, dtype=torch.float64, device=home) for p in params]
+    squares = [torch.zeros(p.shape, dtype=torch.float64, device=home) for p in params]
     for _ in tqdm(range(reps), disable=not progress, desc="gradient draws", leave=False):
         value = objective(model, x).objective.mean()
         grads = torch.autograd.grad(value, params, allow_unused=True)
         for s, sq, g in zip(sums, squares, grads):
             if g is not None:
-                g = g.double()
+                g = g.to(device=home, dtype=torch.float64)
                 s.add_(g)
                 sq.add_(g.square())
     out, i = {}, 0
@@ -229,7 +233,7 @@ def gradient_snr(
             snr = mean.abs() / var.sqrt()
             ratios.append(snr[var > 1e-30 * (1 + mean.square())].flatten())
             i += 1
-        r = torch.cat(ratios) if ratios else torch.empty(0)
+        r = torch.cat(ratios) if ratios else torch.empty(0, device=home)
         out[name] = r.mean().item() if r.numel() else math.nan
     return out
 
@@ -258,6 +262,7 @@ def snr_sweep(
         "reps" and "n_examples".
     """
     options = dict(options or {})
+    x = x.to(module_device(model))  # the fixed minibatch, once, where the model computes
     result: dict[str, Any] = {"k": [], "encoder_snr": [], "decoder_snr": [], "ess": []}
     bar = tqdm(list(k_list), disable=not progress, desc="K", leave=False)
     for k in bar:

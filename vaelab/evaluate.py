@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .devices import module_device
 from .errors import ConfigError
 from .estimators import sample_particles
 from .objectives import kl_to_prior
@@ -89,7 +90,8 @@ def log_likelihood(
             whose weights are far more spread out, so at equal K it is biased further down and
             noisier (seeds 002/003). With "prior", the ELBO fields describe q = p(z) (KL 0).
     Returns:
-        ``LogLikelihood`` of per-example tensors. The standard error of example i is
+        ``LogLikelihood`` of per-example tensors on x's device (the model computes on its own
+        device, batch by batch). The standard error of example i is
         sd(w) / (sqrt(K) mean(w)), the delta-method error of log mean(w); it is unreliable when
         the weights are heavy-tailed (low effective sample size), which ``khat``, the Pareto
         k-hat of the same K weights, detects: above 0.7 neither the estimate nor its standard
@@ -108,15 +110,16 @@ def log_likelihood(
     n = x.shape[0]
     per_pass, chunk = _chunking(n, k, rows)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    ll, se, rec, kl, khat = (torch.empty(n, dtype=dtype) for _ in range(5))
-    bnd, bnd_se = torch.empty(n, len(bound_k), dtype=dtype), torch.empty(n, len(bound_k), dtype=dtype)
+    device = module_device(model)
+    ll, se, rec, kl, khat = (torch.empty(n, dtype=dtype, device=x.device) for _ in range(5))
+    bnd, bnd_se = (torch.empty(n, len(bound_k), dtype=dtype, device=x.device) for _ in range(2))
     means: Tensor | None = None
     bar = tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex")
     with _eval_mode(model), torch.inference_mode(), bar:
-        lw = torch.empty(k, per_pass, dtype=dtype)  # (K, b), reused by every pass
-        lpx = torch.empty(k, per_pass, dtype=dtype)
+        lw = torch.empty(k, per_pass, dtype=dtype, device=device)  # (K, b), reused by every pass
+        lpx = torch.empty(k, per_pass, dtype=dtype, device=device)
         for i in range(0, n, per_pass):
-            xb = x[i : i + per_pass]
+            xb = x[i : i + per_pass].to(device)
             b = xb.shape[0]
             prior = model.prior()
             q = model.encode(xb) if proposal == "posterior" else prior.expand((b,))
@@ -136,11 +139,11 @@ def log_likelihood(
             for j, kb in enumerate(bound_k):
                 bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
             if means is None:
-                means = torch.empty(n, q.mean.shape[-1], dtype=dtype)
+                means = torch.empty(n, q.mean.shape[-1], dtype=dtype, device=x.device)
             means[i : i + b] = q.mean
             bar.update(b)
     return LogLikelihood(
-        ll, se, rec, kl, means if means is not None else torch.empty(0, 0), bound_k, bnd, bnd_se, khat
+        ll, se, rec, kl, means if means is not None else x.new_empty(0, 0, dtype=dtype), bound_k, bnd, bnd_se, khat
     )
 
 
@@ -344,8 +347,9 @@ def active_units_per_layer(posterior_mean: Tensor, layer_sizes: Sequence[int], t
 def mean_bound(objective: Callable[..., NamedTuple], model: nn.Module, x: Tensor, *, batch: int = 100) -> tuple[float, float]:
     """Mean over x of an objective's ``bound`` (one draw per example), and its standard error
     across examples (which includes the spread of the data, not only Monte-Carlo noise)."""
+    device = module_device(model)
     with _eval_mode(model):
-        values = torch.cat([objective(model, x[i : i + batch]).bound for i in range(0, x.shape[0], batch)])
+        values = torch.cat([objective(model, x[i : i + batch].to(device)).bound for i in range(0, x.shape[0], batch)])
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
 
@@ -360,9 +364,10 @@ def vq_summary(model: nn.Module, x: Tensor, *, batch: int = 500) -> dict:
     from .models.vqvae import codebook_usage
     from .objectives import vq
 
+    device = module_device(model)
     with _eval_mode(model):
-        parts = [vq(model, x[i : i + batch]) for i in range(0, x.shape[0], batch)]
-        codes = torch.cat([model.codes(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+        parts = [vq(model, x[i : i + batch].to(device)) for i in range(0, x.shape[0], batch)]
+        codes = torch.cat([model.codes(x[i : i + batch].to(device)) for i in range(0, x.shape[0], batch)])
     bound = torch.cat([p.bound for p in parts])
     n = bound.shape[0]
     return {
@@ -383,8 +388,9 @@ def reconstruction_error(model: nn.Module, x: Tensor, *, batch: int = 500) -> tu
     """Mean over x of the squared error ||x - x^||^2 summed over the data dimensions, and its
     standard error over examples, x^ from ``sampling.reconstruct``: one number that every model
     with an encoder shares, likelihood or not."""
+    device = module_device(model)
     with _eval_mode(model):
-        chunks = [x[i : i + batch] for i in range(0, x.shape[0], batch)]
+        chunks = [x[i : i + batch].to(device) for i in range(0, x.shape[0], batch)]
         values = torch.cat([(chunk - reconstruct(model, chunk)).square().flatten(1).sum(-1) for chunk in chunks])
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .devices import module_device
 from .errors import ConfigError
 from .estimators import sample_particles
 from .objectives import kl_to_prior
@@ -76,6 +77,7 @@ def fit_local(
     if not isinstance(family, Posterior):
         family = DiagonalGaussianPosterior(model.prior().event_shape[0])
     dtype = next(model.parameters()).dtype
+    x = x.to(module_device(model))  # the per-example parameters live where the model computes
     with torch.no_grad():
         prior = model.prior()  # fixed while the local posteriors move
         if isinstance(init, Tensor):
@@ -83,7 +85,7 @@ def fit_local(
                 raise ConfigError(
                     f"init parameters must have shape ({x.shape[0]}, {family.param_size}), got {tuple(init.shape)}"
                 )
-            h = init.detach().to(dtype).clone()
+            h = init.detach().to(device=x.device, dtype=dtype).clone()
         elif init == "prior":
             h = family.neutral(x.shape[0], dtype, x.device)
         elif isinstance(getattr(model, "encoder", None), nn.Module) and family is getattr(model, "posterior", None):
@@ -111,7 +113,7 @@ def fit_local(
     history = torch.stack(history).tolist() if history else []
     with torch.no_grad():
         q = family(h)
-        elbo = torch.full((x.shape[0],), torch.nan, dtype=dtype)
+        elbo = torch.full((x.shape[0],), torch.nan, dtype=dtype, device=x.device)
         if eval_samples:
             elbo = _elbo(model, x, q, prior, eval_samples)
     return LocalFit(q, elbo, history, h)
@@ -124,7 +126,7 @@ def _elbo(model: nn.Module, x: Tensor, q, prior, samples: int) -> Tensor:
         kl = kl_to_prior(q, prior)
     except NotImplementedError:
         kl = None
-    total = torch.zeros(x.shape[0], dtype=next(model.parameters()).dtype)
+    total = torch.zeros(x.shape[0], dtype=next(model.parameters()).dtype, device=x.device)
     chunk = max(1, 10000 // max(1, x.shape[0]))
     for j in range(0, samples, chunk):
         p = sample_particles(model, x, min(chunk, samples - j), q=q, prior=prior)
@@ -165,6 +167,8 @@ def gaps(
     """
     from .ais import ais, summarize_ais
     from .evaluate import log_likelihood
+
+    x = x.to(module_device(model))
 
     if method not in GAP_METHODS:
         raise ConfigError(f"unknown log-likelihood method {method!r}; choose one of: {', '.join(GAP_METHODS)}")

@@ -193,7 +193,7 @@ class FlowDistribution(Distribution):
                 "reparameterized samples (log q of other points, e.g. for the score-function "
                 "estimator or a VampPrior, needs posterior= gaussian, full or iaf:K)"
             )
-        z, log_det_inv = value, torch.zeros(())
+        z, log_det_inv = value, value.new_zeros(())
         for inverse in reversed(self.inverses):
             z, log_det = inverse(z)
             log_det_inv = log_det_inv + log_det

@@ -67,6 +67,7 @@ from .data import (
     load_split,
     resolve_idx_files,
 )
+from .devices import resolve_device
 from .errors import DataError, RunError
 from .files import atomic_write_bytes, load_tensors, save_tensors
 
@@ -299,12 +300,16 @@ def train_classifier(train: Split, *, device: str | torch.device = "cpu", progre
 
 @torch.no_grad()
 def _forward(model: FeatureClassifier, x: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Features ``(n, 128)`` and class probabilities ``(n, C)`` of images, in blocks, on ``device``."""
+    """Features ``(n, 128)`` and class probabilities ``(n, C)`` of images, in blocks, on ``device``
+    (on the CPU for MPS)."""
     features, probs = [], []
     for start in range(0, len(x), CHUNK):
         f = model.features(x[start : start + CHUNK].to(device=device, dtype=torch.float32))
+        logits = model.head(f)
+        if f.device.type == "mps":  # the metrics are in float64, which MPS lacks: they run on the CPU
+            f, logits = f.cpu(), logits.cpu()
         features.append(f)
-        probs.append(torch.softmax(model.head(f).to(torch.float64), dim=1))
+        probs.append(torch.softmax(logits.to(torch.float64), dim=1))
     return torch.cat(features), torch.cat(probs)
 
 
@@ -362,10 +367,10 @@ def get_classifier(
         train: the labelled training images it is trained on.
         test: the labelled test images its accuracy is measured on.
         cache_dir: the cache's root folder (default: ``$VAELAB_CACHE`` or the user cache).
-        device: where it runs.
+        device: where it runs: a name as in ``devices.resolve_device`` (``auto``, ``cpu``, ``cuda:N``, ...) or a ``torch.device``.
         progress: a progress bar on stderr while training.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     for split in (train, test):
         if split.y is None:
             raise DataError(f"{split.name} ({split.split}) has no labels; the feature classifier needs labelled images")
@@ -502,7 +507,7 @@ class QualityScorer(_ImageSamples):
             ``x_test``, ``y_test``: images and integer labels.
         data_dir: the folder that holds the IDX files (the only place looked in).
         cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
-        device: where the classifier and the metrics run.
+        device: where the classifier and the metrics run (as in ``get_classifier``).
         progress: a progress bar on stderr while the classifier trains.
     """
 
@@ -512,7 +517,7 @@ class QualityScorer(_ImageSamples):
                  cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                  progress: bool = False) -> None:  # fmt: skip
         self.dataset = os.fspath(dataset)
-        self.cache_dir, self.device, self.progress = cache_dir, torch.device(device), progress
+        self.cache_dir, self.device, self.progress = cache_dir, resolve_device(device), progress
         kwargs = dict(binarize="none", data_dir=data_dir, valid_fraction=0.0)
         self.train = load_split(self.dataset, "train", **kwargs)
         self.test = load_split(self.dataset, "test", **kwargs)
@@ -759,7 +764,7 @@ class StackedModeScorer(_ImageSamples):
     Args:
         data_dir: the folder that holds the Fashion-MNIST IDX files (the only place looked in).
         cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
-        device: where the classifier runs.
+        device: where the classifier runs (as in ``get_classifier``).
         progress: a progress bar on stderr while the classifier trains.
         predict: one-channel images ``(B, 1, 28, 28)`` -> classes ``(B,)`` in 0..9, in place of
             the Fashion-MNIST feature classifier (which is then never trained or loaded).
@@ -772,7 +777,7 @@ class StackedModeScorer(_ImageSamples):
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                  progress: bool = False, predict: Callable[[Tensor], Tensor] | None = None) -> None:  # fmt: skip
-        self.data_dir, self.cache_dir, self.device, self.progress = data_dir, cache_dir, torch.device(device), progress
+        self.data_dir, self.cache_dir, self.device, self.progress = data_dir, cache_dir, resolve_device(device), progress
         self._predict = predict
         self._scorer: QualityScorer | None = None
         self._reference: dict[int, dict[str, Any]] = {}

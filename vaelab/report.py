@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
+from .devices import fork_rng, generator, module_device
 from .errors import ConfigError
 from .files import atomic_path, read_metrics
 from .sampling import can_reconstruct, reconstruct, sample_images
@@ -115,10 +116,11 @@ def samples_figure(
 ) -> Path:
     """Draws z ~ p(z) (or from ``latent_sampler``, any object with ``sample(n, generator)``
     returning (z, ...)) and shows the mean of p(x|z) for each (the usual way to show samples)."""
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
+    device = module_device(model)
+    with fork_rng(device):  # the caller's random streams are left untouched
         torch.manual_seed(seed)
         if hasattr(model, "sample_images") and latent_sampler is None:  # a VQ-VAE, or an adversarial model
-            images = _as_images(model.sample_images(n, generator=torch.Generator().manual_seed(seed)))
+            images = _as_images(model.sample_images(n, generator=generator(device, seed)))
             ncols = min(n, max(1, math.ceil(math.sqrt(n))))
             what = "G(z), z ~ p(z)" if hasattr(model, "players") else "mean of p(x|z), code grids z from the learned prior"
             return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: {what}"), path)
@@ -126,7 +128,7 @@ def samples_figure(
             z = model.prior().sample((n,))
         else:
             z = latent_sampler.sample(n, generator=torch.Generator().manual_seed(seed))[0]
-            z = z.to(next(model.parameters()).dtype)
+            z = z.to(device=device, dtype=next(model.parameters()).dtype)
         images = _as_images(model.decode(z).mean)
     ncols = min(n, max(1, math.ceil(math.sqrt(n))))
     return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: mean of p(x|z), z ~ {label}"), path)
@@ -168,7 +170,7 @@ def points_figure(model: nn.Module, data: Tensor, path: str | Path, n: int = 250
     samples = sample_images(model, n, seed=seed).cpu().numpy()
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.subplots()
-    points = data[:n].numpy()
+    points = data[:n].cpu().numpy()
     ax.scatter(points[:, 0], points[:, 1], s=3, c="0.6", label=f"{len(points)} test points")
     ax.scatter(samples[:, 0], samples[:, 1], s=3, c="C3", alpha=0.6, label=f"{n} samples")
     ax.set_aspect("equal")
@@ -185,7 +187,7 @@ def latent_figure(
     at the centres of a ``grid`` x ``grid`` partition of the unit square (Kingma & Welling 2014,
     figure 4), beside the encoder means of ``x`` coloured by label. Both panels are at least 400
     pixels high and the manifold shows every image pixel."""
-    means = _codes(model, x).detach().float().cpu().numpy()
+    means = _latent_codes(model, x).float().cpu().numpy()
     if means.shape[1] != 2:
         raise ConfigError(f"the latent plot needs a 2-D latent, this model has {means.shape[1]} dimensions")
     u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
@@ -280,8 +282,8 @@ def _check_codes(model: nn.Module) -> None:
 
 def _latent_codes(model: nn.Module, x: Tensor) -> Tensor:
     """E_q[z|x] (or a deterministic encoder's E(x)) of every example, in chunks: (N, latent)."""
-    parameter = next(model.parameters())
-    parts = [_codes(model, x[i : i + 1000].to(parameter.device)) for i in range(0, len(x), 1000)]
+    device = module_device(model)
+    parts = [_codes(model, x[i : i + 1000].to(device)) for i in range(0, len(x), 1000)]
     return torch.cat(parts).detach()
 
 
@@ -290,8 +292,7 @@ def latent_ranking(model: nn.Module, x: Tensor) -> tuple[Tensor, str]:
     """A score per latent dimension (larger: the dimension carries more information), and its
     name: the mean over ``x`` of KL(q(z_d|x) || p(z_d)) in nats where posterior and prior factorize
     over dimensions; otherwise the activity Cov_x(E_q[z_d|x]) of Burda et al. (2016)."""
-    parameter = next(model.parameters())
-    q = model.encode(x.to(parameter.device)) if hasattr(model, "encode") else None
+    q = model.encode(x.to(module_device(model))) if hasattr(model, "encode") else None
     if q is not None:
         from .diagnostics import kl_per_dim
 
@@ -310,7 +311,7 @@ def prior_moments(model: nn.Module, draws: int = 10000) -> tuple[Tensor, Tensor]
     try:
         return p.mean.detach().float().cpu(), p.stddev.detach().float().cpu()
     except (NotImplementedError, AttributeError):
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng(module_device(model)):
             torch.manual_seed(0)
             z = p.sample((draws,)).float().cpu()
         return z.mean(0), z.std(0)
@@ -514,17 +515,18 @@ def curves_figure(records: list[dict], path: str | Path) -> Path | None:
 
 
 def write_run_figures(run_dir: str | Path, n_samples: int = 64, n_reconstructions: int = 32, *,
-                      trust_code: bool = False) -> list[Path]:  # fmt: skip
+                      trust_code: bool = False, device: str | torch.device | None = None) -> list[Path]:  # fmt: skip
     """Writes ``curves.png`` (the training curves of metrics.jsonl, ``curves_figure``), ``samples.png``, ``reconstructions.png`` (models with an encoder) and, for a 2-D
     latent, ``latent.png`` (test data, up to 5000 points) into a run directory. For 2-D data
     (``ring8``, ``grid25``) ``samples.png`` is a scatter plot of samples over the test points, and
     there are no reconstructions. A VQ-VAE gets ``samples.png`` only once ``vaelab prior`` has
-    trained its prior over code grids. ``trust_code`` as in ``runs.load``."""
+    trained its prior over code grids. ``trust_code`` and ``device`` (where the model draws them;
+    None: the CPU) as in ``runs.load``."""
     from .runs import load, load_data, read_config
 
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
-    model = load(run_dir, trust_code=trust_code)
+    model = load(run_dir, trust_code=trust_code, device=device)
     test = load_data(config, "test", limit=5000)
     written = []
     curves = curves_figure(read_metrics(run_dir), run_dir / "curves.png")

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from .devices import resolve_device
 from .errors import UntrustedCodeError, VaelabError
 from .files import CONFIG_FILE, atomic_write_bytes, read_metrics
 from .report import RANKING_EXAMPLES
@@ -184,7 +187,7 @@ def _results(page: _Page, run_dir: Path) -> None:
             page.add(_table(rows))
 
 
-def _model_sections(page: _Page, run_dir: Path, trust_code: bool = False) -> None:
+def _model_sections(page: _Page, run_dir: Path, trust_code: bool = False, device: Any = None) -> None:
     """Samples, reconstructions, the latent map, a traversal and an interpolation, each where it
     applies to the model; otherwise the reason."""
     from .report import (
@@ -204,7 +207,7 @@ def _model_sections(page: _Page, run_dir: Path, trust_code: bool = False) -> Non
     titles = ("Samples", "Reconstructions", "Latent map", "Traversals", "Interpolation")
     try:
         config, event_shape = read_config(run_dir)
-        model = load(run_dir, trust_code=trust_code)
+        model = load(run_dir, trust_code=trust_code, device=device)
     except UntrustedCodeError:
         raise  # the reader decides whether the run's code may run, not the page
     except VaelabError as err:
@@ -298,7 +301,8 @@ def _model_sections(page: _Page, run_dir: Path, trust_code: bool = False) -> Non
                    f"{between.method.capitalize()} interpolation ({why}) between the codes of test examples 0 and 1.")  # fmt: skip
 
 
-def write_report(run_dir: str | Path, path: str | Path | None = None, *, trust_code: bool = False) -> Report:
+def write_report(run_dir: str | Path, path: str | Path | None = None, *, trust_code: bool = False,
+                 device: str | torch.device | None = None) -> Report:
     """Writes the run's HTML report (``RUN/report.html`` by default), atomically.
 
     Args:
@@ -306,6 +310,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None, *, trust_c
         path: where to write the page.
         trust_code: allow a run trained with your own network factory to import it
             (``runs.load``); without it such a run is an UntrustedCodeError.
+        device: where the model draws the pictures (``runs.load``; None: the CPU).
 
     Returns:
         A ``Report`` with the page's path, the sections shown and those left out with the reason.
@@ -317,12 +322,14 @@ def write_report(run_dir: str | Path, path: str | Path | None = None, *, trust_c
         from .errors import RunError
 
         raise RunError(f"run directory {run_dir} does not exist")
+    if device is not None:  # an unusable device is refused, not reported as a model that cannot be loaded
+        device = resolve_device(device)
     path = Path(path) if path is not None else run_dir / REPORT_FILE
     page = _Page()
     doc = _configuration(page, run_dir)
     _curves(page, run_dir)
     _results(page, run_dir)
-    _model_sections(page, run_dir, trust_code)
+    _model_sections(page, run_dir, trust_code, device)
     family = ""
     if doc is not None and isinstance(doc.get("model"), dict):
         family = f" (model {doc['model'].get('model', '?')})"

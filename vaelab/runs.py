@@ -15,10 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+import torch
 from torch import nn
 
 from . import config as cfg
 from .data import Split, describe_source, is_folder, load_split
+from .devices import resolve_device
 from .errors import ConfigError, RunError, RunNotFoundError
 from .files import CONFIG_FILE, MODEL_FILE, load_weights
 from .imagefolder import StreamSplit
@@ -143,10 +145,16 @@ def load(
     code_prior: bool = True,
     nets: Mapping[str, NetFactory] | None = None,
     trust_code: bool = False,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """The trained model of a run directory, as an ``nn.Module`` in eval mode. A VQ-VAE comes
     with its learned prior over code grids when ``vaelab prior`` has trained one (unless
     ``code_prior=False``).
+
+    ``device`` says where the model (and its code prior) is put: ``auto`` (CUDA, then MPS, then
+    the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``; None keeps it on the
+    CPU. Weights are read on the CPU and then moved, so a run trained on any device loads on any
+    other. The library's functions that take this model move each batch of data to its device.
 
     Loading never unpickles, and never imports or calls code the run directory names unless you
     say so: a run trained with ``net="package.module:Factory"`` is rebuilt with the factory you
@@ -159,6 +167,7 @@ def load(
         >>> p = model.decode(q.mean)        # p(x|z)
     """
     run_dir = Path(run_dir)
+    target = resolve_device(device) if device is not None else None  # an unusable device fails before any reading
     config, event_shape = read_config(run_dir)
     model = model_from_config(config, event_shape, nets=nets, trust_code=trust_code)
     weights = run_dir / MODEL_FILE
@@ -172,4 +181,9 @@ def load(
         from .codeprior import attach_code_prior  # codeprior trains with train.py, which imports this module
 
         attach_code_prior(model, run_dir)
+    if target is not None:
+        model.to(target)
+        prior = getattr(model, "code_prior", None)  # held outside the module tree, so moved on its own
+        if isinstance(prior, nn.Module):
+            prior.to(target)
     return model.eval()

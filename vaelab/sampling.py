@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .devices import fork_rng, generator as device_generator, module_device
 from .errors import ConfigError
 from .models import GaussianMixture
 
@@ -21,11 +22,6 @@ __all__ = ["SAMPLERS", "Stage2Sampler", "can_reconstruct", "fit_latent_gmm", "re
 
 SAMPLERS = ("prior", "gmm", "stage2")
 CHUNK = 1000  # images decoded at a time
-
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def can_reconstruct(model: nn.Module) -> bool:
@@ -37,7 +33,8 @@ def can_reconstruct(model: nn.Module) -> bool:
 def reconstruct(model: nn.Module, x: Tensor) -> Tensor:
     """x^ for x: a model's own reconstruction where it has one (a VQ-VAE: the decoder at the
     nearest codes; an adversarial model with an encoder: G(E(x))), else the mean of p(x|z) at
-    z = E_q[z|x]."""
+    z = E_q[z|x]; x is moved to the model's device, where the result is."""
+    x = x.to(module_device(model))
     own = getattr(model, "reconstruct", None)
     return own(x) if own is not None else model.decode(model.encode(x).mean).mean
 
@@ -55,7 +52,7 @@ def fit_latent_gmm(model: nn.Module, train_x: Tensor, components: int, *, seed: 
     Returns:
         the mixture, in float64 on the CPU (its ``sample(n, generator)`` draws ``(z, component)``).
     """
-    device = _device(model)
+    device = module_device(model)
     means = torch.cat([model.encode(train_x[i : i + CHUNK].to(device)).mean.cpu() for i in range(0, len(train_x), CHUNK)])
     mixture, _ = GaussianMixture.fit(means, components, seed=seed, tol=1e-4, max_iter=100)
     return mixture
@@ -87,8 +84,7 @@ class Stage2Sampler:
         """(z,) with z (n, latent_dim) on the second model's device; the seed comes from
         ``generator`` (the second VAE's prior draws from the global stream, forked here)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
-        device = _device(self.stage2)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with fork_rng(module_device(self.stage2)):
             torch.manual_seed(seed)
             chunks = [self.stage2.decode(self.stage2.prior().sample((min(CHUNK, n - i),))).mean for i in range(0, n, CHUNK)]
         return (torch.cat(chunks),)
@@ -145,8 +141,8 @@ def sample_images(
         raise ConfigError("sampler='stage2' draws z from a second VAE trained on the model's codes; pass stage2")
     if own is None and sampler == "gmm" and train_x is None:
         raise ConfigError("sampler='gmm' fits a mixture to the encoder means of training data; pass train_x")
-    device = _device(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    device = module_device(model)
+    generator = device_generator(device, seed)
     chunks: list[Tensor] = []
     if own is not None:
         for start in range(0, n, CHUNK):
@@ -157,8 +153,7 @@ def sample_images(
         mixture = Stage2Sampler(stage2, model.latent_dim)
     # prior().sample() and the decoder's .sample() take no generator: fork the global streams
     # (those of the model's device too), seed them, and put them back afterwards.
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with fork_rng(device):
         torch.manual_seed(seed)
         cpu = torch.Generator().manual_seed(seed)
         for start in range(0, n, CHUNK):

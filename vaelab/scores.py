@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .devices import fork_rng, module_device
 from .errors import ConfigError
 from .evaluate import log_likelihood
 
@@ -90,12 +91,12 @@ def score(
         progress: show a progress bar.
 
     Returns:
-        ``Scores`` of per-example tensors.
+        ``Scores`` of per-example tensors on x's device (the model computes on its own).
     """
     name, k = parse_bound(bound)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ConfigError(f"draws must be a positive integer, got {draws!r}")
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng(module_device(model)):
         torch.manual_seed(seed)
         if name == "is":
             result = log_likelihood(model, x, k, rows=rows, progress=progress)
@@ -115,7 +116,7 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
         positive, negative: 1-D scores, each with at least one finite value; non-finite values
             are refused.
     """
-    pos, neg = positive.detach().double().flatten().cpu(), negative.detach().double().flatten().cpu()
+    pos, neg = positive.detach().cpu().double().flatten(), negative.detach().cpu().double().flatten()  # MPS has no float64
     if len(pos) == 0 or len(neg) == 0:
         raise ConfigError("the AUROC needs at least one score on each side")
     if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
@@ -132,11 +133,6 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def encode_codes(model: nn.Module, x: Tensor, *, samples: int = 0, seed: int = 0) -> Codes:
     """The posterior q(z|x) of each example: means, scales and, with ``samples`` S > 0, S draws.
@@ -149,36 +145,37 @@ def encode_codes(model: nn.Module, x: Tensor, *, samples: int = 0, seed: int = 0
             random state is left as it was.
 
     Returns:
-        ``Codes`` on the CPU. The scale is q's standard deviation per coordinate in closed form
+        ``Codes`` on x's device (encoded on the model's, in chunks). The scale is q's standard deviation per coordinate in closed form
         where q has one (diagonal and full Gaussians); for a flow or a two-layer posterior, the
         standard deviation of ``SCALE_DRAWS`` draws.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"samples must be a non-negative integer, got {samples!r}")
-    device = _device(model)
+    device = module_device(model)
     means, scales, draws = [], [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with fork_rng(device):
         torch.manual_seed(seed)
         for start in range(0, len(x), CHUNK):
             q = model.encode(x[start : start + CHUNK].to(device))
-            means.append(q.mean.cpu())
+            means.append(q.mean.to(x.device))
             try:
                 scale = q.stddev
             except NotImplementedError:
                 scale = q.sample((SCALE_DRAWS,)).std(0)
-            scales.append(scale.cpu())
+            scales.append(scale.to(x.device))
             if samples:
-                draws.append(q.sample((samples,)).transpose(0, 1).cpu())  # (b, S, D)
+                draws.append(q.sample((samples,)).transpose(0, 1).to(x.device))  # (b, S, D)
     latent = int(getattr(model, "latent_dim", 0))
-    empty = torch.empty(0, latent)
+    empty = x.new_empty(0, latent)
     mean = torch.cat(means) if means else empty
     return Codes(mean, torch.cat(scales) if scales else empty.clone(),
-                 (torch.cat(draws) if draws else torch.empty(0, samples, latent)) if samples else None)  # fmt: skip
+                 (torch.cat(draws) if draws else x.new_empty(0, samples, latent)) if samples else None)  # fmt: skip
 
 
 @torch.no_grad()
 def decode_means(model: nn.Module, z: Tensor) -> Tensor:
-    """The mean of p(x|z) for each code z (N, latent_dim), decoded in chunks, on the CPU.
+    """The mean of p(x|z) for each code z (N, latent_dim), decoded in chunks on the model's
+    device, returned on z's.
 
     Raises:
         ConfigError: when the codes' size is not the model's latent_dim.
@@ -189,10 +186,10 @@ def decode_means(model: nn.Module, z: Tensor) -> Tensor:
             f"codes of shape {list(z.shape)} do not fit a latent of {latent} dimensions; pass an "
             f"N x {latent} array (from vaelab encode of this run, or drawn for it)"
         )
-    device = _device(model)
+    device = module_device(model)
     dtype = next(model.parameters()).dtype
-    out = [model.decode(z[i : i + CHUNK].to(device=device, dtype=dtype)).mean.cpu() for i in range(0, len(z), CHUNK)]
-    return torch.cat(out) if out else torch.empty(0)
+    out = [model.decode(z[i : i + CHUNK].to(device=device, dtype=dtype)).mean.to(z.device) for i in range(0, len(z), CHUNK)]
+    return torch.cat(out) if out else z.new_empty(0)
 
 
 def finite_mean(values: Tensor) -> float:

@@ -78,7 +78,8 @@ def image_grids(model: nn.Module, examples: Tensor | None) -> dict[str, np.ndarr
     (ring8, grid25), ``samples`` is a scatter plot of samples over the examples instead, as in
     ``samples.png``, and there are no reconstructions."""
     from .report import _as_images, tile  # figures' helpers; report sits beside train in the layers
-    from .sampling import _device, can_reconstruct, reconstruct, sample_images
+    from .devices import module_device
+    from .sampling import can_reconstruct, reconstruct, sample_images
 
     if examples is None:
         return {}
@@ -90,7 +91,7 @@ def image_grids(model: nn.Module, examples: Tensor | None) -> dict[str, np.ndarr
         grids["samples"] = tile(images, 8)
     if can_reconstruct(model):
         x = examples[:N_RECONSTRUCTIONS]
-        data, rec = _as_images(x), _as_images(reconstruct(model, x.to(_device(model))))
+        data, rec = _as_images(x), _as_images(reconstruct(model, x.to(module_device(model))))
         rows = []
         for start in range(0, len(data), 8):  # data and reconstructions in alternating rows of 8
             for part in (data[start : start + 8], rec[start : start + 8]):

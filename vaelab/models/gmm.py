@@ -88,7 +88,7 @@ class GaussianMixture(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n draws (x, c): c ~ Categorical(w), x ~ N(mu_c, Sigma_c)."""
         c = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype, device=self.means.device)
         if self.covariance_type == "full":
             scale = torch.linalg.cholesky(self.covariances)[c]  # (n, D, D)
             x = self.means[c] + (scale @ eps.unsqueeze(-1)).squeeze(-1)
@@ -159,7 +159,7 @@ def _m_step(x: Tensor, resp: Tensor, covariance_type: str, reg: float) -> tuple[
     if covariance_type == "full":
         diff = x.unsqueeze(0) - means.unsqueeze(1)  # (K, N, D)
         covs = (diff * resp.T.unsqueeze(-1)).transpose(1, 2) @ diff / nk.view(-1, 1, 1)  # (K, D, D)
-        covs = covs + reg * torch.eye(x.shape[1], dtype=x.dtype)
+        covs = covs + reg * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     else:
         covs = resp.T @ x.square() / nk.unsqueeze(-1) - means.square() + reg
     return nk / nk.sum(), means, covs

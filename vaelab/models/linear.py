@@ -82,7 +82,7 @@ class LinearGaussian(nn.Module):
     def marginal(self) -> MultivariateNormal:
         """The exact p(x) = N(b, W W^T + sigma^2 I)."""
         cov = self.weight @ self.weight.T
-        cov = cov + self.noise_scale**2 * torch.eye(cov.shape[0], dtype=cov.dtype)
+        cov = cov + self.noise_scale**2 * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         return MultivariateNormal(self.bias, covariance_matrix=cov)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -92,7 +92,7 @@ class LinearGaussian(nn.Module):
     def _posterior_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         # p(z|x) = N(M^-1 W^T (x - b) / sigma^2 ... ) written as mean = P x + p0, precision Lambda.
         var = self.noise_scale**2
-        precision = self.weight.T @ self.weight / var + torch.eye(self.latent_dim, dtype=var.dtype)
+        precision = self.weight.T @ self.weight / var + torch.eye(self.latent_dim, dtype=var.dtype, device=var.device)
         gain = torch.linalg.solve(precision, self.weight.T / var)  # (D_z, D_x)
         return gain, -gain @ self.bias, precision
 
@@ -104,8 +104,8 @@ class LinearGaussian(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n draws (x, z) from the joint: z ~ N(0, I), x = W z + b + sigma eps."""
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype)
-        eps = torch.randn(n, self.weight.shape[0], generator=generator, dtype=self.weight.dtype)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype, device=self.weight.device)
+        eps = torch.randn(n, self.weight.shape[0], generator=generator, dtype=self.weight.dtype, device=self.weight.device)
         return z @ self.weight.T + self.bias + self.noise_scale * eps, z
 
     @classmethod
