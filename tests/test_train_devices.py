@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from vaelab import config as cfg
-from vaelab.devices import fused_adam_supported, resolve_device
+from vaelab.devices import fused_adam_supported
 from vaelab.errors import ConfigError
 from vaelab.files import load_tensors, read_metrics
 from vaelab.train import Trainer, _setup, resume_run, start_run
@@ -69,19 +69,6 @@ def test_mixed_precision_runs_the_networks_in_half_precision(tmp_path):
         trainer.fit()
         assert seen == {True: {expected}, False: {torch.float32}}, precision
         assert (trainer.scaler is not None) == (precision == "16-mixed")
-
-
-def test_resolve_device_names_and_refusals():
-    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")  # no GPU on this machine
-    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
-    assert resolve_device(torch.device("meta")) == torch.device("meta")
-    unavailable = [] if torch.cuda.is_available() else ["cuda", "cuda:0", "cuda:3"]
-    for name in unavailable + ([] if torch.backends.mps.is_available() else ["mps"]):
-        with pytest.raises(ConfigError, match=r"is not available here.*use device='cpu' or 'auto'"):
-            resolve_device(name)
-    for name, why in (("gpu", "unknown device"), ("cuda:x", "cuda:N with N a GPU index"), (0, "not a device name")):
-        with pytest.raises(ConfigError, match=why):
-            resolve_device(name)
 
 
 def test_fused_adam_where_the_installed_torch_has_it():

@@ -350,11 +350,6 @@ def _build_parser() -> argparse.ArgumentParser:
 METHODS = ("is", "ais", "bdmc")
 
 
-def _add_device_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
-                        help="where to compute (default: auto, which takes CUDA, then MPS, then the CPU)")  # fmt: skip
-
-
 def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     """--trust-code, on every command that opens a run directory: a run trained with --net
     package.module:Factory is rebuilt by importing and calling that factory, which runs its code;
@@ -365,8 +360,8 @@ def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_device_flag(parser: argparse.ArgumentParser) -> None:
-    """--device, on every command that computes with a model (vaelab train has its own): where the
-    run's model is put and its batches computed. A run opens on any device, whichever one trained it."""
+    """--device, on every command that computes with a model: where the model is put and its
+    batches computed. A run opens on any device, whichever one trained it."""
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                         help="where the model computes: auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda "
                         "(the current GPU), cuda:N or mps (default: auto)")  # fmt: skip

@@ -46,7 +46,7 @@ from .files import (
     save_model,
     save_tensors,
 )
-from .devices import fused_adam_supported, resolve_device
+from .devices import fused_adam_supported, module_device, resolve_device
 from .diagnostics import CodebookMonitor, CollapseMonitor
 from .models.vqvae import VQVAE
 from .nets import NetFactory, check_trusted, is_import_path
@@ -153,7 +153,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         device: str | torch.device | None = None,
     ) -> None:
-        self.device = resolve_device(device) if device is not None else _device_of(model)
+        self.device = resolve_device(device) if device is not None else module_device(model)
         self.model = model.to(self.device)
         # under torchrun: every process computes its rows of each global batch; rank 0 alone writes
         self.world = distributed.world()
@@ -707,12 +707,6 @@ def _settings(config: cfg.TrainConfig, role: str) -> tuple[float, Sequence[float
         betas = config.adam_betas_disc if config.adam_betas_disc is not None else config.adam_betas
         return lr, betas
     return config.lr, config.adam_betas
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    """Where a model's parameters are (the CPU for a model without any)."""
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _device_rng_state(device: torch.device) -> Tensor | None:
