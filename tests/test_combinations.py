@@ -540,6 +540,37 @@ def test_every_adversarial_combination_trains_every_player_and_keeps_its_device(
     assert all(p.grad is None or p.grad.device.type == "meta" for p in meta.parameters())
 
 
+@pytest.mark.parametrize("combo", ADV_ACCEPTED, ids=["-".join(c) for c in ADV_ACCEPTED])
+def test_every_adversarial_combination_gives_the_same_losses_and_gradients_when_its_batch_is_split(combo):
+    """What torchrun's processes compute, in one process: the batch split 3 + 1 (each part under
+    ``sharding.sharded``, from the same generator state) gives each example every loss one
+    process gives it (the prior draws and the encoder's noise follow the examples), and each
+    player's gradients of its parts' loss sums add up to the whole batch's."""
+    config = _adv_config(*combo)
+    event = EVENT if combo[2] == "mlp" else IMAGE
+    torch.manual_seed(0)
+    model = model_from_config(config, event).double()
+    x = torch.rand(4, *event, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    players = list(model.players())
+
+    def run(rows, shard):
+        torch.manual_seed(3)
+        with sharding.sharded(shard):
+            out = model.losses(x[rows])
+        grads = {p.name: torch.autograd.grad(out[p.name].sum(), p.parameters, retain_graph=True, allow_unused=True)
+                 for p in players}  # fmt: skip
+        return out, grads
+
+    whole, whole_grads = run(slice(0, 4), None)
+    parts = [run(slice(0, 3), sharding.Shard(0, 3, 4, reduce=False)), run(slice(3, 4), sharding.Shard(3, 1, 4, reduce=False))]
+    for name, value in whole.items():
+        torch.testing.assert_close(torch.cat([out[name] for out, _ in parts]), value, rtol=1e-9, atol=1e-9, msg=name)
+    for player in players:
+        for g, a, b in zip(whole_grads[player.name], parts[0][1][player.name], parts[1][1][player.name]):
+            if g is not None:
+                torch.testing.assert_close(a + b, g, rtol=1e-8, atol=1e-10, msg=player.name)
+
+
 @pytest.mark.parametrize("net, depth", [("mlp", 2), ("conv", 3), ("resnet", 4)])
 def test_every_vaegan_feature_layer_of_every_backbone(net, depth):
     """--feature-layer takes 0 (the last hidden layer) to the discriminator's depth (mlp: one per

@@ -27,15 +27,17 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 # digits: 1293 training images in batches of 50 are 26 steps an epoch, 104 in 4 epochs
 CONFIGS = {
-    "elbo-free-bits-warmup": ["--free-bits", "0.3", "--kl-warmup", "2"],
+    "aae-gaussian-encoder-mog": ["--model", "aae", "--encoder", "gaussian", "--prior", "mog:3", "--binarize", "none",
+                                 "--lr-disc", "5e-4"],
+    "elbo-free-bits-warmup": ["--free-bits", "0.3", "--kl-warmup", "2", "--patience", "0"],
     "iwae-dreg-full-vamp": ["--objective", "iwae", "--k", "5", "--grad-estimator", "dreg", "--posterior", "full",
-                            "--prior", "vamp:5"],
+                            "--prior", "vamp:5", "--patience", "0"],
 }
 
 
 def _train(out: Path, *extra: str, epochs: int = 4) -> list[str]:
     return ["-m", "vaelab", "train", "--data", "digits", "--binarize", "dynamic", "--hidden", "32", "--latent-dim", "4",
-            "--epochs", str(epochs), "--batch-size", "50", "--patience", "0", "--device", "cpu", "--out", str(out),
+            "--epochs", str(epochs), "--batch-size", "50", "--device", "cpu", "--out", str(out),
             "--quiet", *extra]  # fmt: skip
 
 
@@ -58,8 +60,10 @@ def test_two_processes_reach_the_weights_of_one(name, tmp_path):
     ra, rb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
-        for key in ("train_loss", "valid_bound", "valid_kl", "active_units"):
-            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-4), key
+        assert x.keys() == y.keys()
+        for key in x:
+            if "second" not in key and x[key] is not None:  # timings differ
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-4), key
     assert two.stdout.count("trained 4 epochs") == 1 and two.stdout.count("epoch 4/4") == 1
 
 
@@ -137,11 +141,10 @@ def test_rows_split_every_batch_in_rank_order():
             assert max(n for _, n in parts) - min(n for _, n in parts) <= 1
 
 
-@pytest.mark.parametrize("name", ["vqvae", "gan", "aae"])
-def test_models_that_cannot_be_split_yet_are_refused_under_torchrun(name, monkeypatch):
+def test_the_vqvae_is_refused_under_torchrun(monkeypatch):
     monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 2))
-    with pytest.raises(ConfigError, match="training under torchrun supports the VAE family; .*start it without torchrun"):
-        _setup(family_config(name, 1), None, False, device="cpu")
+    with pytest.raises(ConfigError, match="supports the VAE family and the adversarial models; the VQ-VAE.*without torchrun"):
+        _setup(family_config("vqvae", 1), None, False, device="cpu")
 
 
 def test_torchrun_needs_an_out_directory(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -105,6 +106,24 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
         return t
     out = t.detach().clone()
     dist.all_reduce(out)
+    return out
+
+
+def sum_gradients(grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each gradient summed over every process, in one flat all-reduce (None stays None: a
+    parameter that a loss does not reach is unreached in every process)."""
+    present = [g for g in grads if g is not None]
+    if not present or not (dist.is_available() and dist.is_initialized()):
+        return list(grads)
+    flat = torch.cat([g.reshape(-1) for g in present])
+    dist.all_reduce(flat)
+    out, at = [], 0
+    for g in grads:
+        if g is None:
+            out.append(None)
+        else:
+            out.append(flat[at : at + g.numel()].view_as(g))
+            at += g.numel()
     return out
 
 

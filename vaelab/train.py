@@ -187,7 +187,7 @@ class Trainer:
                 f"optim.{p.name}": self._adam(p.parameters, *_settings(config, p.role)) for p in self.players
             }
         self.optimizer = self.optimizers.get("optim")
-        self.ddp = self._wrap_ddp() if self.world.size > 1 else None
+        self.ddp = self._wrap_ddp() if self.world.size > 1 else None  # None for players: see _step_players
         self.state = TrainState()
         self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict] = []
@@ -199,19 +199,19 @@ class Trainer:
             # head(), not fixed(): a streamed image folder has no whole-split tensor
             self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=lambda: shown.head(N_POINTS))
 
-    def _wrap_ddp(self) -> nn.Module:
+    def _wrap_ddp(self) -> nn.Module | None:
         """The objective as the forward of a DistributedDataParallel module, which averages the
         processes' gradients during backward. Models that change their own state from a batch
         (the VQ-VAE's codebook) or step several players are refused for now."""
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.players is not None or isinstance(self.model, VQVAE):
-            kind = "the VQ-VAE, whose codebook is initialised and updated from each batch" if self.players is None \
-                else "the adversarial models, whose players step one after another"  # fmt: skip
+        if isinstance(self.model, VQVAE):
             raise ConfigError(
-                f"training under torchrun supports the VAE family; {kind}, trains in one process: start it "
-                f"without torchrun"
+                "training under torchrun supports the VAE family and the adversarial models; the VQ-VAE, whose "
+                "codebook is initialised and updated from each batch, trains in one process: start it without torchrun"
             )
+        if self.players is not None:
+            return None  # the players' gradients are summed over the processes in _step_players
         ids = [self.device.index] if self.device.type == "cuda" else None
         # the VAE family's buffers are constants, the same in every process: no need to sync them
         # at every forward (the option's name changed in torch 2.13)
@@ -416,7 +416,8 @@ class Trainer:
                 elif self.players is None:
                     names, values = self._step(x, options)
                 else:
-                    names, values = self._step_players(x)
+                    with sharding.sharded(shard):
+                        names, values = self._step_players(x, shard.total if shard is not None else None)
             except TrainingDiverged:
                 bar.close()
                 raise TrainingDiverged(self._diverged_message(epoch, step)) from None
@@ -425,7 +426,7 @@ class Trainer:
             if self.progress and (step % 20 == 0 or step == n_batches):
                 bar.set_postfix(_postfix(names, sums / seen, seen / (time.perf_counter() - start)), refresh=False)
             bar.update(1)
-        if self.ddp is not None:  # every process's examples: the global batch's means
+        if self.world.size > 1:  # every process's examples: the global batch's means
             sums = distributed.all_sum(sums)
             seen = int(distributed.all_sum(torch.tensor(seen, device=self.device)))
         seconds = time.perf_counter() - start
@@ -492,7 +493,7 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _step_players(self, x: Tensor) -> tuple[tuple[str, ...], list[Tensor]]:
+    def _step_players(self, x: Tensor, total: int | None = None) -> tuple[tuple[str, ...], list[Tensor]]:
         """One step of every player, in the model's update scheme; returns the logged names
         (``<player>_loss`` and the model's other quantities) and their per-example values.
 
@@ -501,7 +502,11 @@ class Trainer:
         step. alternating: player by player, each with a fresh forward pass after the previous
         one stepped; a player's logged loss is the one its own step used. Either way the
         gradients are written into ``.grad`` of the player's parameters only, so an optimizer
-        can move nothing else; they are cleared after the step."""
+        can move nothing else; they are cleared after the step.
+
+        Under torchrun (``total``: the global batch, of which ``x`` is this process's rows) each
+        player's gradient is that of its rows' loss sum over ``total``, summed over the processes
+        (``all_reduce``): the global batch mean's, as in one process."""
         model, players = self.model, self.players
         simultaneous = model.update == "simultaneous"
         first: dict[str, Tensor] = {}
@@ -512,14 +517,18 @@ class Trainer:
                 with self._autocast():
                     out = model.losses(x)
                 first = first or out
-                if not all(bool(torch.isfinite(out[p.name].mean())) for p in (players if simultaneous else [player])):
+                checked = torch.stack([out[p.name].float().sum() for p in (players if simultaneous else [player])])
+                if not bool(torch.isfinite(distributed.all_sum(checked)).all()):  # every process agrees
                     raise TrainingDiverged("")
             loss = out[player.name].float()
             used[player.name] = loss.detach()
             last = i == len(players) - 1
-            scaled = loss.mean() if self.scaler is None else self.scaler.scale(loss.mean())
+            mean = loss.mean() if total is None else loss.sum() / total
+            scaled = mean if self.scaler is None else self.scaler.scale(mean)
             g = torch.autograd.grad(scaled, player.parameters, retain_graph=simultaneous and not last,
                                     allow_unused=True)  # fmt: skip
+            if total is not None:
+                g = distributed.sum_gradients(g)
             if simultaneous:
                 grads.append(g)
             else:
@@ -571,7 +580,8 @@ class Trainer:
                         result = self.objective(self.model, x, **options)
                     names = result._fields
                 else:  # every player's loss, and the model's other quantities, on the same draws
-                    out = self.model.losses(x)
+                    with sharding.sharded(shard):
+                        out = self.model.losses(x)
                     names = tuple(f"{k}_loss" if f"optim.{k}" in self.optimizers else k for k in out)
                     result = list(out.values())
                 sums = _accumulate(sums, result)

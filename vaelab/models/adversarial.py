@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
+from .. import sharding
 from ..distributions import Observation, build_observation, full_precision
 from ..errors import ConfigError
 from ..nets import DISCRIMINATORS, NETS, NetSpec, is_import_path
@@ -121,7 +122,12 @@ def _params(*modules: nn.Module | None) -> list[nn.Parameter]:
 
 def sample_prior(prior: Distribution, n: int, generator: torch.Generator | None = None) -> Tensor:
     """n draws (n, latent) from a standard normal or diagonal Gaussian mixture prior, from
-    ``generator`` when given (the global stream otherwise)."""
+    ``generator`` when given (the global stream otherwise). Without a generator, the n draws
+    are one per example of a batch: split over processes (``sharding``), each process draws the
+    global batch's and keeps its rows."""
+    shard = sharding.current() if generator is None else None
+    if shard is not None and n == shard.size and n != shard.total:
+        return sample_prior(prior, shard.total).narrow(0, shard.start, shard.size)
     if isinstance(prior, DiagonalGaussianMixture):
         index = torch.multinomial(prior.weights, n, replacement=True, generator=generator)
         loc, scale = prior.loc[index], prior.scale[index]
