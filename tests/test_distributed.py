@@ -153,3 +153,35 @@ def test_torchrun_needs_an_out_directory(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2 and "under torchrun, name the run directory with --out RUN" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    _run([sys.executable, *_train(run, "--posterior", "iaf:1", epochs=1)])
+    return run
+
+
+@pytest.mark.parametrize("k", ["300", "1500"])  # several examples a pass; one example in two chunks a pass
+def test_two_processes_evaluate_exactly_as_one(trained, k):
+    flags = ["evaluate", str(trained), "--k", k, "--limit", "37", "--seed", "3", "--bounds", "1,10", "--json",
+             "--device", "cpu"]  # fmt: skip
+    one = _run([sys.executable, "-m", "vaelab", *flags])
+    two = _run([*TORCHRUN, "-m", "vaelab", *flags])
+    assert json.loads(two.stdout) == json.loads(one.stdout)  # every key, bit for bit
+    assert len(two.stdout.strip().splitlines()) == 1  # rank 0 alone printed
+
+
+def test_evaluate_under_torchrun_refuses_what_it_cannot_split(trained, tmp_path):
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0"}  # no rendezvous: refused before joining one
+    out = subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(trained), "--method", "ais"], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "under torchrun, vaelab evaluate splits --method is" in out.stderr
+    gan = tmp_path / "gan"
+    _run([sys.executable, "-m", "vaelab", "train", "--model", "gan", "--data", "digits", "--binarize", "none",
+          "--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--out", str(gan), "--quiet"])  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(gan)], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "evaluate this --model gan run in one process" in out.stderr

@@ -258,3 +258,41 @@ def test_khat_flags_a_too_narrow_proposal_whose_stderr_misleads(rows):
     assert (z.abs() > 3).float().mean() > 0.25
     assert s["khat_worst"][0]["khat"] == pytest.approx(res.khat.max().item())
     assert s["khat_worst"][0]["index"] == int(res.khat.argmax())
+
+
+@pytest.mark.parametrize("k, rows", [(12, 40), (30, 20)])  # several examples a pass; one example in two chunks
+@pytest.mark.parametrize("posterior, prior, layers, inference, proposal", [
+    ("gaussian", "standard", 1, "amortized", "posterior"), ("iaf:2", "mog:3", 1, "amortized", "posterior"),
+    ("full", "vamp:3", 1, "amortized", "posterior"), ("gaussian", "standard", 2, "amortized", "posterior"),
+    ("gaussian", "standard", 1, "local", "posterior"), ("gaussian", "mog:3", 1, "amortized", "prior"),
+])  # fmt: skip
+def test_the_parts_of_torchruns_processes_are_one_processes_log_likelihood(posterior, prior, layers, inference,
+                                                                            proposal, k, rows):  # fmt: skip
+    """Each process's part (from the same generator state) is one process's result on its
+    examples, the parts cover every example once in rank order, and every process ends in the
+    random state one process ends in."""
+    from vaelab import config as cfg
+    from vaelab.evaluate import log_likelihood, log_likelihood_part
+    from vaelab.runs import model_from_config
+
+    config = cfg.build({"model": {"hidden": [8], "latent_dim": 2, "posterior": posterior, "prior": prior,
+                                  "layers": layers, "inference": inference, "local_steps": 3}})  # fmt: skip
+    torch.manual_seed(0)
+    model = model_from_config(config, (6,))
+    x = (torch.rand(7, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    torch.manual_seed(5)
+    whole = log_likelihood(model, x, k, rows=rows, bounds=(1, 3), proposal=proposal)
+    after = torch.get_rng_state()
+    for size in (2, 3, 8):
+        covered = []
+        for rank in range(size):
+            torch.manual_seed(5)
+            rows_of, part = log_likelihood_part(model, x, k, rank=rank, size=size, rows=rows, bounds=(1, 3),
+                                                proposal=proposal)  # fmt: skip
+            covered.extend(range(rows_of.start, rows_of.stop))
+            for name in ("log_likelihood", "stderr", "reconstruction", "kl", "bounds", "bounds_stderr", "khat"):
+                assert torch.equal(getattr(part, name), getattr(whole, name)[rows_of]), (size, rank, name)
+            if rows_of.stop > rows_of.start:
+                assert torch.equal(part.posterior_mean, whole.posterior_mean[rows_of])
+            assert torch.equal(torch.get_rng_state(), after), (size, rank)
+        assert covered == list(range(7))

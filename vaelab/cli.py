@@ -7,9 +7,11 @@ with status 2; nothing on disk is damaged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import inspect
+import io
 import json
 import logging
 import math
@@ -644,6 +646,33 @@ def _ais_keys(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    if not distributed.launched():
+        return _evaluate(args, main=True)
+    # under torchrun: the importance-sampling estimate is split over the processes; rank 0 speaks
+    if args.method != "is":
+        raise VaelabError(f"under torchrun, vaelab evaluate splits --method is over the processes; run --method "
+                          f"{args.method} in one process")  # fmt: skip
+    from .models import ADVERSARIAL
+    from .runs import read_config
+
+    model = read_config(args.run)[0].model.model
+    if model in ADVERSARIAL or model == "vqvae":
+        raise VaelabError(f"under torchrun, vaelab evaluate splits the importance-sampling estimate of a VAE; "
+                          f"evaluate this --model {model} run in one process")  # fmt: skip
+    args.device = distributed.init(args.device)[1]
+    main = distributed.world().is_main
+    if not main:
+        args.quiet = True
+    try:
+        with contextlib.nullcontext() if main else contextlib.redirect_stdout(io.StringIO()):
+            return _evaluate(args, main=main)
+    finally:
+        distributed.finish()
+
+
+def _evaluate(args: argparse.Namespace, main: bool) -> int:
     import torch
 
     from .evaluate import KHAT_THRESHOLD, evaluate, mean_bound
@@ -718,8 +747,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     what = _what_is_scored(config, split)
     if split.dequantize:
         _add_discrete_bound(summary, split, "log_likelihood")
-    _store(args.run, "evaluate", _evaluate_options(args, seed=args.seed, k=args.k, bounds=list(args.bounds),
-                                                   proposal=args.proposal), summary)  # fmt: skip
+    if main:
+        _store(args.run, "evaluate", _evaluate_options(args, seed=args.seed, k=args.k, bounds=list(args.bounds),
+                                                       proposal=args.proposal), summary)  # fmt: skip
     if args.json:
         print(json.dumps(summary))
         _warn_heavy_tails(summary, args.proposal)

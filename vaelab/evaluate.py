@@ -130,12 +130,15 @@ def log_likelihood(
                 p = sample_particles(model, xb, c, q=q, prior=prior, reparameterized=proposal == "posterior")
                 lw[j : j + c, :b] = p.log_weights
                 lpx[j : j + c, :b] = p.log_px_z
-            w = lw[:, :b]
+            # a short last pass is made contiguous: its sums then run as those of a process whose
+            # share of the examples (under torchrun) ends with it, so every process agrees bit for bit
+            w = lw[:, :b] if b == per_pass else lw[:, :b].contiguous()
+            px = lpx[:, :b] if b == per_pass else lpx[:, :b].contiguous()
             ll[i : i + b], se[i : i + b] = log_mean_exp(w)
-            rec[i : i + b] = lpx[:, :b].mean(0)
+            rec[i : i + b] = px.mean(0)
             # every pass holds all K weights of its examples, so the tail fit needs no extra memory
             khat[i : i + b] = pareto_khat(w)
-            kl[i : i + b] = _kl(q, prior, w, lpx[:, :b])
+            kl[i : i + b] = _kl(q, prior, w, px)
             for j, kb in enumerate(bound_k):
                 bnd[i : i + b, j], bnd_se[i : i + b, j] = _grouped_bound(w, kb)
             if means is None:
@@ -145,6 +148,53 @@ def log_likelihood(
     return LogLikelihood(
         ll, se, rec, kl, means if means is not None else x.new_empty(0, 0, dtype=dtype), bound_k, bnd, bnd_se, khat
     )
+
+
+def log_likelihood_part(
+    model: nn.Module,
+    x: Tensor,
+    k: int = 5000,
+    *,
+    rank: int = 0,
+    size: int = 1,
+    rows: int = 1000,
+    progress: bool = False,
+    bounds: Sequence[int] = (),
+    proposal: str = "posterior",
+) -> tuple[slice, LogLikelihood]:
+    """Process ``rank`` of ``size``'s share of ``log_likelihood(model, x, ...)``: a contiguous
+    range of its passes, with the random stream in the state one process would reach there.
+    Every process starts from the same generator state; each advances it past the passes before
+    its own by drawing their particles (the encoder and q's draws, no decoder), computes its own,
+    then draws those after it, so all end in the state one process ends in and anything drawn
+    next is drawn alike. The parts, concatenated in rank order, are one process's result.
+
+    Returns:
+        (the examples of x this process scored, their ``LogLikelihood``).
+    """
+    n = x.shape[0]
+    per_pass, chunk = _chunking(n, k, rows)
+    passes = math.ceil(n / per_pass)
+    base, extra = divmod(passes, size)
+    first = rank * base + min(rank, extra)
+    start, stop = min(n, first * per_pass), min(n, (first + base + (rank < extra)) * per_pass)
+    _draw_particles(model, x[:start], k, per_pass, chunk, proposal)
+    part = log_likelihood(model, x[start:stop], k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
+    _draw_particles(model, x[stop:], k, per_pass, chunk, proposal)
+    return slice(start, stop), part
+
+
+def _draw_particles(model: nn.Module, x: Tensor, k: int, per_pass: int, chunk: int, proposal: str) -> None:
+    """The random draws ``log_likelihood`` makes for x, pass by pass and chunk by chunk, without
+    the decoder: advances the random stream past examples another process scores."""
+    device = module_device(model)
+    with _eval_mode(model), torch.inference_mode():
+        for i in range(0, x.shape[0], per_pass):
+            xb = x[i : i + per_pass].to(device)
+            q = model.encode(xb) if proposal == "posterior" else model.prior().expand((xb.shape[0],))
+            for j in range(0, k, chunk):
+                c = min(chunk, k - j)
+                q.rsample((c,)) if proposal == "posterior" else q.sample((c,))  # as sample_particles draws
 
 
 def log_mean_exp(log_w: Tensor) -> tuple[Tensor, Tensor]:
@@ -328,13 +378,49 @@ def evaluate(
     """Scores ``model`` on ``x``: log-likelihood +- standard error, ELBO, reconstruction, KL,
     active units, and E[L_K'] for each K' in ``bounds`` (means over examples, nats). A model with
     several stochastic layers (``layer_sizes``, e.g. (100, 50) for ``--layers 2``) also gets
-    ``active_units_per_layer``, its active units counted layer by layer."""
-    result = log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
+    ``active_units_per_layer``, its active units counted layer by layer.
+
+    Under torchrun (a process group of several processes) each process scores its share of the
+    examples (``log_likelihood_part``) and every process gets the whole result: the same
+    estimate and standard error, example by example, as one process with the same seed."""
+    from . import distributed
+
+    w = distributed.world()
+    if w.size == 1:
+        result = log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
+    else:
+        mine, part = log_likelihood_part(model, x, k, rank=w.rank, size=w.size, rows=rows, progress=progress,
+                                         bounds=bounds, proposal=proposal)  # fmt: skip
+        result = _gathered(part, mine.stop - mine.start, x.shape[0], module_device(model))
     summary = summarize(result, k)
     sizes = getattr(model, "layer_sizes", None)
     if sizes is not None and len(sizes) > 1 and result.posterior_mean.numel():
         summary["active_units_per_layer"] = active_units_per_layer(result.posterior_mean, sizes)
     return summary
+
+
+def _gathered(part: LogLikelihood, mine: int, n: int, device: torch.device) -> LogLikelihood:
+    """Every process's part of a ``LogLikelihood``, joined in rank order (the parts are
+    contiguous ranges of the examples, in rank order)."""
+    import torch.distributed as dist
+
+    sizes = [torch.zeros((), dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(mine, device=device))
+    counts = [int(c) for c in sizes]
+    width = torch.tensor(part.posterior_mean.shape[-1] if mine else 0, device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a process without examples has no posterior mean
+
+    def join(t: Tensor, trailing: tuple[int, ...]) -> Tensor:
+        padded = t.new_zeros(max(counts), *trailing).to(device)
+        padded[: t.shape[0]] = t.reshape(t.shape[0], *trailing)
+        pieces = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(pieces, padded)
+        return torch.cat([p[:c] for p, c in zip(pieces, counts)]).to(t.device)
+
+    j = len(part.bound_k)
+    return LogLikelihood(join(part.log_likelihood, ()), join(part.stderr, ()), join(part.reconstruction, ()),
+                         join(part.kl, ()), join(part.posterior_mean, (int(width),)), part.bound_k,
+                         join(part.bounds, (j,)), join(part.bounds_stderr, (j,)), join(part.khat, ()))  # fmt: skip
 
 
 def active_units_per_layer(posterior_mean: Tensor, layer_sizes: Sequence[int], threshold: float = 0.01) -> list[int]:
