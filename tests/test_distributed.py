@@ -67,34 +67,17 @@ def test_two_processes_reach_the_weights_of_one(name, tmp_path):
     assert two.stdout.count("trained 4 epochs") == 1 and two.stdout.count("epoch 4/4") == 1
 
 
-def test_a_killed_rank_stops_the_job_and_resume_continues_exactly(tmp_path):
-    """SIGKILL to one rank after the checkpoint of epoch 2: torchrun ends the job; torchrun with
-    --resume then ends with the weights of an uninterrupted two-process run, bit for bit."""
-    _run([*TORCHRUN, *_train(tmp_path / "ref", epochs=8)])
-    run = tmp_path / "killed"
-    job = subprocess.Popen([*TORCHRUN, *_train(run, epochs=8)], env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while job.poll() is None and _checkpoint_epoch(run) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    workers = _workers(job.pid)
-    assert len(workers) == 2, "the job finished before it could be killed"
-    os.kill(workers[-1], signal.SIGKILL)
-    assert job.wait(timeout=120) != 0
-    assert 2 <= _checkpoint_epoch(run) < 8
-    _run([*TORCHRUN, "-m", "vaelab", "train", "--resume", str(run), "--quiet", "--device", "cpu"])
-    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
-    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 9))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> bytes:
+    """The weights of an uninterrupted two-process run of 8 epochs."""
+    ref = tmp_path_factory.mktemp("ref") / "run"
+    _run([*TORCHRUN, *_train(ref, epochs=8)])
+    return (ref / "model.safetensors").read_bytes()
 
 
-def test_max_restarts_with_resume_if_exists_recovers_from_a_killed_rank(tmp_path):
-    """The documented command: torchrun --max-restarts=1 ... --out RUN --resume-if-exists. One
-    rank is killed mid-run; torchrun restarts both, they continue from the checkpoint, and the
-    job ends with status 0 and the uninterrupted run's weights."""
-    _run([*TORCHRUN, *_train(tmp_path / "ref", epochs=8)])
-    run = tmp_path / "restarted"
-    cmd = [*TORCHRUN[:-1], "--nproc_per_node=2", "--max-restarts=1", *_train(run, "--resume-if-exists", epochs=8)]
+def _kill_a_rank(cmd: list[str], run: Path, which: int) -> subprocess.Popen:
+    """Starts the torchrun job ``cmd`` training into ``run`` and SIGKILLs its worker ``which`` (by
+    pid order) once the checkpoint of epoch 2 exists; returns the job, still running."""
     job = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     while job.poll() is None and _checkpoint_epoch(run) < 2:
@@ -102,10 +85,33 @@ def test_max_restarts_with_resume_if_exists_recovers_from_a_killed_rank(tmp_path
         time.sleep(0.005)
     workers = _workers(job.pid)
     assert len(workers) == 2, "the job finished before it could be killed"
-    os.kill(workers[0], signal.SIGKILL)
+    os.kill(workers[which], signal.SIGKILL)
+    return job
+
+
+def test_a_killed_rank_stops_the_job_and_resume_continues_exactly(tmp_path, uninterrupted):
+    """SIGKILL to one rank after the checkpoint of epoch 2: torchrun ends the job; torchrun with
+    --resume then ends with the weights of an uninterrupted two-process run, bit for bit."""
+    run = tmp_path / "killed"
+    job = _kill_a_rank([*TORCHRUN, *_train(run, epochs=8)], run, -1)
+    job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert 2 <= _checkpoint_epoch(run) < 8
+    _run([*TORCHRUN, "-m", "vaelab", "train", "--resume", str(run), "--quiet", "--device", "cpu"])
+    assert (run / "model.safetensors").read_bytes() == uninterrupted
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 9))
+
+
+def test_max_restarts_with_resume_if_exists_recovers_from_a_killed_rank(tmp_path, uninterrupted):
+    """The documented command: torchrun --max-restarts=1 ... --out RUN --resume-if-exists. One
+    rank is killed mid-run; torchrun restarts both, they continue from the checkpoint, and the
+    job ends with status 0 and the uninterrupted run's weights."""
+    run = tmp_path / "restarted"
+    cmd = [*TORCHRUN[:-1], "--nproc_per_node=2", "--max-restarts=1", *_train(run, "--resume-if-exists", epochs=8)]
+    job = _kill_a_rank(cmd, run, 0)
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0, err[-3000:]
-    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert (run / "model.safetensors").read_bytes() == uninterrupted
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 9))
     # a requeue of the finished job has nothing to do
     again = _run([*TORCHRUN, *_train(run, "--resume-if-exists", epochs=8)])
