@@ -48,6 +48,7 @@ from .models.vqvae import VQVAE
 from .nets import NetFactory, check_trusted, is_import_path
 from .objectives import get_objective, vq
 from .schedules import kl_schedule
+from .speed import StepObjective, check_compile
 from .runs import check_compatible, check_data_options, load_data, model_from_config, read_config
 
 Objective = Callable[..., NamedTuple]
@@ -130,6 +131,10 @@ class Trainer:
             method gets every epoch's record (of earlier sessions too) when training ends.
         callbacks: called with each epoch's record once it is logged and checkpointed (the
             library prints nothing; the CLI prints ``epoch_line(record)`` from here).
+        compile: "auto", "on" or "off": run the training step's objective through
+            ``torch.compile`` (``speed.StepObjective``; "auto" where it works and an epoch is long
+            enough to pay for it, "on" with a warning when it falls back to eager). It changes
+            how fast, not what, is trained, so it is not part of the run's configuration.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class Trainer:
         schedule: ObjectiveSchedule | None = None,
         monitors: Sequence[Monitor] = (),
         callbacks: Sequence[Callback] = (),
+        compile: str = "auto",
     ) -> None:
         self.model = model
         self.callbacks = tuple(callbacks)
@@ -169,6 +175,9 @@ class Trainer:
                 f"optim.{p.name}": self._adam(p.parameters, *_settings(config, p.role)) for p in self.players
             }
         self.optimizer = self.optimizers.get("optim")
+        check_compile(compile)
+        self.step_objective = None if objective is None or self.players is not None else StepObjective(
+            objective, compile, model, steps_per_epoch=self._steps_per_epoch(), scheduled=schedule is not None)  # fmt: skip
         self.state = TrainState()
         self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict] = []
@@ -179,6 +188,11 @@ class Trainer:
             shown = self.valid if self.valid is not None else train
             # head(), not fixed(): a streamed image folder has no whole-split tensor
             self.tensorboard = TensorBoardLog(self.run_dir / TENSORBOARD_DIR, examples=lambda: shown.head(N_POINTS))
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the training step's objective runs compiled (``compile=``)."""
+        return self.step_objective is not None and self.step_objective.compiled
 
     def _adam(self, parameters, lr: float, betas: Sequence[float]) -> torch.optim.Adam:
         # Fused Adam is ~1.2 s/epoch faster than the default on our CPUs.
@@ -373,7 +387,7 @@ class Trainer:
 
     def _step(self, x: Tensor, options: dict[str, Any]) -> tuple[tuple[str, ...], Sequence[Tensor]]:
         """One Adam step on the objective; returns its field names and per-example values."""
-        result = self.objective(self.model, x, **options)
+        result = self.step_objective(self.model, x, **options)
         loss = -result.objective.mean()
         # A bool() on a CPU scalar costs microseconds; checking before the step means a
         # non-finite loss never reaches the weights.
