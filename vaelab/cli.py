@@ -85,6 +85,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
     p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="run the training step through torch.compile: auto (where it works and an epoch has at "
+                   "least 500 steps), on (warns when it falls back to eager), off; changes speed, not results "
+                   "beyond float rounding, and is not saved with the run (default: auto)")  # fmt: skip
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
@@ -442,6 +446,13 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .speed import compiling
+
+    with compiling(args.compile):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from .report import write_run_figures
     from .train import resume_run, start_run
 

@@ -17,10 +17,12 @@ differ from eager ones only by the rounding of fused arithmetic.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import shutil
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +34,7 @@ COMPILE_MODES = ("auto", "on", "off")
 # (600 steps) does, small data sets (whose epochs take well under a second) never wait for a compiler
 AUTO_MIN_STEPS = 500
 _DEVICES = ("cpu", "cuda")
+_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("vaelab_compile", default="auto")
 
 
 def check_compile(compile: str) -> str:
@@ -39,6 +42,23 @@ def check_compile(compile: str) -> str:
     if compile not in COMPILE_MODES:
         raise ConfigError(f"compile={compile!r} is not a compile mode; choose one of: {', '.join(COMPILE_MODES)}")
     return compile
+
+
+@contextlib.contextmanager
+def compiling(compile: str) -> Iterator[None]:
+    """Trainers created in the block without their own ``compile=`` use this mode (the CLI's
+    ``vaelab train --compile``, which trains through ``start_run`` and ``resume_run``)."""
+    token = _MODE.set(check_compile(compile))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def compile_mode(compile: str | None = None) -> str:
+    """``compile`` when given (checked), else the mode of the enclosing ``compiling`` block ("auto"
+    outside any)."""
+    return _MODE.get() if compile is None else check_compile(compile)
 
 
 def cpp_compiler() -> str | None:
@@ -85,17 +105,18 @@ class StepObjective:
 
     Args:
         objective: ``f(model, x, **options)`` returning per-example tensors.
-        compile: one of ``COMPILE_MODES``.
+        compile: one of ``COMPILE_MODES`` (None: ``compile_mode()``).
         model: the model to be trained (its device decides whether compiling can work).
         steps_per_epoch: training steps per epoch.
         scheduled: whether a schedule passes options to the objective.
     """
 
     def __init__(
-        self, objective: Callable[..., NamedTuple], compile: str, model: nn.Module, *, steps_per_epoch: int, scheduled: bool
-    ) -> None:
+        self, objective: Callable[..., NamedTuple], compile: str | None, model: nn.Module, *, steps_per_epoch: int,
+        scheduled: bool,
+    ) -> None:  # fmt: skip
         self.objective = objective
-        self.mode = check_compile(compile)
+        self.mode = compile_mode(compile)
         self.reason: str | None = "compile='off'"  # why the step runs eagerly (None: it is compiled)
         self._compiled: Callable[..., NamedTuple] | None = None
         self._shape: torch.Size | None = None

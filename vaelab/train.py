@@ -48,7 +48,7 @@ from .models.vqvae import VQVAE
 from .nets import NetFactory, check_trusted, is_import_path
 from .objectives import get_objective, vq
 from .schedules import kl_schedule
-from .speed import StepObjective, check_compile
+from .speed import StepObjective, compile_mode
 from .runs import check_compatible, check_data_options, load_data, model_from_config, read_config
 
 Objective = Callable[..., NamedTuple]
@@ -133,8 +133,9 @@ class Trainer:
             library prints nothing; the CLI prints ``epoch_line(record)`` from here).
         compile: "auto", "on" or "off": run the training step's objective through
             ``torch.compile`` (``speed.StepObjective``; "auto" where it works and an epoch is long
-            enough to pay for it, "on" with a warning when it falls back to eager). It changes
-            how fast, not what, is trained, so it is not part of the run's configuration.
+            enough to pay for it, "on" with a warning when it falls back to eager); None: the mode
+            of an enclosing ``speed.compiling(...)`` block, else "auto". It changes how fast, not
+            what, is trained, so it is not part of the run's configuration.
     """
 
     def __init__(
@@ -149,7 +150,7 @@ class Trainer:
         schedule: ObjectiveSchedule | None = None,
         monitors: Sequence[Monitor] = (),
         callbacks: Sequence[Callback] = (),
-        compile: str = "auto",
+        compile: str | None = None,
     ) -> None:
         self.model = model
         self.callbacks = tuple(callbacks)
@@ -175,7 +176,7 @@ class Trainer:
                 f"optim.{p.name}": self._adam(p.parameters, *_settings(config, p.role)) for p in self.players
             }
         self.optimizer = self.optimizers.get("optim")
-        check_compile(compile)
+        compile = compile_mode(compile)
         self.step_objective = None if objective is None or self.players is not None else StepObjective(
             objective, compile, model, steps_per_epoch=self._steps_per_epoch(), scheduled=schedule is not None)  # fmt: skip
         self.state = TrainState()

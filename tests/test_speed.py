@@ -1,0 +1,122 @@
+"""Compiling the training step (``vaelab.speed``): the modes, the eager fallback, and that it
+changes how fast, not what, is trained."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab import config as cfg
+from vaelab import speed
+from vaelab.cli import main
+from vaelab.data import load_split
+from vaelab.errors import ConfigError
+from vaelab.models import build_model
+from vaelab.objectives import get_objective
+from vaelab.train import Trainer
+
+
+def small_vae(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("vae", (1, 8, 8), likelihood="bernoulli", net="mlp", hidden=(16,),
+                       activation="tanh", latent_dim=3, obs_precision=1.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_split("digits", "train", binarize="dynamic", limit=200)
+
+
+def fit(train, compile, epochs=2, **kw) -> tuple[Trainer, dict[str, torch.Tensor]]:
+    trainer = Trainer(small_vae(), get_objective("elbo", **kw), train, None,
+                      cfg.TrainConfig(epochs=epochs, batch_size=50, lr=3e-3), progress=False, compile=compile)  # fmt: skip
+    trainer.fit()
+    return trainer, trainer.model.state_dict()
+
+
+def test_an_unknown_mode_is_refused_in_one_line(digits):
+    with pytest.raises(ConfigError, match="compile='fast' is not a compile mode; choose one of: auto, on, off"):
+        Trainer(small_vae(), get_objective("elbo"), digits, None, cfg.TrainConfig(), progress=False, compile="fast")
+    with pytest.raises(ConfigError, match="compile="):
+        with speed.compiling("yes"):
+            pass
+
+
+def test_auto_trains_short_epochs_eagerly_and_says_nothing(digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer, _ = fit(digits, "auto")
+    assert not trainer.compiled
+    assert "too short" in trainer.step_objective.reason
+
+
+def failing_compile(fn, **options):
+    def compiled(*args, **kwargs):
+        raise RuntimeError("the compiler broke\nsecond line")
+
+    return compiled
+
+
+def test_a_failing_compile_falls_back_to_exactly_the_eager_run_with_one_warning(digits, monkeypatch):
+    monkeypatch.setattr(speed.torch, "compile", failing_compile)
+    monkeypatch.setattr(speed, "cpp_compiler", lambda: "/usr/bin/g++")
+    _, eager = fit(digits, "off")
+    with pytest.warns(RuntimeWarning) as caught:
+        trainer, fallen = fit(digits, "on")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message == "compile='on': training runs eagerly, because torch.compile failed (RuntimeError: the compiler broke)"
+    assert not trainer.compiled
+    assert all(torch.equal(eager[k], fallen[k]) for k in eager)  # the failed call drew no random numbers
+
+
+def test_on_without_a_cpp_compiler_warns_and_trains_eagerly(digits, monkeypatch):
+    monkeypatch.setattr(speed, "cpp_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C[+][+] compiler"):
+        trainer, _ = fit(digits, "on", epochs=1)
+    assert not trainer.compiled
+
+
+def test_a_schedule_or_a_smaller_batch_runs_eagerly(digits, monkeypatch):
+    calls = []
+
+    def counting_compile(fn, **options):
+        def compiled(*args, **kwargs):
+            calls.append(args[1].shape[0])
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(speed.torch, "compile", counting_compile)
+    monkeypatch.setattr(speed, "cpp_compiler", lambda: "/usr/bin/g++")
+    train = load_split("digits", "train", binarize="dynamic", limit=180)  # batches of 50, 50, 50, 30
+    trainer, _ = fit(train, "on", epochs=1)
+    assert trainer.compiled and calls == [50, 50, 50]
+    with pytest.warns(RuntimeWarning, match="KL schedule"):
+        step = speed.StepObjective(get_objective("elbo"), "on", small_vae(), steps_per_epoch=4, scheduled=True)
+    assert not step.compiled and "KL schedule" in step.reason
+
+
+def test_the_mode_of_a_compiling_block_reaches_trainers_without_their_own(digits):
+    with speed.compiling("off"):
+        trainer = Trainer(small_vae(), get_objective("elbo"), digits, None, cfg.TrainConfig(), progress=False)
+        assert trainer.step_objective.mode == "off"
+        assert speed.compile_mode("on") == "on"
+    assert speed.compile_mode() == "auto"
+
+
+def test_vaelab_train_takes_the_flag(tmp_path):
+    assert main(["train", "--data", "digits", "--binarize", "threshold", "--hidden", "8", "--latent-dim", "2",
+                 "--epochs", "1", "--compile", "off", "--out", str(tmp_path / "run"), "--silent"]) == 0  # fmt: skip
+
+
+@pytest.mark.skipif(speed.cpp_compiler() is None, reason="torch.compile needs a C++ compiler on the CPU")
+def test_the_compiled_step_trains_what_the_eager_one_does(digits):
+    _, eager = fit(digits, "off", epochs=1)
+    trainer, compiled = fit(digits, "on", epochs=1)
+    assert trainer.compiled
+    for key in eager:  # the same random draws: only the rounding of fused arithmetic differs
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
