@@ -206,6 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="fashion-mnist", help="dataset name (the protocol's is fashion-mnist)")
     parser.add_argument("--limit", type=int, default=None, help="training images (default: all)")
     parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square products of the peak")
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero "
+                        "(vaelab train flushes them; earlier versions of this script did not)")
     parser.add_argument("--no-memory", action="store_true", help="skip the evaluation-memory child process")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -219,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = _parser().parse_args(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    # as `vaelab train` does, before PyTorch's worker threads start (they inherit it then only):
+    # denormal floats flushed to zero, for every loop measured here alike
+    torch.set_flush_denormal(not args.keep_denormals)
 
     peaks = [gemm_peak(args.gemm_size)]
     torch.manual_seed(0)
@@ -292,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gemm_peak_gflops_per_s": peak,
         "gemm_peaks_measured": peaks,
         "compile": args.compile,
+        "flush_denormal": not args.keep_denormals,
         "compiled": getattr(trainer, "compiled", False),
         "train_epoch_gflop": epoch_flops / 1e9,
         "train_floor_seconds": epoch_flops / 1e9 / peak,

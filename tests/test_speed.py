@@ -120,3 +120,16 @@ def test_the_compiled_step_trains_what_the_eager_one_does(digits):
     assert trainer.compiled
     for key in eager:  # the same random draws: only the rounding of fused arithmetic differs
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_compiles_long_epochs_of_many_particles_only(monkeypatch):
+    monkeypatch.setattr(speed, "cpp_compiler", lambda: "/usr/bin/g++")
+    assert speed.particles_per_example(get_objective("elbo")) == 1
+    assert speed.particles_per_example(get_objective("iwae", k=50)) == 50
+    assert speed.particles_per_example(get_objective("miwae", m=4, k=8)) == 32
+    refusal = lambda steps, particles: speed.compile_refusal(  # noqa: E731
+        small_vae(), steps_per_epoch=steps, scheduled=False, auto=True, particles=particles)
+    assert refusal(600, 50) is None
+    assert "particle" in refusal(600, 1)
+    assert "too short" in refusal(100, 50)
+    assert speed.compile_refusal(small_vae(), steps_per_epoch=1, scheduled=False, auto=False, particles=1) is None

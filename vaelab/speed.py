@@ -6,8 +6,9 @@ layers, tanh, the Bernoulli log-likelihood's softplus, the Gaussian KL. Eagerly,
 dispatch and its own pass over memory; compiled (TorchInductor), the elementwise chains are fused
 into a few loops and the per-operation overhead of the autograd graph shrinks, while the matrix
 products still go to the BLAS. Compiling costs tens of seconds on a cold cache (a few with a warm
-one), so ``compile="auto"`` asks for it only where an epoch is long enough to win it back, and
-only where it can work at all (a C++ compiler for the CPU, a CPU or CUDA device).
+one), so ``compile="auto"`` asks for it only where it wins that back (epochs of many steps, each
+with many particles per example: importance-weighted objectives), and only where it can work at
+all (a C++ compiler for the CPU, a CPU or CUDA device).
 
 Compilation never changes what is trained: random draws go through PyTorch's own generators
 (Inductor's ``fallback_random``), so the random stream is the eager one, and a run killed and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import shutil
 import warnings
@@ -33,6 +35,10 @@ COMPILE_MODES = ("auto", "on", "off")
 # compile="auto" compiles when an epoch has at least this many steps: Fashion-MNIST at batch 100
 # (600 steps) does, small data sets (whose epochs take well under a second) never wait for a compiler
 AUTO_MIN_STEPS = 500
+# ... and the objective draws at least this many particles per example: a compiled IWAE(k=50) step
+# of the Burda MLP on Fashion-MNIST ran 1.2-1.4x faster than the eager one, a single-particle ELBO
+# step only 1-2% faster, which never wins back 20-30 s of compiling (benchmarks/bench_foundation.py)
+AUTO_MIN_PARTICLES = 8
 _DEVICES = ("cpu", "cuda")
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("vaelab_compile", default="auto")
 
@@ -71,7 +77,17 @@ def cpp_compiler() -> str | None:
     return None
 
 
-def compile_refusal(model: nn.Module, *, steps_per_epoch: int, scheduled: bool, auto: bool) -> str | None:
+def particles_per_example(objective: Callable[..., Any]) -> int:
+    """K x M of an objective from ``objectives.get_objective`` (its bound ``k=`` and ``m=``); 1 for
+    any other callable."""
+    options = objective.keywords if isinstance(objective, functools.partial) else {}
+    k, m = options.get("k", 1), options.get("m", 1)
+    return k * m if isinstance(k, int) and isinstance(m, int) else 1
+
+
+def compile_refusal(
+    model: nn.Module, *, steps_per_epoch: int, scheduled: bool, auto: bool, particles: int = AUTO_MIN_PARTICLES
+) -> str | None:
     """Why the objective should run eagerly for this model, or None to compile it.
 
     Args:
@@ -79,7 +95,9 @@ def compile_refusal(model: nn.Module, *, steps_per_epoch: int, scheduled: bool, 
         steps_per_epoch: training steps per epoch (``auto`` compiles from ``AUTO_MIN_STEPS`` on).
         scheduled: whether the objective's options change from step to step (a KL schedule), which
             would compile the step again for new values.
-        auto: ``compile="auto"`` (the step count matters) rather than ``"on"``.
+        auto: ``compile="auto"`` (the step count and the particles matter) rather than ``"on"``.
+        particles: particles per example the objective draws (``auto`` compiles from
+            ``AUTO_MIN_PARTICLES`` on).
     """
     devices = {p.device.type for p in model.parameters()} or {"cpu"}
     if not devices <= set(_DEVICES):
@@ -90,6 +108,8 @@ def compile_refusal(model: nn.Module, *, steps_per_epoch: int, scheduled: bool, 
         return "the objective's options change every step (a KL schedule), which would compile it again and again"
     if auto and steps_per_epoch < AUTO_MIN_STEPS:
         return f"an epoch of {steps_per_epoch} steps is too short to win back the compile time"
+    if auto and particles < AUTO_MIN_PARTICLES:
+        return f"a step with {particles} particle(s) per example gains too little to win back the compile time"
     return None
 
 
@@ -122,7 +142,8 @@ class StepObjective:
         self._shape: torch.Size | None = None
         if self.mode == "off":
             return
-        self.reason = compile_refusal(model, steps_per_epoch=steps_per_epoch, scheduled=scheduled, auto=self.mode == "auto")
+        self.reason = compile_refusal(model, steps_per_epoch=steps_per_epoch, scheduled=scheduled, auto=self.mode == "auto",
+                                      particles=particles_per_example(objective))  # fmt: skip
         if self.reason is not None:
             self._warn()
             return
