@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import os
 import shutil
-import warnings
 from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
@@ -40,6 +40,7 @@ AUTO_MIN_STEPS = 500
 # step only 1-2% faster, which never wins back 20-30 s of compiling (benchmarks/bench_foundation.py)
 AUTO_MIN_PARTICLES = 8
 _DEVICES = ("cpu", "cuda")
+_log = logging.getLogger("vaelab")  # the CLI shows its warnings as one line on stderr
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("vaelab_compile", default="auto")
 
 
@@ -120,7 +121,7 @@ class StepObjective:
     any other call (a smaller last batch, options from a schedule) runs eagerly, so one graph is
     compiled per run. The first compiled call compiles; if that fails for any reason, the random
     state is put back, the objective runs eagerly, and training stays eager from then on (with
-    ``compile="on"``, one warning says so). An error of the objective itself (a bad option) is
+    ``compile="on"``, one warning on the "vaelab" logger says so). An error of the objective itself (a bad option) is
     raised by the eager call as usual.
 
     Args:
@@ -174,7 +175,7 @@ class StepObjective:
 
     def _warn(self) -> None:
         if self.mode == "on":
-            warnings.warn(f"compile='on': training runs eagerly, because {self.reason}", RuntimeWarning, stacklevel=3)
+            _log.warning("training runs eagerly, not compiled, because %s", self.reason)
 
 
 def _rng_states(x: Tensor) -> tuple[Tensor, tuple[torch.device, Tensor] | None]:
