@@ -110,12 +110,20 @@ def test_vaelab_train_takes_the_flag(tmp_path):
 
 
 @pytest.mark.skipif(speed.cpp_compiler() is None, reason="torch.compile needs a C++ compiler on the CPU")
-def test_the_compiled_step_trains_what_the_eager_one_does(digits):
-    _, eager = fit(digits, "off", epochs=1)
-    trainer, compiled = fit(digits, "on", epochs=1)
+def test_the_compiled_step_trains_what_the_eager_one_does_and_resumes_exactly(digits, tmp_path):
+    _, eager = fit(digits, "off", epochs=2)
+    trainer, compiled = fit(digits, "on", epochs=2)
     assert trainer.compiled
     for key in eager:  # the same random draws: only the rounding of fused arithmetic differs
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+    # stopped after one epoch and resumed from its checkpoint in a new Trainer: bitwise the same
+    config = lambda epochs: cfg.TrainConfig(epochs=epochs, batch_size=50, lr=3e-3)  # noqa: E731
+    Trainer(small_vae(), get_objective("elbo"), digits, None, config(1), tmp_path, progress=False, compile="on").fit()
+    resumed = Trainer(small_vae(1), get_objective("elbo"), digits, None, config(2), tmp_path, progress=False, compile="on")
+    resumed.load_checkpoint()
+    resumed.fit()
+    assert resumed.compiled
+    assert all(torch.equal(resumed.model.state_dict()[k], compiled[k]) for k in compiled)
 
 
 def test_auto_compiles_long_epochs_of_many_particles_only(monkeypatch):

@@ -87,8 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="run the training step through torch.compile: auto (where it works, an epoch has at "
-                   "least 500 steps and the objective draws at least 8 particles per example), on (warns when it falls back to eager), off; changes speed, not results "
-                   "beyond float rounding, and is not saved with the run (default: auto)")  # fmt: skip
+                   "least 500 steps and the objective draws at least 8 particles per example), on (warns when "
+                   "it falls back to eager), off; changes speed, not results beyond float rounding, and is not "
+                   "saved with the run (default: auto)")  # fmt: skip
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",

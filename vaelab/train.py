@@ -132,8 +132,9 @@ class Trainer:
         callbacks: called with each epoch's record once it is logged and checkpointed (the
             library prints nothing; the CLI prints ``epoch_line(record)`` from here).
         compile: "auto", "on" or "off": run the training step's objective through
-            ``torch.compile`` (``speed.StepObjective``; "auto" where it works and an epoch is long
-            enough to pay for it, "on" with a warning when it falls back to eager); None: the mode
+            ``torch.compile`` (``speed.StepObjective``; "auto" where it works and pays: epochs of
+            at least 500 steps of at least 8 particles per example; "on" with a warning when it
+            falls back to eager); None: the mode
             of an enclosing ``speed.compiling(...)`` block, else "auto". It changes how fast, not
             what, is trained, so it is not part of the run's configuration.
     """
