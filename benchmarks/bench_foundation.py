@@ -9,9 +9,8 @@ IWAE with k=50 particles trained on the same data.
 Training epochs of vaelab's Trainer and of a plain loop alternate in one process, so both see the
 same machine load; the evaluator and a minimal vectorized estimator score the same trained model,
 alternating on blocks of 50 images. Figures are medians and ratios (the machines are shared and
-noisy). Each
-figure is also given as achieved GFLOP/s and as a share of the fp32 GEMM peak measured here,
-with the threads in use (large square matrix products, the best of several, at the start and at
+noisy). Each figure is also given as achieved GFLOP/s and as a share of the fp32 GEMM peak
+measured here, with the threads in use (large square matrix products, the best of several, at the start and at
 the end of the run). The peak memory of evaluation is that of a fresh child process that loads
 the trained weights and the test images and runs the evaluator (its peak resident set, VmHWM:
 everything the process ever held, the interpreter and torch included).
