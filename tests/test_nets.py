@@ -188,6 +188,12 @@ def test_tanh_is_torchs_within_float_rounding_with_tanhs_gradient():
     assert (tanh(x) - torch.tanh(x)).abs().max() <= 3e-7
     x64 = (torch.randn(40, 7, dtype=torch.float64) * 3).requires_grad_()
     assert torch.autograd.gradcheck(tanh, (x64,))
+    from vaelab.nets import _SigmoidTanh
+
+    assert torch.autograd.gradcheck(_SigmoidTanh.apply, (x64,))  # the form large batches take
+    big = torch.randn(300, 300, requires_grad=True)
+    (g,) = torch.autograd.grad(tanh(big).sum(), big)
+    torch.testing.assert_close(g, 1 - torch.tanh(big.detach()) ** 2, rtol=0, atol=1e-6)
     with torch.no_grad():  # no autograd: the input is left alone
         before = x64.detach().clone()
         tanh(x64.detach())
