@@ -254,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="fashion-mnist", help="dataset name (the protocol's is fashion-mnist)")
     parser.add_argument("--limit", type=int, default=None, help="training images (default: all)")
     parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square products of the peak")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's choice); the peak "
+                        "is measured with the same number")
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero "
                         "(vaelab train flushes them; earlier versions of this script did not)")
     parser.add_argument("--no-memory", action="store_true", help="skip the evaluation-memory child process")
@@ -272,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # as `vaelab train` does, before PyTorch's worker threads start (they inherit it then only):
     # denormal floats flushed to zero, for every loop measured here alike
     torch.set_flush_denormal(not args.keep_denormals)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     peaks = [gemm_peak(args.gemm_size)]
     torch.manual_seed(0)
