@@ -36,8 +36,9 @@ COMPILE_MODES = ("auto", "on", "off")
 # (600 steps) does, small data sets (whose epochs take well under a second) never wait for a compiler
 AUTO_MIN_STEPS = 500
 # ... and the objective draws at least this many particles per example: a compiled IWAE(k=50) step
-# of the Burda MLP on Fashion-MNIST ran 1.2-1.4x faster than the eager one, a single-particle ELBO
-# step only 1-2% faster, which never wins back 20-30 s of compiling (benchmarks/bench_foundation.py)
+# of the Burda MLP on Fashion-MNIST ran 1.6-1.7x faster than the eager one, a single-particle ELBO
+# step 0-10% (under a millisecond), which takes dozens of epochs to win back 20-30 s of compiling
+# (benchmarks/bench_speed_changes.py)
 AUTO_MIN_PARTICLES = 8
 _DEVICES = ("cpu", "cuda")
 _log = logging.getLogger("vaelab")  # the CLI shows its warnings as one line on stderr
