@@ -61,3 +61,23 @@ def test_two_stage_benchmark_runs_and_draws_its_figure(bench, tmp_path, capsys, 
     with Image.open(figure) as image:
         assert image.size[0] > 100 and image.size[1] > 50
     assert "| stage 2 |" in capsys.readouterr().out
+
+
+def test_foundation_benchmark_reports_rates_shares_of_peak_and_ratios(bench, tmp_path, capsys):
+    foundation = bench("bench_foundation")
+    out = tmp_path / "foundation.json"
+    code = foundation.main(["--data", "digits", "--limit", "200", "--epochs", "1", "--eval-images", "3", "--k", "20",
+                            "--eval-repeats", "1", "--iwae-k", "4", "--iwae-steps", "1", "--gemm-size", "128",
+                            "--compile", "off", "--json", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result == json.loads(capsys.readouterr().out)
+    assert result["gemm_peak_gflops_per_s"] > 0 and result["compiled"] is False
+    # 3 x the forward products of the 64-200-200-100 encoder and 50-200-200-64 decoder, per image
+    per_image = 3 * 2 * (64 * 200 + 200 * 200 + 200 * 100 + 50 * 200 + 200 * 200 + 200 * 64)
+    assert result["train_epoch_gflop"] == pytest.approx(200 * per_image / 1e9)
+    for key in ("train_vaelab", "train_plain", "eval_vaelab", "eval_minimal", "iwae"):
+        assert np.isfinite(result[key]["gflops_per_s"]) and 0 < result[key]["percent_of_peak"]
+    for key in ("train_speedup_vaelab_over_plain", "eval_speedup_vaelab_over_minimal", "eval_log_likelihood_vaelab"):
+        assert np.isfinite(result[key])
+    assert result["eval_peak_memory_mb"] >= result["eval_memory_before_mb"] > 0

@@ -785,6 +785,21 @@ def test_batches_draw_permutation_then_binarization():
     assert torch.equal(batches, view[order].to(torch.float32))
 
 
+def test_dynamic_passes_reuse_their_buffer_only_once_a_pass_is_done():
+    x = torch.rand(3000, 1000, generator=torch.Generator().manual_seed(0))
+    split = Split(x, None, "grey", "train", "dynamic", 0, None)  # the uniforms come in slices of 1048 examples
+    generator, reference = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for _ in range(3):  # the same numbers as one torch.rand of the split, and the same generator state after
+        seen = torch.cat(list(split.batches(1000, generator=generator)))
+        assert torch.equal(seen, (torch.rand(split.x.shape, generator=reference) < split.x).float())
+        assert torch.equal(generator.get_state(), reference.get_state())
+    first = split.batches(1000, generator=generator)
+    head = next(first)
+    second = split.batches(1000, generator=generator)  # while the first pass is still going
+    assert torch.equal(torch.cat([head, *first]), torch.cat([(torch.rand(split.x.shape, generator=reference) < split.x).float()]))
+    assert len(list(second)) == 3
+
+
 def test_batches_use_only_the_given_generator():
     split = grey_split("dynamic")
     torch.manual_seed(123)

@@ -141,3 +141,27 @@ def test_sharp_mixture_prior_log_prob_in_float32():
     assert out.dtype == torch.float32
     assert (out.double() - ref).abs().max() < 1e-3
     assert math.isfinite(out.sum().item())
+
+
+@pytest.mark.parametrize("logits_shape,x_shape,event_ndim", [
+    ((9, 5, 1, 4, 4), (5, 1, 4, 4), 3),  # particles: the matrix-vector path
+    ((2, 5, 1, 4, 4), (5, 1, 4, 4), 3),  # few particles: the cross-entropy kernel
+    ((5, 1, 4, 4), (5, 1, 4, 4), 3),
+    ((9, 5, 6), (1, 6), 1),  # x broadcast over examples too
+    ((9, 2, 3), (3,), 0),
+])  # fmt: skip
+def test_the_fused_bernoulli_log_prob_is_torchs_with_its_gradient(logits_shape, x_shape, event_ndim):
+    from torch.distributions import Bernoulli, Independent
+
+    from vaelab.distributions import IndependentBernoulli
+
+    torch.manual_seed(0)
+    logits = (torch.randn(logits_shape, dtype=torch.float64) * 5).requires_grad_()
+    x = torch.rand(x_shape, dtype=torch.float64).round()
+    ours = IndependentBernoulli(logits, event_ndim).log_prob(x)
+    theirs = Independent(Bernoulli(logits=logits), event_ndim).log_prob(x)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), logits)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)

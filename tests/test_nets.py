@@ -177,3 +177,25 @@ def test_old_config_files_name_the_resnet_width_channels(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(doc))
     loaded, shape = cfg.load_json(tmp_path / "config.json")
     assert loaded == config and loaded.model.resnet_channels == 8 and shape == (1, 28, 28)
+
+
+def test_tanh_is_torchs_within_float_rounding_with_tanhs_gradient():
+    from vaelab.nets import ACTIVATIONS
+
+    tanh = ACTIVATIONS["tanh"]()
+    assert isinstance(tanh, torch.nn.Tanh)
+    x = torch.linspace(-30, 30, 100_001)
+    assert (tanh(x) - torch.tanh(x)).abs().max() <= 3e-7
+    x64 = (torch.randn(40, 7, dtype=torch.float64) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(tanh, (x64,))
+    from vaelab.nets import _SigmoidTanh
+
+    assert torch.autograd.gradcheck(_SigmoidTanh.apply, (x64,))  # the form large batches take
+    big = torch.randn(300, 300, requires_grad=True)
+    (g,) = torch.autograd.grad(tanh(big).sum(), big)
+    torch.testing.assert_close(g, 1 - torch.tanh(big.detach()) ** 2, rtol=0, atol=1e-6)
+    with torch.no_grad():  # no autograd: the input is left alone
+        before = x64.detach().clone()
+        tanh(x64.detach())
+        assert torch.equal(x64.detach(), before)
+    assert tanh(torch.zeros(3, 4, device="meta")).device.type == "meta"

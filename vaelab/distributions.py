@@ -111,9 +111,42 @@ class BernoulliObservation(Observation):
 
     def forward(self, out: Tensor) -> Distribution:
         logits = out.squeeze(-self.event_ndim - 1)
-        return Independent(
-            Bernoulli(logits=logits, validate_args=False), self.event_ndim, validate_args=False
-        )
+        return IndependentBernoulli(logits, self.event_ndim)
+
+
+class IndependentBernoulli(Independent):
+    """``Independent(Bernoulli(logits), event_ndim)`` whose ``log_prob`` is one fused expression,
+    ``bernoulli_log_prob``, instead of the elementwise binary cross-entropy and a sum."""
+
+    def __init__(self, logits: Tensor, event_ndim: int) -> None:
+        super().__init__(Bernoulli(logits=logits, validate_args=False), event_ndim, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return bernoulli_log_prob(self.base_dist.logits, value, self.reinterpreted_batch_ndims)
+
+
+def bernoulli_log_prob(logits: Tensor, x: Tensor, event_ndim: int) -> Tensor:
+    """sum over the last ``event_ndim`` dimensions of log Bernoulli(x; sigmoid(l)) = x l - softplus(l).
+
+    The same value as the binary cross-entropy with logits (which computes (1 - x) l + softplus(-l)
+    elementwise), for any x in [0, 1], in two passes over the logits instead of about five. When
+    x is shared by many rows of logits (K >= 8 particles of an example: logits (*S, *x.shape)), the
+    sum of x l is a matrix-vector product per example, which never forms the (*S, *x.shape) product.
+    """
+    lead = logits.dim() - x.dim()
+    n = math.prod(logits.shape[:lead]) if lead > 0 else 1
+    if n >= 8 and logits.shape[lead:] == x.shape and x.dim() > event_ndim:
+        d = math.prod(x.shape[-event_ndim:]) if event_ndim else 1
+        m = x.numel() // d
+        rows = logits.reshape(n, m, d).transpose(0, 1)  # (m, n, d): the particles of each example
+        xl = torch.bmm(rows, x.reshape(m, d, 1).to(logits.dtype)).reshape(m, n).T.reshape(logits.shape[: logits.dim() - event_ndim])
+        return xl - _sum_last(F.softplus(logits), event_ndim)
+    # one row of logits per x: the fused kernel of the binary cross-entropy (and its backward) wins
+    return -_sum_last(F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype).expand_as(logits), reduction="none"), event_ndim)
+
+
+def _sum_last(t: Tensor, n: int) -> Tensor:
+    return t.sum(tuple(range(-n, 0))) if n else t
 
 
 @OBSERVATIONS.register("gaussian")

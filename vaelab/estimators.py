@@ -23,7 +23,7 @@ gradient; the decoder always gets the plain (reparameterized) gradient of the ob
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,27 @@ from .distributions import stop_gradient
 from .errors import ConfigError
 
 GRAD_ESTIMATORS = ("reparam", "stl", "dreg", "score")
+
+
+class cached_property:  # noqa: N801 - used as functools.cached_property is
+    """``functools.cached_property`` without its lock: computed on first use, then kept in the
+    instance's ``__dict__``. The lock (Python < 3.12) stops ``torch.compile`` from tracing through
+    the training step's particles, splitting its graph in three."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value
+        return value
 
 
 @dataclass

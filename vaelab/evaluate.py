@@ -299,11 +299,10 @@ def _zhang_stephens(x: Tensor) -> Tensor:
     x_star = x[int(m / 4 + 0.5) - 1].clamp_min(1e-250)  # (B,)
     j = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device)
     theta = 1 + (1 - torch.sqrt(grid / (j - 0.5)))[:, None] / (3 * x_star)  # (G, B), all below 1
-    profile = torch.empty_like(theta)  # (G, B)
-    for g in range(grid):
-        # for fixed theta the maximum-likelihood k is mean(log(1 - theta x)) and sigma = -k / theta
-        kg = torch.log1p(-theta[g] * x).mean(0)  # (B,)
-        profile[g] = m * (torch.log(-theta[g] / kg) - kg - 1)
+    # for fixed theta the maximum-likelihood k is mean(log(1 - theta x)) and sigma = -k / theta;
+    # all grid points at once: (G, M, B) is small (M is at most 3 sqrt(K))
+    kg = torch.log1p(-theta[:, None, :] * x[None]).mean(1)  # (G, B)
+    profile = m * (torch.log(-theta / kg) - kg - 1)
     theta_hat = (torch.softmax(profile, dim=0) * theta).sum(0)  # posterior mean of theta
     k = torch.log1p(-theta_hat * x).mean(0)
     return (m * k + 10 * 0.5) / (m + 10)

@@ -1,0 +1,180 @@
+"""What each of issue 13's speed changes buys, each measured against the code it replaced, side by
+side in one process: the README's table of shares.
+
+Each pair (before, after) is timed alternately, ``--reps`` times, and the medians are printed. The
+"before" variants are the replaced code, kept here: ``nn.Tanh``, ``Independent(Bernoulli)``, the
+Pareto k-hat's loop over grid points, one ``torch.rand`` of the whole split per pass, and the eager
+training step. Times are CPU time of the calling thread with one thread (``--threads 1``), which the
+other processes of a shared machine disturb least; the compiled step is also timed with two threads
+(wall clock), where its fewer kernels matter more.
+
+    python benchmarks/bench_speed_changes.py [--reps 5] [--threads 1] [--no-compile] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent
+
+import vaelab
+from vaelab import distributions, nets
+from vaelab.models import build_model
+from vaelab.objectives import get_objective
+
+evaluate = importlib.import_module("vaelab.evaluate")  # the module (vaelab.evaluate is also a function)
+
+
+def _old_bernoulli(self, out: torch.Tensor):
+    return Independent(Bernoulli(logits=out.squeeze(-self.event_ndim - 1), validate_args=False), self.event_ndim,
+                       validate_args=False)  # fmt: skip
+
+
+def _old_zhang_stephens(x: torch.Tensor) -> torch.Tensor:
+    import math
+
+    m = x.shape[0]
+    grid = 30 + int(math.sqrt(m))
+    x_star = x[int(m / 4 + 0.5) - 1].clamp_min(1e-250)
+    j = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device)
+    theta = 1 + (1 - torch.sqrt(grid / (j - 0.5)))[:, None] / (3 * x_star)
+    profile = torch.empty_like(theta)
+    for g in range(grid):
+        kg = torch.log1p(-theta[g] * x).mean(0)
+        profile[g] = m * (torch.log(-theta[g] / kg) - kg - 1)
+    theta_hat = (torch.softmax(profile, dim=0) * theta).sum(0)
+    k = torch.log1p(-theta_hat * x).mean(0)
+    return (m * k + 10 * 0.5) / (m + 10)
+
+
+def _clock() -> float:
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
+def _pair(before: Callable[[], None], after: Callable[[], None], reps: int, per: int = 1) -> tuple[float, float]:
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    before(), after()  # warm-up
+    for _ in range(reps):
+        for name, fn in (("before", before), ("after", after)):
+            start = _clock()
+            for _ in range(per):
+                fn()
+            times[name].append((_clock() - start) / per)
+    return statistics.median(times["before"]), statistics.median(times["after"])
+
+
+def _swap(owner: object, name: str, value: object) -> Callable[[], None]:
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    return lambda: setattr(owner, name, old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--images", type=int, default=2, help="test images of the evaluation timings")
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)  # as vaelab train does: IWAE steps from initialization are slow otherwise
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    test = vaelab.load_split(args.data, "test", binarize="threshold", limit=args.images)
+    train = vaelab.load_split(args.data, "train", binarize="dynamic", valid_fraction=0.0)
+    shape = test.event_shape
+    model = build_model("vae", shape, likelihood="bernoulli", net="mlp", hidden=(200, 200), activation="tanh",
+                        latent_dim=50, obs_precision=1.0)  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x_test = test.fixed()
+    batch = train.fixed()[:100]
+    n = x_test.shape[0]
+
+    def evaluation() -> None:
+        vaelab.log_likelihood(model, x_test, k=args.k)
+
+    def step(objective: Callable) -> Callable[[], None]:
+        def run() -> None:
+            loss = -objective(model, batch).objective.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return run
+
+    elbo, iwae = step(get_objective("elbo")), step(get_objective("iwae", k=50))
+    rows: list[dict] = []
+
+    def row(change: str, where: str, before: Callable, after: Callable, per: int = 1, scale: float = 1e3) -> None:
+        b, a = _pair(before, after, args.reps, per)
+        rows.append({"change": change, "where": where, "before": b * scale, "after": a * scale})
+        print(f"{change} | {where} | {b * scale:.2f} | {a * scale:.2f}", flush=True)
+
+    def with_old(swaps: list[tuple[object, str, object]], fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            undo = [_swap(*s) for s in swaps]
+            try:
+                fn()
+            finally:
+                for u in reversed(undo):
+                    u()
+
+        return run
+
+    old_tanh = [(nets.Tanh, "forward", nn.Tanh.forward)]
+    old_bernoulli = [(distributions.BernoulliObservation, "forward", _old_bernoulli)]
+    row("tanh as 2 sigmoid(2x) - 1", f"evaluation, ms per image (K={args.k})",
+        with_old(old_tanh, evaluation), evaluation, scale=1e3 / n)  # fmt: skip
+    row("tanh as 2 sigmoid(2x) - 1", "ELBO step, ms", with_old(old_tanh, elbo), elbo, per=20)
+    bernoulli = "Bernoulli log-likelihood: sum x l as a matrix-vector product per example (K >= 8 particles)"
+    row(bernoulli, f"evaluation, ms per image (K={args.k})", with_old(old_bernoulli, evaluation), evaluation, scale=1e3 / n)
+    row(bernoulli, "IWAE(k=50) step, ms", with_old(old_bernoulli, iwae), iwae)
+    log_w = torch.randn(args.k, 1) * 3
+    khat = lambda: evaluate.pareto_khat(log_w)  # noqa: E731
+    row("Pareto k-hat in one vectorized pass", f"per example at K={args.k}, ms",
+        with_old([(evaluate, "_zhang_stephens", _old_zhang_stephens)], khat), khat, per=20)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    row("dynamic binarization into a kept bool tensor", f"one pass over {len(train)} images, s",
+        lambda: torch.rand(train.x.shape, generator=generator) < train.x,
+        lambda: train._draw_into_buffer(generator), scale=1.0)  # fmt: skip
+    # tried and not kept: the "after" column is the alternative, the "before" one what vaelab does
+    row("not kept: evaluation chunks of 2500 decoder rows instead of 1000", f"evaluation, ms per image (K={args.k})",
+        evaluation, lambda: vaelab.log_likelihood(model, x_test, k=args.k, rows=2500), scale=1e3 / n)  # fmt: skip
+    logits = torch.randn(1000, 784) * 4
+    row("not kept: sum softplus(l) as sum max(l, 0) - sum log sigmoid(abs(l))", "(1000, 784) logits, ms",
+        lambda: torch.nn.functional.softplus(logits).sum(-1),
+        lambda: logits.clamp_min(0).sum(-1) - torch.sigmoid(logits.abs()).log_().sum(-1), per=20)  # fmt: skip
+
+    def elementwise(logits: torch.Tensor, x: torch.Tensor, event_ndim: int) -> torch.Tensor:
+        dims = tuple(range(-event_ndim, 0))
+        return (logits * x).sum(dims) - torch.nn.functional.softplus(logits).sum(dims)
+
+    row("not kept: x l - softplus(l) elementwise for one particle", "ELBO step, ms",
+        elbo, with_old([(distributions, "bernoulli_log_prob", elementwise)], elbo), per=20)  # fmt: skip
+    if not args.no_compile:
+        options = {"dynamic": False, "options": {"fallback_random": True}}
+        compiled_iwae = step(torch.compile(get_objective("iwae", k=50), **options))
+        compiled_elbo = step(torch.compile(get_objective("elbo"), **options))
+        for threads in sorted({args.threads, 2}):
+            torch.set_num_threads(threads)
+            row("torch.compile of the objective", f"IWAE(k=50) step, ms ({threads} thread(s))", iwae, compiled_iwae)
+            row("torch.compile of the objective", f"ELBO step, ms ({threads} thread(s))", elbo, compiled_elbo, per=20)
+        torch.set_num_threads(args.threads)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threads": args.threads, "reps": args.reps, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
