@@ -32,6 +32,8 @@ from vaelab.estimators import GRAD_ESTIMATORS, sample_particles
 from vaelab.objectives import KL_MODES, OBJECTIVES, get_objective
 from vaelab.runs import model_from_config
 
+from test_custom_nets import small
+
 POSTERIORS = ("gaussian", "full", "planar:2", "iaf:2")
 PRIORS = ("standard", "mog:3", "vamp:3")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -45,16 +47,7 @@ FACTORY = "combinations:small"  # your own backbone, --net package.module:Factor
 NETS = ("mlp", "conv", "resnet", FACTORY)  # the backbones; conv and resnet need images, IMAGE on the meta device
 
 
-def _small(spec, width=5):
-    """A user's factory: any event shape flattened, the contract of the built-in backbones."""
-    n = math.prod(spec.event_shape)
-    encoder = nn.Sequential(nn.Flatten(1), nn.Linear(n, width), nn.Tanh(), nn.Linear(width, spec.encoder_out))
-    decoder = nn.Sequential(nn.Linear(spec.latent_dim, width), nn.Tanh(), nn.Linear(width, spec.params_per_dim * n),
-                            nn.Unflatten(1, (spec.params_per_dim, *spec.event_shape)))  # fmt: skip
-    return encoder, decoder
-
-
-FACTORIES = {FACTORY: _small}
+FACTORIES = {FACTORY: small}  # the custom-nets tests' factory
 IMAGE = (1, 4, 4)
 
 
@@ -299,9 +292,10 @@ def test_every_combination_keeps_its_tensors_on_the_models_device(combo, net):
     assert all(p.grad is None or p.grad.device.type == "meta" for p in model.parameters())
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("combo", ACCEPTED, ids=_name)
-def test_every_combination_keeps_densities_in_fp32_under_mixed_precision(combo):
-    """Under bf16 autocast (precision="bf16-mixed") the networks compute in bf16 while every
+def test_every_combination_keeps_densities_in_fp32_under_mixed_precision(combo, half):
+    """Under autocast (precision="bf16-mixed" or "16-mixed") the networks compute in half precision while every
     per-example field of the objective (densities, KL, log-sum-exp) and every gradient is fp32:
     the distribution heads take the networks' outputs in fp32."""
     config = _config(*combo)
@@ -312,11 +306,11 @@ def test_every_combination_keeps_densities_in_fp32_under_mixed_precision(combo):
              for m in model.modules() if isinstance(m, nn.Linear)]  # fmt: skip
     x = (torch.rand(BATCH, *EVENT, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     objective = get_objective(config.train.objective, **config.train.objective_options())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=half):
         result = objective(model, x, kl_scale=KL_SCALE)
     for hook in hooks:
         hook.remove()
-    assert torch.bfloat16 in seen  # autocast did reach the networks
+    assert half in seen  # autocast did reach the networks
     for name, value in zip(result._fields, result):
         assert value.dtype == torch.float32, name
         assert torch.isfinite(value).all(), name

@@ -56,14 +56,15 @@ def test_two_processes_reach_the_weights_of_one(name, tmp_path):
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+        # float32 summation order only: 3.4e-7 at most was measured over the three configurations
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=2e-6, msg=key)
     ra, rb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
         assert x.keys() == y.keys()
         for key in x:
             if "second" not in key and x[key] is not None:  # timings differ
-                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-4), key
+                assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-5), key
     assert two.stdout.count("trained 4 epochs") == 1 and two.stdout.count("epoch 4/4") == 1
 
 

@@ -488,9 +488,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # under torchrun every process runs this command; rank 0 alone speaks and writes
     launched = distributed.launched()
+    main = not launched or int(os.environ.get("RANK", "0")) == 0
     if launched and not args.resume and not args.out:
         raise VaelabError("under torchrun, name the run directory with --out RUN (every process must agree on it)")
-    if launched and int(os.environ.get("RANK", "0")) != 0:
+    if not main:
         args.silent = True
     if args.resume_if_exists and (args.resume or not args.out):
         raise VaelabError("--resume-if-exists goes with --out RUN and the run's options (not with --resume)")
@@ -498,13 +499,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.device = distributed.init(args.device)[1]
     try:
         with compiling(args.compile):
-            return _train(args, main=not launched or int(os.environ.get("RANK", "0")) == 0)
+            return _train(args, main=main)
     finally:
         distributed.finish()
 
 
 def _train(args: argparse.Namespace, main: bool) -> int:
-    from .report import write_run_figures
     from .train import resume_run, start_run
 
     given = [d for d in vars(args) if "." in d]
@@ -555,8 +555,15 @@ def _train(args: argparse.Namespace, main: bool) -> int:
         result = start_run(config, run_dir, progress=progress, callbacks=_epoch_printer(args, config.train.epochs),
                            device=args.device)  # fmt: skip
     # a new run's --net is the user's own word; a resumed one's is the run directory's
+    return _trained(args, result, run_dir, main, trust_code=args.trust_code or not args.resume)
+
+
+def _trained(args: argparse.Namespace, result: Any, run_dir: Path, main: bool, trust_code: bool) -> int:
+    """The end of vaelab train: the run's figures (rank 0 draws them) and its last line."""
+    from .report import write_run_figures
+
     if main:
-        write_run_figures(run_dir, trust_code=args.trust_code or not args.resume)
+        write_run_figures(run_dir, trust_code=trust_code)
     best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
     if not args.silent:
         print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
@@ -568,7 +575,6 @@ def _train_existing(args: argparse.Namespace, config: cfg.RunConfig, run_dir: Pa
     nothing to do), another one is refused."""
     from . import distributed
     from .errors import RunFinishedError
-    from .report import write_run_figures
     from .runs import read_config
     from .train import nothing_to_do, resume_run
 
@@ -592,12 +598,7 @@ def _train_existing(args: argparse.Namespace, config: cfg.RunConfig, run_dir: Pa
         if not args.silent:
             print(f"nothing to do: {_as_flags(finished, {'epochs'})}")
         return 0
-    if main:
-        write_run_figures(run_dir, trust_code=True)  # the user's own --net
-    best = f", best validation bound {result.best_bound:.2f} nats at epoch {result.best_epoch}" if not math.isnan(result.best_bound) else ""
-    if not args.silent:
-        print(f"trained {result.epochs} epochs ({result.stop_reason}){best}; run directory: {run_dir}")
-    return 0
+    return _trained(args, result, run_dir, main, trust_code=True)  # the user's own --net
 
 
 def _print_data_source(args: argparse.Namespace, run: cfg.RunConfig | Path) -> None:

@@ -103,6 +103,4 @@ def fused_adam_supported(device: torch.device) -> bool:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
     except ImportError:  # an older PyTorch without the list: CUDA only
         return device.type == "cuda"
-    if device.type == "cpu" and tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 4):
-        return False
     return device.type in _get_fused_kernels_supported_devices()

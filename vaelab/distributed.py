@@ -109,6 +109,11 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_count(n: int, device: torch.device) -> int:
+    """The sum of a count over every process (collectives need a tensor on the group's device)."""
+    return int(all_sum(torch.tensor(n, device=device)))
+
+
 def sum_gradients(grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
     """Each gradient summed over every process, in one flat all-reduce (None stays None: a
     parameter that a loss does not reach is unreached in every process)."""

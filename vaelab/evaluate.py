@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .devices import module_device
 from .errors import ConfigError
 from .estimators import sample_particles
@@ -174,10 +175,8 @@ def log_likelihood_part(
     """
     n = x.shape[0]
     per_pass, chunk = _chunking(n, k, rows)
-    passes = math.ceil(n / per_pass)
-    base, extra = divmod(passes, size)
-    first = rank * base + min(rank, extra)
-    start, stop = min(n, first * per_pass), min(n, (first + base + (rank < extra)) * per_pass)
+    first, count = distributed.rows(math.ceil(n / per_pass), distributed.World(rank, size))  # its passes
+    start, stop = min(n, first * per_pass), min(n, (first + count) * per_pass)
     _draw_particles(model, x[:start], k, per_pass, chunk, proposal)
     part = log_likelihood(model, x[start:stop], k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)
     _draw_particles(model, x[stop:], k, per_pass, chunk, proposal)
@@ -382,8 +381,6 @@ def evaluate(
     Under torchrun (a process group of several processes) each process scores its share of the
     examples (``log_likelihood_part``) and every process gets the whole result: the same
     estimate and standard error, example by example, as one process with the same seed."""
-    from . import distributed
-
     w = distributed.world()
     if w.size == 1:
         result = log_likelihood(model, x, k, rows=rows, progress=progress, bounds=bounds, proposal=proposal)

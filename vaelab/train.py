@@ -184,7 +184,6 @@ class Trainer:
         # networks' outputs); fp16 also needs a gradient scaler against underflowing gradients
         self.autocast_dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "16-mixed" else None
-        self.notes: list[str] = []  # one-line notes for the user (e.g. resumed on another device)
         # A model with several players (the adversarial ones) gets one optimizer per player and
         # keeps its last weights (it has no bound to select on); any other model is one player.
         self.players = _check_players(model) if hasattr(model, "players") else None
@@ -291,11 +290,10 @@ class Trainer:
             raise RunError(f"checkpoint {path} is incomplete or does not match the run ({err})") from None
         trained_on = meta.get("device", "cpu")
         if trained_on != self.device.type:
-            self.notes.append(
+            logging.getLogger("vaelab").warning(
                 f"{self.run_dir} was trained on {trained_on} and goes on on {self.device.type}: the weights, optimizer "
                 f"and data order continue exactly, the model's random draws come from {self.device.type}'s generator"
             )
-            logging.getLogger("vaelab").warning(self.notes[-1])
 
     def _config_record(self) -> bytes | None:
         """RUN/config.json from the RunConfig the trainer was given (written once: a run started or
@@ -443,8 +441,7 @@ class Trainer:
                 bar.set_postfix(_postfix(names, sums / seen, seen / (time.perf_counter() - start)), refresh=False)
             bar.update(1)
         if self.world.size > 1:  # every process's examples: the global batch's means
-            sums = distributed.all_sum(sums)
-            seen = int(distributed.all_sum(torch.tensor(seen, device=self.device)))
+            sums, seen = distributed.all_sum(sums), distributed.all_count(seen, self.device)
         seconds = time.perf_counter() - start
         bar.close()
         record = {"epoch": epoch, "train_seconds": seconds, "examples_per_second": seen / seconds}
@@ -461,6 +458,11 @@ class Trainer:
         # non-finite loss never reaches the weights.
         if not torch.isfinite(loss):
             raise TrainingDiverged("")
+        self._descend(loss)
+        return result._fields, result
+
+    def _descend(self, loss: Tensor) -> None:
+        """One Adam step down ``loss``'s gradient."""
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         if self.scaler is None:
@@ -470,7 +472,6 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
-        return result._fields, result
 
     def _rows(self, x: Tensor) -> tuple[Tensor, sharding.Shard | None]:
         """This process's rows of a global batch, on the training device, and where they lie in
@@ -491,16 +492,7 @@ class Trainer:
         local = -result.objective.float().sum()
         if not torch.isfinite(distributed.all_sum(local)):
             raise TrainingDiverged("")
-        opt = self.optimizer
-        opt.zero_grad(set_to_none=True)
-        loss = local * (self.world.size / total)
-        if self.scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(opt)
-            self.scaler.update()
+        self._descend(local * (self.world.size / total))
         return result._fields, result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -603,7 +595,7 @@ class Trainer:
                 sums = _accumulate(sums, result)
                 seen += x.shape[0]
         if self.world.size > 1:  # every process's rows of the validation set
-            sums, seen = distributed.all_sum(sums), int(distributed.all_sum(torch.tensor(seen, device=self.device)))
+            sums, seen = distributed.all_sum(sums), distributed.all_count(seen, self.device)
         self.model.train()
         return _named_means("valid", names, sums / seen)
 
