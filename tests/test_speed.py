@@ -30,7 +30,8 @@ def digits():
 
 def fit(train, compile, epochs=2, **kw) -> tuple[Trainer, dict[str, torch.Tensor]]:
     trainer = Trainer(small_vae(), get_objective("elbo", **kw), train, None,
-                      cfg.TrainConfig(epochs=epochs, batch_size=50, lr=3e-3), progress=False, compile=compile)  # fmt: skip
+                      cfg.TrainConfig(epochs=epochs, batch_size=50, lr=3e-3), progress=False, compile=compile,
+                      fused="off")  # fmt: skip  # the autograd step, compiled or not (test_fused covers the fused one)
     trainer.fit()
     return trainer, trainer.model.state_dict()
 

@@ -97,6 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    "least 500 steps and the objective draws at least 8 particles per example), on (warns when "
                    "it falls back to eager), off; changes speed, not results beyond float rounding, and is not "
                    "saved with the run (default: auto)")  # fmt: skip
+    p.add_argument("--fused", default="auto", choices=("auto", "off"),
+                   help="train an MLP VAE (diagonal Gaussian posterior, N(0, I) prior, Bernoulli or Gaussian "
+                   "likelihood) on the one-particle analytic-KL ELBO with a hand-derived forward and backward pass "
+                   "instead of autograd: auto (wherever it applies, in fp32, in one process, unless --compile on), "
+                   "off; the same gradients up to float rounding, not saved with the run (default: auto)")  # fmt: skip
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO, KL, active units",
@@ -484,7 +489,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
-    from .speed import compiling
+    from .speed import compiling, fusing
 
     # under torchrun every process runs this command; rank 0 alone speaks and writes
     launched = distributed.launched()
@@ -498,7 +503,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if launched:  # join the other processes now: they decide together whether RUN is new
         args.device = distributed.init(args.device)[1]
     try:
-        with compiling(args.compile):
+        with compiling(args.compile), fusing(args.fused):
             return _train(args, main=main)
     finally:
         distributed.finish()

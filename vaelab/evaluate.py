@@ -29,6 +29,7 @@ from . import distributed
 from .devices import module_device
 from .errors import ConfigError
 from .estimators import sample_particles
+from .fused import FusedLogWeights
 from .objectives import kl_to_prior
 from .sampling import reconstruct
 
@@ -116,6 +117,8 @@ def log_likelihood(
     bnd, bnd_se = (torch.empty(n, len(bound_k), dtype=dtype, device=x.device) for _ in range(2))
     means: Tensor | None = None
     bar = tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex")
+    # the MLP VAEs' particles go through a path without distribution objects (the same draws and values)
+    fast = FusedLogWeights.build(model) if proposal == "posterior" else None
     with _eval_mode(model), torch.inference_mode(), bar:
         lw = torch.empty(k, per_pass, dtype=dtype, device=device)  # (K, b), reused by every pass
         lpx = torch.empty(k, per_pass, dtype=dtype, device=device)
@@ -126,6 +129,9 @@ def log_likelihood(
             q = model.encode(xb) if proposal == "posterior" else prior.expand((b,))
             for j in range(0, k, chunk):
                 c = min(chunk, k - j)
+                if fast is not None:
+                    fast(xb, q, c, lw[j : j + c, :b], lpx[j : j + c, :b])
+                    continue
                 # the prior needs no gradient path (a mixture prior has none); a flow
                 # posterior scores the samples it drew through rsample
                 p = sample_particles(model, xb, c, q=q, prior=prior, reparameterized=proposal == "posterior")
