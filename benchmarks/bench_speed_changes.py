@@ -2,9 +2,11 @@
 side in one process: the README's table of shares.
 
 Each pair (before, after) is timed alternately, ``--reps`` times, and the medians are printed. The
-"before" variants are the replaced code, kept here: ``nn.Tanh``, ``Independent(Bernoulli)``, the
-Pareto k-hat's loop over grid points, one ``torch.rand`` of the whole split per pass, and the eager
-training step. Times are CPU time of the calling thread with one thread (``--threads 1``), which the
+"before" variants are the replaced code, kept here: the autograd ELBO step and ``optimizer.step()``
+(against ``fused.FusedELBO`` and ``speed.adam_step``), the evaluator's distribution objects (against
+``fused.FusedLogWeights``), ``nn.Tanh``, ``Independent(Bernoulli)``, the Pareto k-hat's loop over grid
+points, one ``torch.rand`` of the whole split per pass, and the eager training step. The rows of the
+older changes are measured on the paths they changed (the autograd step, the distributions' evaluator). Times are CPU time of the calling thread with one thread (``--threads 1``), which the
 other processes of a shared machine disturb least; the compiled step is also timed with two threads
 (wall clock), where its fewer kernels matter more.
 
@@ -26,9 +28,10 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent
 
 import vaelab
-from vaelab import distributions, nets
+from vaelab import distributions, fused, nets
 from vaelab.models import build_model
 from vaelab.objectives import get_objective
+from vaelab.speed import adam_step
 
 evaluate = importlib.import_module("vaelab.evaluate")  # the module (vaelab.evaluate is also a function)
 
@@ -53,6 +56,14 @@ def _old_zhang_stephens(x: torch.Tensor) -> torch.Tensor:
     theta_hat = (torch.softmax(profile, dim=0) * theta).sum(0)
     k = torch.log1p(-theta_hat * x).mean(0)
     return (m * k + 10 * 0.5) / (m + 10)
+
+
+class _NoFusedLogWeights:
+    """What ``evaluate.FusedLogWeights`` was before it existed: no model takes the fused path."""
+
+    @staticmethod
+    def build(model: nn.Module) -> None:
+        return None
 
 
 def _clock() -> float:
@@ -113,6 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run
 
     elbo, iwae = step(get_objective("elbo")), step(get_objective("iwae", k=50))
+    fused_step = fused.FusedELBO.build(model, get_objective("elbo"))
+
+    def elbo_fused() -> None:
+        fused_step.step(batch)
+        adam_step(opt)
+
+    def adam(step_fn: Callable) -> Callable[[], None]:
+        return lambda: step_fn(opt)
+
+    without_fused_evaluation = [(evaluate, "FusedLogWeights", _NoFusedLogWeights)]
     rows: list[dict] = []
 
     def row(change: str, where: str, before: Callable, after: Callable, per: int = 1, scale: float = 1e3) -> None:
@@ -131,13 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run
 
+    evaluation_distributions = with_old(without_fused_evaluation, evaluation)
+    row("hand-derived ELBO step (fused.FusedELBO) and Adam's kernel called directly", "ELBO step, ms",
+        elbo, elbo_fused, per=20)  # fmt: skip
+    row("Adam's fused kernel called directly (speed.adam_step)", "Adam step, ms", adam(lambda o: o.step()), adam(adam_step),
+        per=50)  # fmt: skip
+    row("evaluator particles without distribution objects (fused.FusedLogWeights)",
+        f"evaluation, ms per image (K={args.k})", evaluation_distributions, evaluation, scale=1e3 / n)  # fmt: skip
     old_tanh = [(nets.Tanh, "forward", nn.Tanh.forward)]
     old_bernoulli = [(distributions.BernoulliObservation, "forward", _old_bernoulli)]
     row("tanh as 2 sigmoid(2x) - 1", f"evaluation, ms per image (K={args.k})",
-        with_old(old_tanh, evaluation), evaluation, scale=1e3 / n)  # fmt: skip
+        with_old(old_tanh, evaluation_distributions), evaluation_distributions, scale=1e3 / n)  # fmt: skip
     row("tanh as 2 sigmoid(2x) - 1", "ELBO step, ms", with_old(old_tanh, elbo), elbo, per=20)
     bernoulli = "Bernoulli log-likelihood: sum x l as a matrix-vector product per example (K >= 8 particles)"
-    row(bernoulli, f"evaluation, ms per image (K={args.k})", with_old(old_bernoulli, evaluation), evaluation, scale=1e3 / n)
+    row(bernoulli, f"evaluation, ms per image (K={args.k})", with_old(old_bernoulli, evaluation_distributions),
+        evaluation_distributions, scale=1e3 / n)  # fmt: skip
     row(bernoulli, "IWAE(k=50) step, ms", with_old(old_bernoulli, iwae), iwae)
     log_w = torch.randn(args.k, 1) * 3
     khat = lambda: evaluate.pareto_khat(log_w)  # noqa: E731

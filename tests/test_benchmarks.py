@@ -81,3 +81,8 @@ def test_foundation_benchmark_reports_rates_shares_of_peak_and_ratios(bench, tmp
     for key in ("train_speedup_vaelab_over_plain", "eval_speedup_vaelab_over_minimal", "eval_log_likelihood_vaelab"):
         assert np.isfinite(result[key])
     assert result["eval_peak_memory_mb"] >= result["eval_memory_before_mb"] > 0
+    parts = result["train_parts_seconds"]
+    assert parts["sum"] == pytest.approx(parts["products"] + parts["adam"] + parts["data"]) and min(parts.values()) > 0
+    # the parts alone are a floor: a whole epoch cannot beat its own products, Adam steps and data
+    assert result["train_epoch_seconds_vaelab"] > parts["sum"] and result["eval_seconds_vaelab"] > result["eval_products_alone_seconds"]
+    assert result["train_speedup_ceiling"] == pytest.approx(result["train_epoch_seconds_plain"] / parts["sum"])
