@@ -321,3 +321,19 @@ def test_other_models_and_the_prior_proposal_evaluate_through_the_distributions(
         assert calls
     finally:
         fused.FusedLogWeights.__call__ = original
+
+
+@pytest.mark.parametrize("d", [1, 50, 112, 113, 784, 1000])  # no full group, one, a remainder, several
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 200.0])
+def test_softplus_sum_equals_the_softplus_kernel_to_float32_rounding(d, scale):
+    # Reference: log(1 + e^l) summed in float64. F.softplus summed in float32 is the yardstick: the
+    # product form's error must be of its size (a sum of D float32 terms of size |l| rounds to
+    # about D * |l| * 6e-8), here within 4 times its own error or 1e-6 * D * scale.
+    g = torch.Generator().manual_seed(d)
+    logits = torch.randn(64, d, generator=g) * scale
+    exact = torch.logaddexp(logits.double(), torch.zeros((), dtype=torch.float64)).sum(-1)  # F.softplus cuts at 20
+    kernel = (torch.nn.functional.softplus(logits).sum(-1).double() - exact).abs().max()
+    ours = (fused.softplus_sum_(logits.clone()).double() - exact).abs().max()
+    assert ours <= max(4 * kernel, 1e-6 * d * scale)
+    # float64 in, float64 out: equal to rounding of a few operations per element
+    torch.testing.assert_close(fused.softplus_sum_(logits.double()), exact, rtol=1e-12, atol=1e-12 * d * scale)

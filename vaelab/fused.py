@@ -332,12 +332,41 @@ class FusedELBO:
         return Bound(objective=reconstruction - weight * kl, bound=reconstruction - kl, reconstruction=reconstruction, kl=kl)
 
 
+_GROUP = 112  # factors of a product of sigmoid(|l|) >= 1/2: 2^-112 stays a normal float32
+
+
+def softplus_sum_(logits: Tensor) -> Tensor:
+    """sum over the last dimension of softplus(l) for logits (R, D), overwriting ``logits``.
+
+    softplus(l) = max(l, 0) + log(1 + e^-|l|) = max(l, 0) - log sigmoid(|l|), and a sum of logs is
+    the log of a product: the logarithm, the costliest kernel of ``F.softplus`` (about 1 ns an
+    element here), runs on one number per group of 112 instead of on every element. Each factor
+    sigmoid(|l|) lies in [1/2, 1], so a group's product stays above 2^-112, a normal float32 (no
+    underflow, nothing flushed); max(l, 0) sums as (sum l + sum |l|) / 2. The result agrees with
+    ``F.softplus(l).sum(-1)`` to the rounding of a float32 sum over D terms (measured against
+    float64 at logit scales 1 to 30: the same size of error as ``F.softplus``'s own sum), at about
+    half its time on (1000, 784) logits.
+    """
+    total = logits.sum(-1)
+    logits.abs_()
+    total.add_(logits.sum(-1)).mul_(0.5)
+    torch.sigmoid(logits, out=logits)
+    d = logits.shape[-1]
+    main = d - d % _GROUP
+    if main:
+        total.sub_(logits[..., :main].unflatten(-1, (main // _GROUP, _GROUP)).prod(-1).log_().sum(-1))
+    if main != d:
+        total.sub_(logits[..., main:].prod(-1).log_())
+    return total
+
+
 class FusedLogWeights:
     """The log-weights of importance sampling, log p(x, z_k) - log q(z_k|x) with z_k ~ q(z|x), and
     log p(x|z_k), for the models ``model_refusal`` accepts, without building distributions: the
     evaluator's hot loop (``evaluate.log_likelihood``). The particles are drawn exactly as
     ``q.rsample((k,))`` draws them (the same numbers, the same z), the decoder runs into buffers
-    kept from chunk to chunk, tanh as 2 sigmoid(2x) - 1, and for Bernoulli pixels the sum x . l
+    kept from chunk to chunk, tanh as 2 sigmoid(2x) - 1, the softplus sum as ``softplus_sum_``, and
+    for Bernoulli pixels the sum x . l
     over the data, which every particle of an example shares, is folded through the last layer:
     x . (h W^T + c) = h . (W^T x) + c . x, a product with the hidden layer (200 numbers a row for
     Burda's model) instead of the logits (784). Values equal the distributions' up to float rounding.
@@ -398,8 +427,7 @@ class FusedLogWeights:
             folded = flat @ last.linear.weight  # (b, H)
             xl = torch.bmm(h.view(k, b, -1).transpose(0, 1), folded.unsqueeze(-1)).squeeze(-1).T  # (k, b)
             xl = xl + flat @ last.linear.bias
-            torch._C._nn.softplus(out, 1, 20, out=out)  # in place: F.softplus's kernel, beta 1, threshold 20
-            torch.sub(xl, out.sum(-1).view(k, b), out=log_px)
+            torch.sub(xl, softplus_sum_(out).view(k, b), out=log_px)
         else:  # sum -(x - m)^2 / (2 s^2) - log s - log(2 pi) / 2
             precision = self.model.observation.scale.to(loc.dtype).square().reciprocal()
             out.view(k, b, -1).sub_(flat)
