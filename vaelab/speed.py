@@ -55,14 +55,18 @@ def check_compile(compile: str) -> str:
 
 
 @contextlib.contextmanager
-def compiling(compile: str) -> Iterator[None]:
-    """Trainers created in the block without their own ``compile=`` use this mode (the CLI's
-    ``vaelab train --compile``, which trains through ``start_run`` and ``resume_run``)."""
-    token = _MODE.set(check_compile(compile))
+def _setting(var: contextvars.ContextVar[str], value: str) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        _MODE.reset(token)
+        var.reset(token)
+
+
+def compiling(compile: str) -> contextlib.AbstractContextManager[None]:
+    """Trainers created in the block without their own ``compile=`` use this mode (the CLI's
+    ``vaelab train --compile``, which trains through ``start_run`` and ``resume_run``)."""
+    return _setting(_MODE, check_compile(compile))
 
 
 def compile_mode(compile: str | None = None) -> str:
@@ -78,15 +82,10 @@ def check_fused(fused: str) -> str:
     return fused
 
 
-@contextlib.contextmanager
-def fusing(fused: str) -> Iterator[None]:
+def fusing(fused: str) -> contextlib.AbstractContextManager[None]:
     """Trainers created in the block without their own ``fused=`` use this mode (the CLI's
     ``vaelab train --fused``)."""
-    token = _FUSED.set(check_fused(fused))
-    try:
-        yield
-    finally:
-        _FUSED.reset(token)
+    return _setting(_FUSED, check_fused(fused))
 
 
 def fused_mode(fused: str | None = None) -> str:
