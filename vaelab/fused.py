@@ -89,7 +89,9 @@ def _objective_options(objective: Callable[..., Any]) -> dict[str, Any] | None:
 
 def _options_refusal(options: dict[str, Any]) -> str | None:
     """Why the ELBO with these options is not the fused step's, or None."""
-    unknown = sorted(set(options) - {"beta", "k", "kl", "grad_estimator", "kl_scale", "free_bits"})
+    from .objectives import objective_options
+
+    unknown = sorted(set(options) - objective_options("elbo"))
     if unknown:
         return f"the ELBO option(s) {', '.join(unknown)} are not the fused step's"
     if options.get("k", 1) != 1:
@@ -127,6 +129,73 @@ def refusal(model: nn.Module, objective: Callable[..., Any] | None) -> str | Non
     return model_refusal(model)
 
 
+def _reshape(module: nn.Module) -> tuple[int, ...] | None:
+    """The shape a decoder's last module gives each row, (params per dimension, *event shape), when
+    it is a reshape of the rows (vaelab's own, or ``nn.Unflatten`` of dimension 1); else None."""
+    if type(module) is _Unflatten:
+        return tuple(module.shape)
+    if type(module) is nn.Unflatten and module.dim == 1:
+        return tuple(module.unflattened_size)
+    return None
+
+
+def _networks(model: VAE) -> tuple[list[_Layer], list[_Layer]] | str:
+    """The dense layers of the encoder (after its Flatten) and of the decoder (before its reshape to
+    the data), or why the networks are not such chains of matching sizes."""
+    if model.encoder is None:
+        return "the model has no encoder"
+    enc = _leaves(model.encoder)
+    if not enc or type(enc[0]) is not nn.Flatten or (enc[0].start_dim, enc[0].end_dim) != (1, -1):
+        return "the encoder does not start by flattening the data"
+    dec = _leaves(model.decoder)
+    shape = _reshape(dec[-1]) if dec else None
+    if shape is None:
+        return "the decoder does not end by reshaping to the data"
+    enc_layers, dec_layers = _dense_chain(enc[1:]), _dense_chain(dec[:-1])
+    if isinstance(enc_layers, str) or isinstance(dec_layers, str):
+        return enc_layers if isinstance(enc_layers, str) else dec_layers  # type: ignore[return-value]
+    d = model.latent_dim
+    if enc_layers[-1].linear.out_features != 2 * d or dec_layers[0].linear.in_features != d:
+        return "the networks' sizes do not match the latent dimension"
+    if shape[0] != 1:
+        return "the decoder gives more than one parameter per data dimension"
+    if math.prod(shape) != dec_layers[-1].linear.out_features:
+        return "the decoder's reshape does not match its last layer"
+    if dec_layers[-1].linear.out_features != enc_layers[0].linear.in_features:
+        return "the encoder's input and the decoder's output differ in size"
+    return enc_layers, dec_layers
+
+
+def _forward(layers: list[_Layer], h: Tensor, outs: list[Tensor]) -> list[Tensor]:
+    """Runs a dense chain on ``h`` into the buffers ``outs`` (one per layer, the last layer without
+    activation); returns the input and every layer's output. tanh(a) = 2 sigmoid(2a) - 1, the 2a
+    from the product itself."""
+    values = [h]
+    for (linear, act), out in zip(layers, outs, strict=True):
+        if act == "tanh":
+            torch.addmm(linear.bias, h, linear.weight.t(), beta=2, alpha=2, out=out)
+            torch.sigmoid(out, out=out)
+            out.mul_(2).sub_(1)
+        else:
+            torch.addmm(linear.bias, h, linear.weight.t(), out=out)
+            if act == "relu":
+                out.clamp_min_(0)
+        values.append(out)
+        h = out
+    return values
+
+
+def _gaussian_log_density(squares: Tensor, n: int, precision: Tensor) -> Tensor:
+    """sum over n data dimensions of log N(x; m, 1/p) = -p (x - m)^2 / 2 - log(2 pi / p) / 2, from
+    ``squares`` = sum (x - m)^2 (overwritten) and the precision p."""
+    return squares.mul_(-0.5 * precision).sub_(n * (0.5 * math.log(2 * math.pi) - 0.5 * precision.log()))
+
+
+def _precision(model: VAE, dtype: torch.dtype) -> Tensor:
+    """The fixed precision 1/s^2 of a Gaussian likelihood, on the model's device."""
+    return model.observation.scale.to(dtype).square().reciprocal()
+
+
 def model_refusal(model: nn.Module) -> str | None:
     """Why ``model`` is not one of the MLP VAEs the fused step and ``FusedLogWeights`` compute, or None."""
     if type(model) is not VAE:
@@ -137,28 +206,10 @@ def model_refusal(model: nn.Module) -> str | None:
         return "the prior is not the standard normal"
     if type(model.observation) not in (BernoulliObservation, GaussianObservation):
         return "the likelihood is not Bernoulli or fixed-precision Gaussian"
-    if model.encoder is None:
-        return "the model has no encoder"
-    enc = _leaves(model.encoder)
-    if not enc or type(enc[0]) is not nn.Flatten or (enc[0].start_dim, enc[0].end_dim) != (1, -1):
-        return "the encoder does not start by flattening the data"
-    dec = _leaves(model.decoder)
-    if not dec or type(dec[-1]) is not _Unflatten:
-        return "the decoder does not end by reshaping to the data"
-    chains = _dense_chain(enc[1:]), _dense_chain(dec[:-1])
-    for chain in chains:
-        if isinstance(chain, str):
-            return chain
-    enc_layers, dec_layers = chains
-    d = model.latent_dim
-    if enc_layers[-1].linear.out_features != 2 * d or dec_layers[0].linear.in_features != d:
-        return "the networks' sizes do not match the latent dimension"
-    if dec[-1].shape[0] != 1:
-        return "the decoder gives more than one parameter per data dimension"
-    if math.prod(dec[-1].shape) != dec_layers[-1].linear.out_features:
-        return "the decoder's reshape does not match its last layer"
-    if dec_layers[-1].linear.out_features != enc_layers[0].linear.in_features:
-        return "the encoder's input and the decoder's output differ in size"
+    nets = _networks(model)
+    if isinstance(nets, str):
+        return nets
+    enc_layers, dec_layers = nets
     covered = {id(p) for layer in (*enc_layers, *dec_layers) for p in (layer.linear.weight, layer.linear.bias)}
     params = list(model.parameters())
     if {id(p) for p in params} != covered or len(covered) != len(params):
@@ -183,15 +234,12 @@ class FusedELBO:
     """
 
     def __init__(self, model: VAE, options: dict[str, Any]) -> None:
-        enc = _leaves(model.encoder)
-        dec = _leaves(model.decoder)
         self.model = model
-        self.encoder: list[_Layer] = _dense_chain(enc[1:])  # type: ignore[assignment]
-        self.decoder: list[_Layer] = _dense_chain(dec[:-1])  # type: ignore[assignment]
+        self.encoder, self.decoder = _networks(model)  # type: ignore[misc]
         self.latent_dim = model.latent_dim
         self.options = options
         self.bernoulli = type(model.observation) is BernoulliObservation
-        self._buffers: dict[tuple, dict[str, Tensor]] = {}
+        self._buffers: dict[tuple, dict[str, Any]] = {}
 
     @classmethod
     def build(cls, model: nn.Module, objective: Callable[..., Any] | None) -> FusedELBO | None:
@@ -205,8 +253,10 @@ class FusedELBO:
 
     # -- buffers -----------------------------------------------------------------------------
 
-    def _workspace(self, x: Tensor) -> dict[str, Tensor]:
-        """Buffers for a batch like ``x``, made once per batch size, device and dtype."""
+    def _workspace(self, x: Tensor) -> dict[str, Any]:
+        """Buffers for a batch like ``x``, made once per batch size, device and dtype: per network
+        ("e", "d") each layer's output, the gradient of its input (".grad") and, where it has an
+        activation, the gradient before it (".pre")."""
         weight = self.encoder[0].linear.weight
         key = (x.shape[0], weight.device, weight.dtype)
         ws = self._buffers.get(key)
@@ -218,11 +268,9 @@ class FusedELBO:
 
             ws = {}
             for side, layers in (("e", self.encoder), ("d", self.decoder)):
-                for i, layer in enumerate(layers):
-                    ws[f"{side}{i}"] = new(layer.linear.out_features)  # the layer's output
-                    ws[f"{side}{i}.grad"] = new(layer.linear.in_features)  # the gradient of its input
-                    if layer.activation is not None:
-                        ws[f"{side}{i}.pre"] = new(layer.linear.out_features)  # gradient before the activation
+                ws[side] = [new(layer.linear.out_features) for layer in layers]
+                ws[f"{side}.grad"] = [new(layer.linear.in_features) for layer in layers]
+                ws[f"{side}.pre"] = [new(layer.linear.out_features) if layer.activation else None for layer in layers]
             d = self.latent_dim
             for name in ("eps", "std", "noise", "z"):
                 ws[name] = new(d)
@@ -242,27 +290,11 @@ class FusedELBO:
 
     # -- the step ----------------------------------------------------------------------------
 
-    def _forward(self, layers: list[_Layer], h: Tensor, ws: dict[str, Tensor], side: str) -> list[Tensor]:
-        """The outputs of each layer (the last without activation), the input first."""
-        outs = [h]
-        for i, (linear, act) in enumerate(layers):
-            out = ws[f"{side}{i}"]
-            if act == "tanh":  # tanh(a) = 2 sigmoid(2a) - 1, the 2a from the product itself
-                torch.addmm(linear.bias, h, linear.weight.t(), beta=2, alpha=2, out=out)
-                torch.sigmoid(out, out=out)
-                out.mul_(2).sub_(1)
-            else:
-                torch.addmm(linear.bias, h, linear.weight.t(), out=out)
-                if act == "relu":
-                    out.clamp_min_(0)
-            outs.append(out)
-            h = out
-        return outs
-
-    def _backward(self, layers: list[_Layer], outs: list[Tensor], grad: Tensor, ws: dict[str, Tensor], side: str,
+    def _backward(self, layers: list[_Layer], outs: list[Tensor], grad: Tensor, ws: dict[str, Any], side: str,
                   input_grad: bool) -> Tensor | None:  # fmt: skip
         """Given the gradient of the loss at the last layer's output, writes every layer's parameter
         gradients and returns the gradient at the chain's input (None when not ``input_grad``)."""
+        below_bufs, pre_bufs = ws[f"{side}.grad"], ws[f"{side}.pre"]
         for i in range(len(layers) - 1, -1, -1):
             linear, _ = layers[i]
             inp = outs[i]
@@ -271,13 +303,12 @@ class FusedELBO:
             torch.sum(grad, 0, out=gb)
             if i == 0 and not input_grad:
                 return None
-            below = ws[f"{side}{i}.grad"]
+            below = below_bufs[i]
             torch.mm(grad, linear.weight, out=below)
             if i == 0:
                 return below
-            act = layers[i - 1].activation
-            pre = ws[f"{side}{i - 1}.pre"]
-            if act == "tanh":
+            pre = pre_bufs[i - 1]
+            if layers[i - 1].activation == "tanh":
                 torch.ops.aten.tanh_backward.grad_input(below, inp, grad_input=pre)
             else:
                 torch.ops.aten.threshold_backward.grad_input(below, inp, 0, grad_input=pre)
@@ -293,10 +324,10 @@ class FusedELBO:
         weight = float(opts.get("beta", 1.0)) * float(opts.get("kl_scale", 1.0))
         b, d = x.shape[0], self.latent_dim
         ws = self._workspace(x)
-        flat = x.reshape(b, -1).to(ws["e0"].dtype)
+        flat = x.reshape(b, -1).to(ws["z"].dtype)
 
         # encoder, q(z|x) = N(mu, exp(log_var)), z = mu + sigma eps
-        enc = self._forward(self.encoder, flat, ws, "e")
+        enc = _forward(self.encoder, flat, ws["e"])
         params = enc[-1]
         mu, log_var = params[:, :d], params[:, d:]
         std = torch.mul(log_var, 0.5, out=ws["std"]).exp_()
@@ -305,7 +336,7 @@ class FusedELBO:
         z = torch.add(mu, noise, out=ws["z"])
 
         # decoder and log p(x|z)
-        dec = self._forward(self.decoder, z, ws, "d")
+        dec = _forward(self.decoder, z, ws["d"])
         out = dec[-1]
         work = ws["work"]
         if self.bernoulli:  # sum x l - softplus(l); d/dl = x - sigmoid(l)
@@ -313,10 +344,9 @@ class FusedELBO:
             torch.sigmoid(out, out=work)
             work.sub_(flat).mul_(1.0 / b)  # d loss / d l, loss = -mean(objective)
         else:  # sum -(x - m)^2 / (2 s^2) - log s - log(2 pi) / 2; d/dm = (x - m) / s^2
-            precision = self.model.observation.scale.to(work.dtype).square().reciprocal()  # on the model's device
+            precision = _precision(self.model, work.dtype)
             torch.sub(out, flat, out=work)
-            constant = work.shape[1] * (0.5 * math.log(2 * math.pi) - 0.5 * precision.log())
-            reconstruction = torch.linalg.vecdot(work, work).mul_(-0.5 * precision).sub_(constant)
+            reconstruction = _gaussian_log_density(torch.linalg.vecdot(work, work), work.shape[1], precision)
             work.mul_(precision / b)
         # KL(N(mu, s^2) || N(0, I)) = 1/2 sum (mu^2 + s^2 - 1 - log s^2)
         kl = 0.5 * (mu.square() + std.square() - 1 - log_var).sum(1)
@@ -374,22 +404,22 @@ class FusedLogWeights:
 
     def __init__(self, model: VAE) -> None:
         self.model = model
-        self.decoder: list[_Layer] = _dense_chain(_leaves(model.decoder)[:-1])  # type: ignore[assignment]
+        _, self.decoder = _networks(model)  # type: ignore[misc]
         self.bernoulli = type(model.observation) is BernoulliObservation
-        self._buffers: dict[tuple, list[Tensor]] = {}
+        self._buffers: tuple[tuple, list[Tensor]] | None = None  # (rows, device, dtype) and each layer's output
 
     @classmethod
     def build(cls, model: nn.Module) -> FusedLogWeights | None:
         return None if model_refusal(model) is not None else cls(model)  # type: ignore[arg-type]
 
     def _workspace(self, rows: int, like: Tensor) -> list[Tensor]:
+        """Each decoder layer's output for ``rows`` rows, kept while chunks keep that size."""
         key = (rows, like.device, like.dtype)
-        ws = self._buffers.get(key)
-        if ws is None:
-            ws = [torch.empty(rows, layer.linear.out_features, device=like.device, dtype=like.dtype) for layer in self.decoder]
-            self._buffers.clear()  # one chunk size at a time (a last, shorter chunk allocates its own)
-            self._buffers[key] = ws
-        return ws
+        if self._buffers is None or self._buffers[0] != key:
+            layers = [torch.empty(rows, layer.linear.out_features, device=like.device, dtype=like.dtype)
+                      for layer in self.decoder]  # fmt: skip
+            self._buffers = (key, layers)
+        return self._buffers[1]
 
     @torch.no_grad()
     def __call__(self, x: Tensor, q: Any, k: int, log_w: Tensor, log_px: Tensor) -> None:
@@ -402,35 +432,20 @@ class FusedLogWeights:
         b, d = loc.shape
         eps = standard_normal((k, b, d), 1, loc)  # as PosteriorNormal.rsample((k,)) draws them
         z = loc + eps * scale  # (k, b, D)
-        half_log_2pi = 0.5 * math.log(2 * math.pi)
         # log p(z) - log q(z|x) = sum -z^2/2 + eps^2/2 + log s (the 2 pi terms cancel)
         torch.sub(eps.square().sum(-1), z.square().sum(-1), out=log_w)
         log_w.mul_(0.5).add_(scale.log().sum(-1))
-        rows = k * b
-        ws = self._workspace(rows, loc)
-        h = z.view(rows, d)
-        *hidden, last = self.decoder
-        for (linear, act), out in zip(hidden, ws):
-            if act == "tanh":
-                torch.addmm(linear.bias, h, linear.weight.t(), beta=2, alpha=2, out=out)
-                torch.sigmoid(out, out=out)
-                out.mul_(2).sub_(1)
-            else:
-                torch.addmm(linear.bias, h, linear.weight.t(), out=out)
-                out.clamp_min_(0)
-            h = out
+        *_, h, out = _forward(self.decoder, z.view(k * b, d), self._workspace(k * b, loc))  # out: logits or means
+        last = self.decoder[-1].linear
         flat = x.reshape(b, -1).to(loc.dtype)
-        out = ws[-1]
-        torch.addmm(last.linear.bias, h, last.linear.weight.t(), out=out)  # (rows, n): logits or means
         if self.bernoulli:
             # sum x l - softplus(l), with x . l = h . (W^T x) + c . x per example
-            folded = flat @ last.linear.weight  # (b, H)
+            folded = flat @ last.weight  # (b, H)
             xl = torch.bmm(h.view(k, b, -1).transpose(0, 1), folded.unsqueeze(-1)).squeeze(-1).T  # (k, b)
-            xl = xl + flat @ last.linear.bias
+            xl = xl + flat @ last.bias
             torch.sub(xl, softplus_sum_(out).view(k, b), out=log_px)
-        else:  # sum -(x - m)^2 / (2 s^2) - log s - log(2 pi) / 2
-            precision = self.model.observation.scale.to(loc.dtype).square().reciprocal()
+        else:
             out.view(k, b, -1).sub_(flat)
-            log_px.copy_(torch.linalg.vecdot(out, out).view(k, b))
-            log_px.mul_(-0.5 * precision).sub_(out.shape[1] * (half_log_2pi - 0.5 * precision.log()))
+            squares = torch.linalg.vecdot(out, out).view(k, b)
+            log_px.copy_(_gaussian_log_density(squares, out.shape[1], _precision(self.model, loc.dtype)))
         log_w.add_(log_px)
