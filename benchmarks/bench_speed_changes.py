@@ -82,6 +82,26 @@ def _pair(before: Callable[[], None], after: Callable[[], None], reps: int, per:
     return statistics.median(times["before"]), statistics.median(times["after"])
 
 
+def _previous_module(name: str, commit: str):
+    """The module ``vaelab.<name>`` as it was at ``commit`` (read with git from this checkout), or
+    None where git or the commit is not at hand: a replaced version measured without keeping a
+    copy of its code here."""
+    import subprocess
+    import types
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(["git", "show", f"{commit}:vaelab/{name}.py"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType(f"vaelab._{name}_{commit}")
+    module.__package__ = "vaelab"
+    exec(compile(source, f"{commit}:vaelab/{name}.py", "exec"), module.__dict__)
+    return module
+
+
 def _swap(owner: object, name: str, value: object) -> Callable[[], None]:
     old = getattr(owner, name)
     setattr(owner, name, value)
@@ -159,6 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         per=50)  # fmt: skip
     row("evaluator particles without distribution objects (fused.FusedLogWeights)",
         f"evaluation, ms per image (K={args.k})", evaluation_distributions, evaluation, scale=1e3 / n)  # fmt: skip
+    previous = _previous_module("fused", "406c2ad")
+    if previous is not None:
+
+        class Before(previous.FusedLogWeights):  # its call as evaluate.log_likelihood makes it now
+            def fold(self, x: torch.Tensor) -> None:
+                return None
+
+            def __call__(self, x, q, k, log_w, log_px, folded=None) -> None:  # noqa: ANN001
+                super().__call__(x, q, k, log_w, log_px)
+
+        row("evaluator: tanh's affine map folded into the next layer, (x - 1/2) . l through the hidden layer "
+            "once per example (fused.FusedLogWeights, against commit 406c2ad's)", f"evaluation, ms per image (K={args.k})",
+            with_old([(evaluate, "FusedLogWeights", Before)], evaluation), evaluation,
+            scale=1e3 / n)  # fmt: skip
     old_tanh = [(nets.Tanh, "forward", nn.Tanh.forward)]
     old_bernoulli = [(distributions.BernoulliObservation, "forward", _old_bernoulli)]
     row("tanh as 2 sigmoid(2x) - 1", f"evaluation, ms per image (K={args.k})",

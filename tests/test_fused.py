@@ -372,3 +372,69 @@ def test_softplus_sum_equals_the_softplus_kernel_to_float32_rounding(d, scale):
     assert (kernel <= bound).all()  # the kernel's own error fits too: the bound is of rounding's size
     # float64 in, float64 out: equal to rounding of a few operations per element
     torch.testing.assert_close(fused.softplus_sum_(logits.double()), exact, rtol=1e-12, atol=1e-12 * d * scale)
+
+
+@pytest.mark.parametrize("d", [1, 112, 113, 784])
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 200.0])
+def test_log_cosh_sum_equals_softplus_minus_half_the_logit_to_float32_rounding(d, scale):
+    # sum log(2 cosh(l / 2)) = sum softplus(l) - l / 2; the float32 bound as for softplus_sum_ above,
+    # the pairwise sum of |l| / 2 (u log2(D) sum |l|) and the groups' products and logs (2 D u, and
+    # u log2(D/G) D log 2 for the sum of their logs); a wrong term is off by whole logits.
+    u = 2.0**-24
+    g = torch.Generator().manual_seed(100 + d)
+    logits = torch.randn(64, d, generator=g) * scale
+    wide = logits.double()
+    exact = (torch.logaddexp(wide, torch.zeros((), dtype=torch.float64)) - wide / 2).sum(-1)
+    levels = math.log2(d) + 1
+    bound = u * (levels * wide.abs().sum(-1) + 2 * d + levels * d * math.log(2))
+    ours = (fused.log_cosh_sum_(logits.clone()).double() - exact).abs()
+    assert (ours <= bound).all(), (ours / bound).max()
+    torch.testing.assert_close(fused.log_cosh_sum_(wide.clone()), exact, rtol=1e-12, atol=1e-12 * d * scale)
+
+
+@pytest.mark.parametrize("likelihood,activation", list(itertools.product(LIKELIHOODS, ACTIVATIONS)))
+def test_the_folded_decoder_follows_the_weights_when_they_change(likelihood, activation, monkeypatch):
+    # one evaluator object, weights changed in place between calls (as an optimizer step changes
+    # them): each call must use the weights of that moment, not the folded copy of the first call
+    model = vae(likelihood, activation).double()
+    weights = fused.FusedLogWeights.build(model)
+    x = data((1, 4, 4), likelihood, n=3)
+    with torch.no_grad():
+        q = model.encode(x)
+    for change in range(3):
+        if change:
+            with torch.no_grad():
+                for p in model.decoder.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+        lw, lpx = torch.empty(5, 3, dtype=torch.float64), torch.empty(5, 3, dtype=torch.float64)
+        torch.manual_seed(change)
+        weights(x, q, 5, lw, lpx)
+        torch.manual_seed(change)
+        z = q.rsample((5,))
+        want = model.decode(z).log_prob(x)
+        torch.testing.assert_close(lpx, want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_data_are_folded_into_the_last_layer_once_per_pass():
+    # K=50 particles in chunks of 20 rows: 3 chunks for each of 4 examples, one fold per example
+    evaluate = importlib.import_module("vaelab.evaluate")
+    model = vae().double()
+    x = data((1, 4, 4), "bernoulli", n=4)
+    folds, calls = [], []
+    original_fold, original_call = fused.FusedLogWeights.fold, fused.FusedLogWeights.__call__
+
+    def fold(self, xb):
+        folds.append(xb.shape[0])
+        return original_fold(self, xb)
+
+    def call(self, *args):
+        calls.append(args[5] is not None)
+        return original_call(self, *args)
+
+    try:
+        fused.FusedLogWeights.fold, fused.FusedLogWeights.__call__ = fold, call
+        evaluate.log_likelihood(model, x, k=50, rows=20)
+    finally:
+        fused.FusedLogWeights.fold, fused.FusedLogWeights.__call__ = original_fold, original_call
+    assert folds == [1, 1, 1, 1]
+    assert calls == [True] * 12

@@ -127,10 +127,11 @@ def log_likelihood(
             b = xb.shape[0]
             prior = model.prior()
             q = model.encode(xb) if proposal == "posterior" else prior.expand((b,))
+            folded = fast.fold(xb) if fast is not None else None  # the pass's examples, shared by its chunks
             for j in range(0, k, chunk):
                 c = min(chunk, k - j)
                 if fast is not None:
-                    fast(xb, q, c, lw[j : j + c, :b], lpx[j : j + c, :b])
+                    fast(xb, q, c, lw[j : j + c, :b], lpx[j : j + c, :b], folded)
                     continue
                 # the prior needs no gradient path (a mixture prior has none); a flow
                 # posterior scores the samples it drew through rsample
