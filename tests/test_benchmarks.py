@@ -73,6 +73,9 @@ def test_foundation_benchmark_reports_rates_shares_of_peak_and_ratios(bench, tmp
     result = json.loads(out.read_text())
     assert result == json.loads(capsys.readouterr().out)
     assert result["gemm_peak_gflops_per_s"] > 0 and result["compiled"] is False
+    # sampled at the start, between training and evaluation, after evaluation and at the end; the best counts
+    assert len(result["gemm_peaks_measured"]) == 4
+    assert result["gemm_peak_gflops_per_s"] == max(result["gemm_peaks_measured"])
     # 3 x the forward products of the 64-200-200-100 encoder and 50-200-200-64 decoder, per image
     per_image = 3 * 2 * (64 * 200 + 200 * 200 + 200 * 100 + 50 * 200 + 200 * 200 + 200 * 64)
     assert result["train_epoch_gflop"] == pytest.approx(200 * per_image / 1e9)
