@@ -5,7 +5,8 @@ Each pair (before, after) is timed alternately, ``--reps`` times, and the median
 "before" variants are the replaced code, kept here: the autograd ELBO step and ``optimizer.step()``
 (against ``fused.FusedELBO`` and ``speed.adam_step``), the evaluator's distribution objects (against
 ``fused.FusedLogWeights``), ``nn.Tanh``, ``Independent(Bernoulli)``, the Pareto k-hat's loop over grid
-points, one ``torch.rand`` of the whole split per pass, and the eager training step. The rows of the
+points, one ``torch.rand`` of the whole split per pass, and the eager training step; the evaluator
+of commit 406c2ad is read from this checkout's git history (``_previous_module``) rather than kept. The rows of the
 older changes are measured on the paths they changed (the autograd step, the distributions' evaluator). Times are CPU time of the calling thread with one thread (``--threads 1``), which the
 other processes of a shared machine disturb least; the compiled step is also timed with two threads
 (wall clock), where its fewer kernels matter more.

@@ -89,3 +89,17 @@ def test_foundation_benchmark_reports_rates_shares_of_peak_and_ratios(bench, tmp
     # the parts alone are a floor: a whole epoch cannot beat its own products, Adam steps and data
     assert result["train_epoch_seconds_vaelab"] > parts["sum"] and result["eval_seconds_vaelab"] > result["eval_products_alone_seconds"]
     assert result["train_speedup_ceiling"] == pytest.approx(result["train_epoch_seconds_plain"] / parts["sum"])
+
+
+def test_the_change_table_reads_a_replaced_module_from_git_history_or_skips_its_row(bench):
+    import subprocess
+
+    changes = bench("bench_speed_changes")
+    assert changes._previous_module("fused", "0" * 40) is None  # no such commit: the row is left out
+    known = subprocess.run(["git", "cat-file", "-e", "406c2ad^{commit}"], cwd=ROOT, capture_output=True)
+    if known.returncode != 0:
+        pytest.skip("this checkout has no history back to 406c2ad (a shallow clone)")
+    old = changes._previous_module("fused", "406c2ad")
+    # that version's evaluator: no fold() yet, its own softplus_sum_, and no log_cosh_sum_
+    assert hasattr(old, "FusedLogWeights") and not hasattr(old.FusedLogWeights, "fold")
+    assert hasattr(old, "softplus_sum_") and not hasattr(old, "log_cosh_sum_")
