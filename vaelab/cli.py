@@ -28,6 +28,7 @@ from .errors import VaelabError
 from .estimators import GRAD_ESTIMATORS
 from .scores import DEFAULT_BOUND as DEFAULT_SCORE_BOUND
 from .scores import DEFAULT_DRAWS
+from .speed import COMPILE_MODES, FUSED_MODES
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
@@ -92,12 +93,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch is still printed)")
     p.add_argument("--silent", action="store_true", help="print nothing but warnings and errors")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                    help="run the training step through torch.compile: auto (where it works, an epoch has at "
                    "least 500 steps and the objective draws at least 8 particles per example), on (warns when "
                    "it falls back to eager), off; changes speed, not results beyond float rounding, and is not "
                    "saved with the run (default: auto)")  # fmt: skip
-    p.add_argument("--fused", default="auto", choices=("auto", "off"),
+    p.add_argument("--fused", default="auto", choices=FUSED_MODES,
                    help="train an MLP VAE (diagonal Gaussian posterior, N(0, I) prior, Bernoulli or Gaussian "
                    "likelihood) on the one-particle analytic-KL ELBO with a hand-derived forward and backward pass "
                    "instead of autograd: auto (wherever it applies, in fp32, in one process, unless --compile on), "
