@@ -142,14 +142,15 @@ def _best_seconds(fn, repeats: int = 3) -> float:
     return best
 
 
-def train_parts(train, n_data: int, batch: int = 100) -> dict:
+def train_parts(train, n_data: int, gemm_rate: float, batch: int = 100) -> dict:
     """Seconds per training epoch of the parts every implementation of the protocol runs, each alone
-    and at its best: the matrix products of the steps (``step_gemm_rate``'s), Adam's fused kernel on
-    the model's parameters, and the data (the permutation, the dynamic binarization draw and the
-    batches). Their sum bounds from below what a step made of these parts can take."""
+    and at its best: the matrix products of the steps (at ``gemm_rate`` GFLOP/s, ``step_gemm_rate``'s
+    measurement), Adam's fused kernel on the model's parameters, and the data (the permutation, the
+    dynamic binarization draw and the batches). Their sum bounds from below what a step made of
+    these parts can take."""
     steps = math.ceil(len(train) / batch)
     flops = training_flops(n_data, len(train)) - steps * 2 * batch * n_data * HIDDEN[0]  # no input gradient of the data
-    products = flops / (step_gemm_rate(n_data, batch) * 1e9)
+    products = flops / (gemm_rate * 1e9)
     from vaelab.speed import adam_step
 
     model = build_vae(train.event_shape)
@@ -409,11 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compiled": iwae_trainer.compiled if hasattr(iwae_trainer, "compiled") else False}
         say(f"IWAE k={args.iwae_k}: {seconds / iwae['steps'] * 1e3:.1f} ms per step ({iwae['steps']} timed steps)")
 
-    parts = train_parts(train, n_data)
+    step_gemm = step_gemm_rate(n_data)  # one measurement: the products-alone row and the parts' floor
+    parts = train_parts(train, n_data, step_gemm)
     eval_products = eval_products_seconds(model, n, args.k)
     peaks.append(gemm_peak(args.gemm_size))
     peak = max(peaks)
-    step_gemm = step_gemm_rate(n_data)
     epoch_flops = training_flops(n_data, len(train))
     eval_flops = evaluation_flops(n_data, n, args.k)
 

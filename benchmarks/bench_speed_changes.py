@@ -161,9 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         fused_step.step(batch)
         adam_step(opt)
 
-    def adam(step_fn: Callable) -> Callable[[], None]:
-        return lambda: step_fn(opt)
-
     without_fused_evaluation = [(evaluate, "FusedLogWeights", _NoFusedLogWeights)]
     rows: list[dict] = []
 
@@ -186,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation_distributions = with_old(without_fused_evaluation, evaluation)
     row("hand-derived ELBO step (fused.FusedELBO) and Adam's kernel called directly", "ELBO step, ms",
         elbo, elbo_fused, per=20)  # fmt: skip
-    row("Adam's fused kernel called directly (speed.adam_step)", "Adam step, ms", adam(lambda o: o.step()), adam(adam_step),
+    row("Adam's fused kernel called directly (speed.adam_step)", "Adam step, ms", lambda: opt.step(), lambda: adam_step(opt),
         per=50)  # fmt: skip
     row("evaluator particles without distribution objects (fused.FusedLogWeights)",
         f"evaluation, ms per image (K={args.k})", evaluation_distributions, evaluation, scale=1e3 / n)  # fmt: skip

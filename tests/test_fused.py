@@ -328,7 +328,7 @@ def test_log_weights_on_the_meta_device():
         weights(x, model.encode(x), 5, lw, lpx)
 
 
-def test_other_models_and_the_prior_proposal_evaluate_through_the_distributions():
+def test_other_models_and_the_prior_proposal_evaluate_through_the_distributions(monkeypatch):
     evaluate = importlib.import_module("vaelab.evaluate")  # the module, not vaelab.evaluate the function
 
     assert fused.FusedLogWeights.build(vae(posterior="full")) is None
@@ -341,14 +341,11 @@ def test_other_models_and_the_prior_proposal_evaluate_through_the_distributions(
 
     model = vae()
     x = data((1, 4, 4), "bernoulli", dtype=torch.float32)
-    try:
-        fused.FusedLogWeights.__call__ = counting
-        evaluate.log_likelihood(model, x, k=20, proposal="prior")
-        assert not calls
-        evaluate.log_likelihood(model, x, k=20)
-        assert calls
-    finally:
-        fused.FusedLogWeights.__call__ = original
+    monkeypatch.setattr(fused.FusedLogWeights, "__call__", counting)
+    evaluate.log_likelihood(model, x, k=20, proposal="prior")
+    assert not calls
+    evaluate.log_likelihood(model, x, k=20)
+    assert calls
 
 
 def softplus_sum(logits):
@@ -359,47 +356,33 @@ def softplus_sum(logits):
 
 @pytest.mark.parametrize("d", [1, 50, 112, 113, 784, 1000])  # no full group, one, a remainder, several
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 200.0])
-def test_the_softplus_sum_through_log_cosh_sum_equals_the_softplus_kernel_to_float32_rounding(d, scale):
-    # Reference: log(1 + e^l) summed in float64 (F.softplus cuts at 20). The float32 error bound of
-    # the product form, row by row, with u = 2^-24: the sums of l and of |l| are pairwise sums, each
-    # off by at most u log2(D) sum |l|; each sigmoid(|l|) factor and each product step adds at most
-    # u relative, so a group's log is off by at most 2 G u, D u over the row's groups (and their
-    # logs, each below G log 2, sum with u log2(D/G) of that). F.softplus's own float32 sum meets
-    # the same bound (both use 10-60% of it here); a wrong term would be off by whole logits.
+def test_log_cosh_sum_and_the_softplus_sum_through_it_are_exact_to_float32_rounding(d, scale):
+    # References in float64: sum log(2 cosh(l / 2)) = sum softplus(l) - l / 2, softplus(l) = log(1 + e^l)
+    # (F.softplus cuts at 20). The float32 error bound of the product form, row by row, with
+    # u = 2^-24: the sums of l and of |l| are pairwise sums, each off by at most u log2(D) sum |l|;
+    # each sigmoid(|l|) factor and each product step adds at most u relative, so a group's log is
+    # off by at most 2 G u, D u over the row's groups (and their logs, each below G log 2, sum with
+    # u log2(D/G) of that). F.softplus's own float32 sum meets the same bound (both use 10-60% of it
+    # here), so the bound is of rounding's size; a wrong term would be off by whole logits.
     u = 2.0**-24
     g = torch.Generator().manual_seed(d)
     logits = torch.randn(64, d, generator=g) * scale
-    exact = torch.logaddexp(logits.double(), torch.zeros((), dtype=torch.float64)).sum(-1)
-    levels = math.log2(d) + 1
-    bound = u * (levels * logits.double().abs().sum(-1) + 2 * d + levels * d * math.log(2))
-    kernel = (torch.nn.functional.softplus(logits).sum(-1).double() - exact).abs()
-    ours = (softplus_sum(logits.clone()).double() - exact).abs()
-    assert (ours <= bound).all(), (ours / bound).max()
-    assert (kernel <= bound).all()  # the kernel's own error fits too: the bound is of rounding's size
-    # float64 in, float64 out: equal to rounding of a few operations per element
-    torch.testing.assert_close(softplus_sum(logits.double()), exact, rtol=1e-12, atol=1e-12 * d * scale)
-
-
-@pytest.mark.parametrize("d", [1, 112, 113, 784])
-@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 200.0])
-def test_log_cosh_sum_equals_softplus_minus_half_the_logit_to_float32_rounding(d, scale):
-    # sum log(2 cosh(l / 2)) = sum softplus(l) - l / 2; the float32 bound as for the softplus sum above,
-    # the pairwise sum of |l| / 2 (u log2(D) sum |l|) and the groups' products and logs (2 D u, and
-    # u log2(D/G) D log 2 for the sum of their logs); a wrong term is off by whole logits.
-    u = 2.0**-24
-    g = torch.Generator().manual_seed(100 + d)
-    logits = torch.randn(64, d, generator=g) * scale
     wide = logits.double()
-    exact = (torch.logaddexp(wide, torch.zeros((), dtype=torch.float64)) - wide / 2).sum(-1)
+    exact_softplus = torch.logaddexp(wide, torch.zeros((), dtype=torch.float64)).sum(-1)
+    exact_log_cosh = exact_softplus - wide.sum(-1) / 2
     levels = math.log2(d) + 1
     bound = u * (levels * wide.abs().sum(-1) + 2 * d + levels * d * math.log(2))
-    ours = (fused.log_cosh_sum_(logits.clone()).double() - exact).abs()
-    assert (ours <= bound).all(), (ours / bound).max()
-    torch.testing.assert_close(fused.log_cosh_sum_(wide.clone()), exact, rtol=1e-12, atol=1e-12 * d * scale)
+    for got, exact in ((fused.log_cosh_sum_(logits.clone()), exact_log_cosh), (softplus_sum(logits.clone()), exact_softplus),
+                       (torch.nn.functional.softplus(logits).sum(-1), exact_softplus)):  # fmt: skip
+        error = (got.double() - exact).abs()
+        assert (error <= bound).all(), (error / bound).max()
+    # float64 in, float64 out: equal to rounding of a few operations per element
+    torch.testing.assert_close(fused.log_cosh_sum_(wide.clone()), exact_log_cosh, rtol=1e-12, atol=1e-12 * d * scale)
+    torch.testing.assert_close(softplus_sum(wide.clone()), exact_softplus, rtol=1e-12, atol=1e-12 * d * scale)
 
 
 @pytest.mark.parametrize("likelihood,activation", list(itertools.product(LIKELIHOODS, ACTIVATIONS)))
-def test_the_folded_decoder_follows_the_weights_when_they_change(likelihood, activation, monkeypatch):
+def test_the_folded_decoder_follows_the_weights_when_they_change(likelihood, activation):
     # one evaluator object, weights changed in place between calls (as an optimizer step changes
     # them): each call must use the weights of that moment, not the folded copy of the first call
     model = vae(likelihood, activation).double()
@@ -421,7 +404,7 @@ def test_the_folded_decoder_follows_the_weights_when_they_change(likelihood, act
         torch.testing.assert_close(lpx, want, rtol=1e-10, atol=1e-10)
 
 
-def test_the_data_are_folded_into_the_last_layer_once_per_pass():
+def test_the_data_are_folded_into_the_last_layer_once_per_pass(monkeypatch):
     # K=50 particles in chunks of 20 rows: 3 chunks for each of 4 examples, one fold per example
     evaluate = importlib.import_module("vaelab.evaluate")
     model = vae().double()
@@ -437,10 +420,8 @@ def test_the_data_are_folded_into_the_last_layer_once_per_pass():
         calls.append(args[5] is not None)
         return original_call(self, *args)
 
-    try:
-        fused.FusedLogWeights.fold, fused.FusedLogWeights.__call__ = fold, call
-        evaluate.log_likelihood(model, x, k=50, rows=20)
-    finally:
-        fused.FusedLogWeights.fold, fused.FusedLogWeights.__call__ = original_fold, original_call
+    monkeypatch.setattr(fused.FusedLogWeights, "fold", fold)
+    monkeypatch.setattr(fused.FusedLogWeights, "__call__", call)
+    evaluate.log_likelihood(model, x, k=50, rows=20)
     assert folds == [1, 1, 1, 1]
     assert calls == [True] * 12
