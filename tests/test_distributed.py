@@ -49,6 +49,21 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return out
 
 
+# Adam divides each gradient by its running root mean square, so a weight whose gradient is itself
+# rounding noise (true value ~0) steps by up to the learning rate whichever way the noise points, and
+# two correct computations of it part far beyond rounding: on one machine, 1 of the 2,048 first-layer
+# weights (the weight of a border pixel that is non-zero in 5 of the 1,293 images) parted by 2e-5
+# (fused step against two processes) and 3e-5 (autograd in one process against two). A missing or
+# double-counted gradient of a process moves every weight of its tensor by that much instead, so
+# all but a few per thousand of each tensor's weights must agree within float32 rounding.
+OUTLIERS = 0.005
+
+
+def _assert_same_weights(got: torch.Tensor, want: torch.Tensor, atol: float, key: str) -> None:
+    off = ((got - want).abs() > atol + 1e-5 * want.abs()).sum().item()
+    assert off <= OUTLIERS * want.numel(), (key, off, want.numel(), (got - want).abs().max().item())
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_two_processes_reach_the_weights_of_one(name, tmp_path):
     """104 steps with the same global batch and seed: every weight within float32 rounding of
@@ -63,7 +78,7 @@ def test_two_processes_reach_the_weights_of_one(name, tmp_path):
     # taken without the other process's gradient would move weights by up to the learning rate (1e-3).
     atol = 1e-5 if name == "elbo-fused-in-one-process" else 2e-6
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=atol, msg=key)
+        _assert_same_weights(b[key], a[key], atol, key)
     ra, rb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
