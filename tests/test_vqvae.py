@@ -125,6 +125,30 @@ def test_without_restarts_no_code_is_reset():
     torch.testing.assert_close(q.codebook[1:], torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_the_codebook_starts_from_distinct_rows_of_the_first_batch(update):
+    """K = 512 codes from the 4,900 encoder outputs of a batch of 100 Fashion-MNIST-sized grids
+    (7 x 7): drawn with replacement, 16-33 codes started as exact duplicates of another (mean 24
+    over 20 seeds) and stayed dead, since the nearest-code argmin always picks the first of equals."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        q = VectorQuantizer(512, 8, update=update).train()
+        q(torch.randn(100, 8, 7, 7))  # distinct rows
+        assert torch.unique(q.codebook, dim=0).shape[0] == 512, seed
+
+
+@pytest.mark.parametrize("rows", [3, 4])
+def test_restarts_use_every_row_once_before_any_twice(rows):
+    """Fewer (or as many) rows than codes to reset: every row is used, and only the remainder repeats."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 2).train()
+    z_e = torch.randn(1, 2, 1, rows)
+    q(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert torch.unique(q.codebook, dim=0).shape[0] == rows
+    assert all(any(torch.equal(c, r) for c in q.codebook) for r in flat)
+
+
 def test_the_codebook_starts_from_the_first_training_batch():
     torch.manual_seed(0)
     q = VectorQuantizer(4, 3).train()

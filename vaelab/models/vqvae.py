@@ -131,8 +131,15 @@ class VectorQuantizer(nn.Module):
                 self._reset(dead, flat)
 
     def _reset(self, which: Tensor, flat: Tensor) -> None:
-        """Sets codes ``which`` to random rows of ``flat`` (encoder outputs of the batch)."""
-        picks = torch.randint(flat.shape[0], (which.numel(),), device=flat.device)
+        """Sets codes ``which`` to random rows of ``flat`` (encoder outputs of the batch), drawn
+        without replacement where the batch has enough rows: two codes set from one row would
+        stay equal, and the one of higher index would never be chosen (argmin takes the first)."""
+        n, wanted = flat.shape[0], which.numel()
+        if n >= wanted:
+            picks = torch.randperm(n, device=flat.device)[:wanted]
+        else:  # fewer rows than codes: every row once, the rest drawn again
+            picks = torch.cat([torch.randperm(n, device=flat.device),
+                               torch.randint(n, (wanted - n,), device=flat.device)])  # fmt: skip
         fresh = flat[picks].to(self.codebook.dtype)
         self.codebook.data[which] = fresh
         if self.update == "ema":
