@@ -150,7 +150,7 @@ def part_fashion(args) -> tuple[dict, dict]:
         rows.append({"model": name, "run": str(run), "data": view, "epochs": len(read_metrics(run)),
                      "seconds": seconds, "seconds_per_epoch": _per_epoch(run), "bound": bound, "bound_kind": bound_kind,
                      "reconstruction_error": recon,
-                     **{k: quality[k] for k in ("fd", "precision", "recall", "density", "coverage", "classifier_score")},
+                     **{k: quality[k] for k in ("fd", "precision", "recall", "density", "coverage", "classifier_score", "pr_k", "dc_k")},
                      "reference": quality["reference"]})  # fmt: skip
         if args.figure:
             from vaelab.sampling import sample_images

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
             "model": label, "run": str(run), "epochs": len(metrics), "seconds": seconds,
             "seconds_per_epoch": sum(r["train_seconds"] for r in metrics) / len(metrics),
             "bound": bound, "reconstruction_error": recon, "prior": prior_info, **extra,
-            **{k: quality[k] for k in ("fd", "precision", "recall", "density", "coverage", "classifier_score")},
+            **{k: quality[k] for k in ("fd", "precision", "recall", "density", "coverage", "classifier_score", "pr_k", "dc_k")},
             "reference": quality["reference"], "classifier_accuracy": quality["classifier_accuracy"],
             "n_samples": quality["n_samples"],
         })  # fmt: skip

@@ -4,6 +4,7 @@ forms and hand-counted toy sets, the cached feature classifier, and the command 
 from __future__ import annotations
 
 import json
+import inspect
 import math
 
 import numpy as np
@@ -108,38 +109,71 @@ REAL = torch.tensor([[0.0], [10.0], [20.0], [30.0], [40.0]])
 
 
 def test_fake_points_far_from_the_data_score_zero():
-    out = manifold_metrics(REAL, torch.tensor([[100.0], [110.0], [120.0], [130.0]]), k=3)
+    out = manifold_metrics(REAL, torch.tensor([[100.0], [110.0], [120.0], [130.0]]), pr_k=3, dc_k=3)
     # fake radii 30, 20, 20, 30: the nearest real point (40) is 60 away from the nearest fake one
     assert out == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
 
 
 def test_identical_sets():
-    out = manifold_metrics(REAL, REAL.clone(), k=3)
+    out = manifold_metrics(REAL, REAL.clone(), pr_k=3, dc_k=3)
     # balls hold 4, 4, 5, 4, 4 of the points (closed balls: 30 lies in [-30, 30]) -> 21 / (3 * 5)
     assert out == {"precision": 1.0, "recall": 1.0, "density": 21 / 15, "coverage": 1.0}
 
 
 def test_collapsed_samples_have_precision_but_neither_recall_nor_coverage():
     fake = torch.tensor([[0.0], [1.0], [2.0], [3.0]])  # fake radii 3, 2, 2, 3: only real 0 is inside
-    out = manifold_metrics(REAL, fake, k=3)
+    out = manifold_metrics(REAL, fake, pr_k=3, dc_k=3)
     # every fake point lies in the balls of reals 0, 10 and 20 (3 balls each) -> density 12 / 12
     assert out == {"precision": 1.0, "recall": 0.2, "density": 1.0, "coverage": 0.6}
 
 
 def test_an_outlier_inflates_recall_but_not_coverage():
     fake = torch.tensor([[5.0], [20.0], [60.0], [1000.0]])
-    out = manifold_metrics(REAL, fake, k=3)
+    out = manifold_metrics(REAL, fake, pr_k=3, dc_k=3)
     # 5 in balls 0, 10, 20 (3); 20 in all 5; 60 in [10, 70] (1); 1000 in none -> precision 3/4,
     # density 9/12; the outlier makes every fake radius >= 940, so every real point is "recalled"
     assert out == {"precision": 0.75, "recall": 1.0, "density": 0.75, "coverage": 1.0}
     # the same in 2-D, rotated by 90 degrees: only distances matter
     rotate = lambda x: torch.cat([torch.zeros_like(x), x], 1)  # noqa: E731
-    assert manifold_metrics(rotate(REAL), rotate(fake), k=3) == out
+    assert manifold_metrics(rotate(REAL), rotate(fake), pr_k=3, dc_k=3) == out
+
+
+def test_density_and_coverage_take_their_own_k():
+    """pr_k sets the balls of precision and recall, dc_k those of density and coverage; the
+    defaults are the papers' 3 and 5."""
+    fake = torch.tensor([[5.0], [20.0], [60.0], [1000.0]])
+    both3 = manifold_metrics(REAL, fake, pr_k=3, dc_k=3)
+    # k = 4 radii of the real points: 40, 30, 20, 30, 40; balls [-40, 40], [-20, 40], [0, 40],
+    # [0, 60], [0, 80]. 5 lies in all 5, 20 in all 5, 60 in 2, 1000 in none -> density 12 / 16
+    dc4 = manifold_metrics(REAL, fake, pr_k=3, dc_k=4)
+    assert {k: dc4[k] for k in ("precision", "recall")} == {k: both3[k] for k in ("precision", "recall")}
+    assert dc4["density"] == 12 / 16 and dc4["coverage"] == 1.0
+    pr1 = manifold_metrics(REAL, fake, pr_k=1, dc_k=3)
+    # k = 1 radii: 10 everywhere; 5 and 20 lie in some real ball, 60 and 1000 do not
+    assert pr1["precision"] == 0.5 and {k: pr1[k] for k in ("density", "coverage")} == {
+        k: both3[k] for k in ("density", "coverage")}
+    defaults = inspect.signature(manifold_metrics).parameters
+    assert (defaults["pr_k"].default, defaults["dc_k"].default) == (3, 5)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_coverage_of_two_samples_of_one_distribution(k):
+    """A perfect model's coverage (Naeem et al. 2020): 1 - prod_{i<k} (N-1-i) / (2N-1-i) in
+    expectation for N real and N fake points, 0.875 at k = 3 and 0.969 at k = 5, within 4 standard
+    errors over 20 pairs of 500 draws of N(0, I_8)."""
+    g = torch.Generator().manual_seed(0)
+    n, values = 500, []
+    for _ in range(20):
+        real, fake = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
+        values.append(manifold_metrics(real, fake, dc_k=k)["coverage"])
+    values = torch.tensor(values, dtype=torch.float64)
+    expected = 1 - math.prod((n - 1 - i) / (2 * n - 1 - i) for i in range(k))
+    assert abs(float(values.mean()) - expected) < 4 * float(values.std()) / math.sqrt(len(values)), (values.mean(), expected)
 
 
 def test_manifold_metrics_need_more_points_than_k():
     with pytest.raises(DataError, match="more than 3"):
-        manifold_metrics(REAL, REAL[:3], k=3)
+        manifold_metrics(REAL, REAL[:3], pr_k=3, dc_k=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +268,7 @@ def test_real_held_out_images_score_like_the_reference_and_noise_scores_worse(di
     proc = run_cli("quality", "--data", "digits", "--samples", str(real), "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == KEYS | {"reference", "n_samples", "dataset", "classifier_accuracy"}
+    assert set(out) == KEYS | {"reference", "n_samples", "dataset", "classifier_accuracy", "pr_k", "dc_k"}
     assert set(out["reference"]) == KEYS
     assert out["n_samples"] == 180 and out["dataset"] == "digits"
     assert out["classifier_accuracy"] == digits_scorer.classifier.accuracy
@@ -290,7 +324,7 @@ def test_bad_inputs_are_one_line_errors(digits_scorer, tmp_path):
     assert_one_line_error(run_cli("quality", "--data", "digits", "--samples", save("many.npy", np.zeros((400, 8, 8)))),
                           "has 360 test images")  # fmt: skip
     assert_one_line_error(run_cli("quality", "--data", "digits", "--samples", save("few.npy", np.zeros((3, 8, 8)))),
-                          "at least 4")  # fmt: skip
+                          "at least 6")  # fmt: skip
     unlabelled = save("data.npy", np.random.default_rng(0).random((100, 8, 8)))
     assert_one_line_error(run_cli("quality", "--data", unlabelled, "--samples", good), "no labels")
 
@@ -313,7 +347,7 @@ def test_quality_of_a_run_with_either_sampler(vae_run, digits_scorer):
         proc = run_cli("quality", str(vae_run), "--n", "100", "--json", *flags)
         assert proc.returncode == 0, proc.stderr
         results[flags] = out = json.loads(proc.stdout)
-        assert set(out) == KEYS | {"reference", "n_samples", "dataset", "classifier_accuracy"}
+        assert set(out) == KEYS | {"reference", "n_samples", "dataset", "classifier_accuracy", "pr_k", "dc_k"}
         assert out["n_samples"] == 100 and out["dataset"] == "digits"
         assert all(math.isfinite(out[key]) for key in KEYS)
     prior, gmm, pixels = results.values()

@@ -13,11 +13,14 @@ features:
   2017): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}). Lower is better.
 - ``precision`` and ``recall`` (Kynkäänniemi et al. 2019, "Improved precision and recall metric
   for assessing generative models"): the share of samples inside the real images' k-NN balls
-  (fidelity), and the share of real images inside the samples' k-NN balls (diversity); k = 3.
+  (fidelity), and the share of real images inside the samples' k-NN balls (diversity); k = 3,
+  the paper's choice.
 - ``density`` and ``coverage`` (Naeem et al. 2020, "Reliable fidelity and diversity metrics for
   generative models"): how many real k-NN balls contain a sample, on average, divided by k
   (about 1 for samples distributed like the data, above 1 when they crowd where the data is
-  dense), and the share of real images whose k-NN ball contains a sample; k = 3.
+  dense), and the share of real images whose k-NN ball contains a sample; k = 5, the paper's
+  recommendation (with k = 3 a perfect model's coverage tops out at 1 - 1/2^3 = 0.875, with k = 5
+  at 0.97).
 - ``classifier_score``: exp E_x KL(p(y|x) || p(y)), the Inception score (Salimans et al. 2016)
   with our classifier: between 1 and the number of classes, high when each sample is clearly of
   one class and the classes are balanced. One split of all n samples.
@@ -47,7 +50,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,8 @@ from .errors import DataError, RunError
 from .files import atomic_write_bytes, load_tensors, save_tensors
 
 __all__ = [
-    "K_NEIGHBOURS",
+    "DC_NEIGHBOURS",
+    "PR_NEIGHBOURS",
     "METRICS",
     "MODE_SCORERS",
     "STACKED_MODES",
@@ -97,7 +101,8 @@ __all__ = [
     "train_classifier",
 ]
 
-K_NEIGHBOURS = 3
+PR_NEIGHBOURS = 3  # k of precision and recall (Kynkäänniemi et al. 2019)
+DC_NEIGHBOURS = 5  # k of density and coverage (Naeem et al. 2020)
 METRICS = ("fd", "precision", "recall", "density", "coverage", "classifier_score")
 CHUNK = 1000  # rows per block of the distance matrices and of the classifier's forward passes
 
@@ -162,37 +167,43 @@ def _squared_distances(a: Tensor, b: Tensor) -> Tensor:
     return (a.square().sum(1, keepdim=True) + b.square().sum(1) - 2 * a @ b.T).clamp_min_(0)
 
 
-def _kth_neighbour(x: Tensor, k: int) -> Tensor:
-    """Squared distance of each row of x to its k-th nearest other row, ``(n,)``."""
+def _kth_neighbours(x: Tensor, ks: Sequence[int]) -> list[Tensor]:
+    """Squared distance of each row of x to its k-th nearest other row, ``(n,)`` for each k of ks,
+    from one pass over the distances."""
     # The row itself is at distance 0, the smallest, so the k-th other row is the (k+1)-th smallest.
-    return torch.cat([_squared_distances(x[i : i + CHUNK], x).kthvalue(k + 1, dim=1).values
-                      for i in range(0, len(x), CHUNK)])  # fmt: skip
+    nearest = torch.cat([_squared_distances(x[i : i + CHUNK], x).topk(max(ks) + 1, dim=1, largest=False).values
+                         for i in range(0, len(x), CHUNK)])  # fmt: skip  # (n, max k + 1), ascending
+    return [nearest[:, k] for k in ks]
 
 
-def manifold_metrics(real: Tensor, fake: Tensor, k: int = K_NEIGHBOURS) -> dict[str, float]:
+def manifold_metrics(real: Tensor, fake: Tensor, pr_k: int = PR_NEIGHBOURS,
+                     dc_k: int = DC_NEIGHBOURS) -> dict[str, float]:  # fmt: skip
     """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020).
 
     Each point's neighbourhood is the closed ball around it whose radius is the distance to its
     k-th nearest neighbour within its own set. With real points X_1..X_N and fake Y_1..Y_M:
-    precision = share of Y inside some real ball; recall = share of X inside some fake ball;
-    density = (1 / kM) sum_j #{i : Y_j in ball(X_i)}; coverage = share of real balls holding some Y.
+    precision = share of Y inside some real ball; recall = share of X inside some fake ball (both
+    with k = ``pr_k``); density = (1 / kM) sum_j #{i : Y_j in ball(X_i)}; coverage = share of real
+    balls holding some Y (both with k = ``dc_k``). Two samples of one distribution have expected
+    coverage 1 - prod_{i<k} (N - 1 - i) / (M + N - 1 - i) (Naeem et al. 2020), about 1 - 1/2^k.
     Distances are Euclidean, in float64, computed in blocks of 1000 rows (memory O(1000 N)).
 
     Args:
-        real: ``(N, d)`` features of real images, N > k.
-        fake: ``(M, d)`` features of generated images, M > k.
-        k: the neighbour defining the radii.
+        real: ``(N, d)`` features of real images, N > both k.
+        fake: ``(M, d)`` features of generated images, M > pr_k.
+        pr_k: the neighbour defining the radii of precision and recall (the paper's 3).
+        dc_k: the neighbour defining the real radii of density and coverage (the paper's 5).
 
     Returns:
         {"precision", "recall", "density", "coverage"}.
     """
     real = real.flatten(1).to(torch.float64)
     fake = fake.flatten(1).to(torch.float64)
-    for name, x in (("real", real), ("fake", fake)):
+    for name, x, k in (("real", real, max(pr_k, dc_k)), ("fake", fake, pr_k)):
         if len(x) <= k:
             raise DataError(f"k-nearest-neighbour metrics with K = {k} neighbours need more than {k} {name} points, got {len(x)}")
-    real_radius = _kth_neighbour(real, k)  # (N,)
-    fake_radius = _kth_neighbour(fake, k)  # (M,)
+    real_radius, dc_radius = _kth_neighbours(real, (pr_k, dc_k))  # (N,) each
+    (fake_radius,) = _kth_neighbours(fake, (pr_k,))  # (M,)
     in_real = fake.new_zeros(len(fake), dtype=torch.bool)  # Y_j inside some real ball
     balls = fake.new_zeros(len(fake))  # number of real balls holding Y_j
     covered = real.new_zeros(len(real), dtype=torch.bool)  # real ball i holds some Y
@@ -200,15 +211,15 @@ def manifold_metrics(real: Tensor, fake: Tensor, k: int = K_NEIGHBOURS) -> dict[
     for start in range(0, len(fake), CHUNK):
         block = slice(start, start + CHUNK)
         d = _squared_distances(fake[block], real)  # (c, N)
-        inside = d <= real_radius  # Y_j in ball(X_i)
-        in_real[block] = inside.any(1)
+        in_real[block] = (d <= real_radius).any(1)  # Y_j in some real pr_k-ball
+        inside = d <= dc_radius  # Y_j in the dc_k-ball of X_i
         balls[block] = inside.sum(1, dtype=torch.float64)
         covered |= inside.any(0)
         in_fake |= (d <= fake_radius[block, None]).any(0)
     return {
         "precision": float(in_real.double().mean()),
         "recall": float(in_fake.double().mean()),
-        "density": float(balls.sum() / (k * len(fake))),
+        "density": float(balls.sum() / (dc_k * len(fake))),
         "coverage": float(covered.double().mean()),
     }
 
@@ -509,13 +520,19 @@ class QualityScorer(_ImageSamples):
         cache_dir: the classifier cache's root (default: ``$VAELAB_CACHE``, else the user cache).
         device: where the classifier and the metrics run (as in ``get_classifier``).
         progress: a progress bar on stderr while the classifier trains.
+        pr_k, dc_k: the neighbours of precision and recall (3) and of density and coverage (5), as
+            in ``manifold_metrics``; both are reported with every score.
     """
 
     DEFAULT_N = 10000  # samples a run draws when none is asked for
 
     def __init__(self, dataset: str, *, data_dir: str | os.PathLike[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-                 progress: bool = False) -> None:  # fmt: skip
+                 progress: bool = False, pr_k: int = PR_NEIGHBOURS, dc_k: int = DC_NEIGHBOURS) -> None:  # fmt: skip
+        for name, k in (("pr_k", pr_k), ("dc_k", dc_k)):
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise DataError(f"{name} must be a positive number of neighbours, got {k!r}")
+        self.pr_k, self.dc_k = pr_k, dc_k
         self.dataset = os.fspath(dataset)
         self.cache_dir, self.device, self.progress = cache_dir, resolve_device(device), progress
         kwargs = dict(binarize="none", data_dir=data_dir, valid_fraction=0.0)
@@ -544,8 +561,9 @@ class QualityScorer(_ImageSamples):
 
     def check_n(self, n: int) -> None:
         """Refuses a number of samples that the test split (or the reference) cannot match."""
-        if n <= K_NEIGHBOURS:
-            raise DataError(f"the k-nearest-neighbour metrics (K = {K_NEIGHBOURS}) need at least {K_NEIGHBOURS + 1} "
+        most = max(self.pr_k, self.dc_k)
+        if n <= most:
+            raise DataError(f"the k-nearest-neighbour metrics (K = {most}) need at least {most + 1} "
                             f"samples, got {n}")  # fmt: skip
         if n > len(self.test):
             raise DataError(f"{n} samples, but {self.dataset} has {len(self.test)} test images to compare them "
@@ -573,7 +591,7 @@ class QualityScorer(_ImageSamples):
     def _metrics(self, real: Tensor, stats: tuple[Tensor, Tensor], images: Tensor) -> dict[str, float]:
         fake, probs = _forward(self.classifier.net, images, self.device)
         out = {"fd": frechet_distance(*feature_statistics(fake), *stats)}
-        out.update(manifold_metrics(real, fake, K_NEIGHBOURS))
+        out.update(manifold_metrics(real, fake, self.pr_k, self.dc_k))
         out["classifier_score"] = classifier_score(probs)
         return {name: out[name] for name in METRICS}
 
@@ -586,7 +604,8 @@ class QualityScorer(_ImageSamples):
         Returns:
             ``fd``, ``precision``, ``recall``, ``density``, ``coverage``, ``classifier_score``,
             ``reference`` (the same six for N training images), ``n_samples``, ``dataset``,
-            ``classifier_accuracy`` (on the whole test split).
+            ``classifier_accuracy`` (on the whole test split), ``pr_k`` and ``dc_k`` (the
+            neighbours of precision/recall and of density/coverage).
         """
         x = check_samples(samples, self.event_shape, self.dataset)
         n = len(x)
@@ -594,7 +613,8 @@ class QualityScorer(_ImageSamples):
         real, stats, reference = self._real(n)
         result: dict[str, Any] = self._metrics(real, stats, x)
         result["reference"] = dict(reference)
-        result.update(n_samples=n, dataset=self.dataset, classifier_accuracy=self.classifier.accuracy)
+        result.update(n_samples=n, dataset=self.dataset, classifier_accuracy=self.classifier.accuracy,
+                      pr_k=self.pr_k, dc_k=self.dc_k)  # fmt: skip
         return result
 
 
