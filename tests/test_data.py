@@ -929,6 +929,81 @@ def test_npz_single_array_and_x_y(tmp_path):
     assert torch.equal(test.x, torch.from_numpy(x[9:])) and test.y.tolist() == [9]
 
 
+def _codes_npz(path, n=400, d=3, seed=0):
+    """A .npz of posterior codes as vaelab encode writes it: means as x, their scales beside them."""
+    rng = np.random.default_rng(seed)
+    means = (rng.normal(size=(n, d)) * [0.1, 1.0, 2.0]).astype(np.float32)
+    scales = np.abs(rng.normal(size=(n, d)) * [1.0, 0.3, 0.05]).astype(np.float32) + 0.01
+    np.savez(path, x_train=means, x_test=means[:50], mean_train=means, mean_test=means[:50],
+             scale_train=scales, scale_test=scales[:50])
+    return means, scales
+
+
+def test_posterior_codes_are_drawn_afresh_every_pass(tmp_path):
+    """A codes .npz serves z = mean + scale * eps, eps ~ N(0, I) drawn every pass: over 200 passes
+    each value's mean is its posterior mean and its variance its scale squared (within 4 standard
+    errors), so the training data is the aggregate posterior, whose variance per dimension is
+    Var(mean) + E[scale^2], not the means' spread alone."""
+    means, scales = _codes_npz(tmp_path / "codes.npz")
+    train = load_split(tmp_path / "codes.npz", valid_fraction=0)
+    assert train.sd is not None and torch.equal(train.x, torch.from_numpy(means))
+    g = torch.Generator().manual_seed(0)
+    passes = torch.stack([torch.cat(list(train.batches(64, generator=g))) for _ in range(200)])  # (200, N, D)
+    eps = (passes - torch.from_numpy(means)) / torch.from_numpy(scales)
+    mean_se, var_se = 1 / math.sqrt(200), math.sqrt(2 / 199)
+    assert eps.mean(0).abs().max() < 4.5 * mean_se  # 1,200 values: P(any beyond 4.5 se) < 1%
+    assert (eps.var(0).mean() - 1).abs() < 4 * var_se / math.sqrt(eps[0].numel())
+    aggregate = passes.flatten(0, 1).var(0).double()  # per dimension, over passes and examples
+    mu, sd = torch.from_numpy(means).double(), torch.from_numpy(scales).double()
+    centred = mu - mu.mean(0)
+    expected = centred.square().mean(0) + sd.square().mean(0)
+    # given the means, the noise of the estimate is that of mean(2 (mu - mu_bar) sd eps + sd^2 (eps^2 - 1))
+    se = ((4 * (centred * sd).square() + 2 * sd**4).mean(0) / passes[:, :, 0].numel()).sqrt()
+    assert ((aggregate - expected).abs() < 4 * se).all(), (aggregate, expected, se)
+    assert not torch.equal(passes[0], passes[1])
+    # the fixed view (validation, test) is one seeded draw, the same every time, another per split
+    test = load_split(tmp_path / "codes.npz", "test")
+    again = load_split(tmp_path / "codes.npz", "test")
+    assert torch.equal(test.fixed(), again.fixed()) and not torch.equal(test.fixed(), test.x)
+    assert not torch.equal(train.fixed()[:50], test.fixed())
+    # codes="mean": the means alone, as fixed data
+    plain = load_split(tmp_path / "codes.npz", valid_fraction=0, codes="mean")
+    assert plain.sd is None and torch.equal(torch.cat(list(plain.batches(64))), torch.from_numpy(means))
+
+
+def test_posterior_codes_follow_the_carve_limit_and_classes(tmp_path):
+    means, scales = _codes_npz(tmp_path / "codes.npz", n=40)
+    valid = load_split(tmp_path / "codes.npz", "valid", valid_fraction=0.25, limit=5)
+    rows = [int(np.flatnonzero((means == r.numpy()).all(1))[0]) for r in valid.x]
+    torch.testing.assert_close(valid.sd, torch.from_numpy(scales[rows]))
+    np.savez(tmp_path / "labelled.npz", x_train=means, x_test=means[:4], scale_train=scales, scale_test=scales[:4],
+             y_train=np.arange(40) % 2, y_test=np.arange(4) % 2)  # fmt: skip
+    odd = load_split(tmp_path / "labelled.npz", valid_fraction=0, classes=[1])
+    torch.testing.assert_close(odd.sd, torch.from_numpy(scales[1::2]))
+
+
+def test_bad_posterior_codes_are_refused(tmp_path):
+    means, scales = _codes_npz(tmp_path / "codes.npz", n=20)
+    for name, arrays, phrase in (
+        ("half", dict(x_train=means, x_test=means, scale_train=scales), "scale_test"),
+        ("shape", dict(x_train=means, x_test=means, scale_train=scales[:, :2], scale_test=scales[:, :2]), "shaped like"),
+        ("negative", dict(x_train=means, x_test=means, scale_train=-scales, scale_test=scales), "negative"),
+    ):  # fmt: skip
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(DataError, match=phrase):
+            load_split(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "plain.npz", x_train=means, x_test=means)
+    with pytest.raises(DataError, match="scale_train and scale_test"):
+        load_split(tmp_path / "plain.npz", codes="mean")
+    with pytest.raises(DataError, match="draw, mean"):
+        load_split(tmp_path / "codes.npz", codes="median")
+    with pytest.raises(DataError, match="binarization"):
+        Split(torch.from_numpy(means).clamp(0, 1), None, "c", "train", binarize="threshold",
+              sd=torch.from_numpy(scales))  # fmt: skip
+    with pytest.raises(ValueError, match="Generator"):
+        load_split(tmp_path / "codes.npz").batches(4)
+
+
 def test_existing_path_without_suffix_is_a_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((10, 2), np.float32))
     (tmp_path / "a.npy").rename(tmp_path / "plain")

@@ -70,6 +70,7 @@ class DataConfig:
     memory_budget: float = field(default=4.0, metadata=_help("image folders: GiB a split may take decoded (float32) in memory; larger splits are streamed from disk during training (0: always stream)"))
     binarize: str = field(default="dynamic", metadata=_help("none | dynamic | threshold | static", choices=_data.BINARIZE_MODES))
     dequantize: bool = field(default=False, metadata=_help("add uniform noise to grey levels, (k + u) / levels, for continuous likelihoods; needs --binarize none"))
+    codes: str = field(default="draw", metadata=_help("a .npz of posterior codes with scale_train/scale_test (vaelab encode's output): draw serves z = mean + scale * N(0, I) afresh every training pass (one seeded draw for validation and test), samples of the aggregate posterior a two-stage VAE's second stage learns (Dai & Wipf 2019); mean serves the means alone", choices=_data.CODE_MODES))
     valid_fraction: float = field(default=0.1, metadata=_help("fraction of the training file held out for validation (0 disables validation)"))
     limit: int | None = field(default=None, metadata=_help("use only the first N examples (file order) of each split"))
 
@@ -82,6 +83,8 @@ class DataConfig:
             raise ConfigError(f"valid_fraction= must be in [0, 1), got {self.valid_fraction}")
         if self.dequantize and self.binarize != "none":
             raise ConfigError("dequantize= adds noise to grey levels; use it with binarize= none")
+        if self.codes not in _data.CODE_MODES:
+            raise ConfigError(f"unknown codes mode {self.codes!r}; choose one of: {', '.join(_data.CODE_MODES)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit= must be a positive number of examples, got {self.limit}")
         if self.image_size is not None and self.image_size < 1:

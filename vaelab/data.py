@@ -24,6 +24,13 @@ Binarization modes (``BINARIZE_MODES``), for grey levels in [0, 1]:
 With ``binarize="none"``, ``dequantize=True`` serves grey level k as (k + u) / levels with fresh
 uniform noise u every training pass (one seeded draw for scoring), so that a density model of
 the data is honest about discrete pixels (Theis et al. 2016).
+
+Posterior codes: a ``.npz`` that holds ``scale_train`` and ``scale_test`` beside ``x_train`` and
+``x_test`` (``vaelab encode`` writes the posterior means as x and their standard deviations as
+scale) is served, with ``codes="draw"`` (the default), as fresh draws z = x + scale * N(0, I) every
+training pass (one seeded draw for scoring): samples of the aggregate posterior
+q(z) = E_x q(z|x), the distribution the second stage of a two-stage VAE must learn (Dai & Wipf
+2019). ``codes="mean"`` serves the means alone, as fixed data.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ __all__ = [
 ]
 
 BINARIZE_MODES = ("none", "dynamic", "threshold", "static")
+CODE_MODES = ("draw", "mean")  # posterior codes with scales: fresh Gaussian draws, or the means alone
 SPLITS = ("train", "valid", "test")
 
 # Short key -> file name without ".gz"; a directory counts only if it holds all four.
@@ -154,6 +162,8 @@ class Split:
         dequantize: serve grey level k (of ``levels``) as (k + u) / levels with u ~ U[0, 1),
             so that a density model of the result bounds the discrete log-likelihood
             (Theis et al. 2016): log P(k) >= E_u[log p((k + u) / L)] - D log L.
+        sd: per-element standard deviations shaped like ``x`` (posterior codes), or None: each
+            training pass serves x + sd * N(0, I), drawn afresh; the fixed view is one seeded draw.
     """
 
     x: torch.Tensor
@@ -164,6 +174,7 @@ class Split:
     seed: int = 0
     levels: int | None = None
     dequantize: bool = False
+    sd: torch.Tensor | None = None
     # Memo of fixed() and the reused buffer of dynamic draws; a mutable dict lets a frozen
     # dataclass cache without object.__setattr__.
     _cache: dict[str, Any] = field(
@@ -193,6 +204,19 @@ class Split:
                 )
             if self.y.dtype != torch.int64:
                 object.__setattr__(self, "y", self.y.to(torch.int64))
+        if self.sd is not None:
+            if not isinstance(self.sd, torch.Tensor) or self.sd.shape != self.x.shape:
+                raise DataError(
+                    f"{self.name}: sd must be a tensor shaped like x {list(self.x.shape)}, got "
+                    f"{_shape_of(self.sd)}; store one standard deviation per value"
+                )
+            if self.binarize != "none" or self.dequantize:
+                raise DataError(
+                    f"{self.name} holds posterior codes drawn as x + sd * N(0, I); binarization and "
+                    "dequantization do not apply to them: use binarize='none' without dequantize"
+                )
+            if self.sd.dtype != torch.float32:
+                object.__setattr__(self, "sd", self.sd.to(torch.float32))
         if self.dequantize and self.binarize != "none":
             raise DataError(
                 f"dequantization adds noise to grey levels, but binarize={self.binarize!r} makes "
@@ -232,7 +256,8 @@ class Split:
 
         ``none`` -> ``x``; ``threshold`` -> ``x > 0.5``; ``static`` and ``dynamic`` -> one
         Bernoulli draw seeded by ``(seed, split)``, so scores are reproducible and comparable
-        between models, and the train/valid/test draws are independent. The result is cached.
+        between models, and the train/valid/test draws are independent; dequantized grey levels
+        and codes with ``sd`` likewise one seeded draw. The result is cached.
         Because CPU ``torch.rand`` fills row-major, ``load_split(..., limit=n).fixed()`` equals
         the first ``n`` rows of the unlimited split's ``fixed()`` for the test split.
 
@@ -241,7 +266,10 @@ class Split:
         """
         view = self._cache.get("fixed")
         if view is None:
-            if self.dequantize:
+            if self.sd is not None:
+                generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.split))
+                view = self._code_draw(generator)
+            elif self.dequantize:
                 generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.split))
                 view = self._dequantized(generator)
             elif self.binarize == "none":
@@ -258,7 +286,8 @@ class Split:
         """The view for one training pass.
 
         ``dynamic`` -> a fresh Bernoulli draw of the whole split in one vectorized call (a bool
-        tensor: a quarter of the memory of float32); every other mode -> :meth:`fixed`.
+        tensor: a quarter of the memory of float32); dequantization and codes with ``sd`` -> a
+        fresh draw of their noise; every other mode -> :meth:`fixed`.
 
         Args:
             generator: the only source of random numbers; required for ``dynamic``.
@@ -266,10 +295,10 @@ class Split:
         Returns:
             bool (dynamic) or float32 tensor shaped like ``x``.
         """
-        if self.dequantize:
+        if self.sd is not None or self.dequantize:
             if generator is None:
-                raise ValueError("dequantization needs a torch.Generator; pass generator=...")
-            return self._dequantized(generator)
+                raise ValueError("fresh draws of codes or of dequantization noise need a torch.Generator; pass generator=...")
+            return self._code_draw(generator) if self.sd is not None else self._dequantized(generator)
         if self.binarize != "dynamic":
             return self.fixed()
         if generator is None:
@@ -290,6 +319,11 @@ class Split:
         levels = float(self.levels)
         k = torch.round(self.x * (levels - 1))
         return (k + torch.rand(self.x.shape, generator=generator)).div_(levels)
+
+    def _code_draw(self, generator: torch.Generator) -> torch.Tensor:
+        # z = mean + sd * eps, eps ~ N(0, I): one draw from each example's q(z|x)
+        assert self.sd is not None
+        return torch.randn(self.x.shape, generator=generator).mul_(self.sd).add_(self.x)
 
     def batches(
         self,
@@ -319,14 +353,14 @@ class Split:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if generator is None and (shuffle or self.binarize == "dynamic" or self.dequantize):
+        if generator is None and (shuffle or self.binarize == "dynamic" or self.dequantize or self.sd is not None):
             # The global RNG would make resumed training irreproducible.
             raise ValueError(
                 "shuffle=True and dynamic binarization need a torch.Generator; pass generator=..."
             )
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else None
-        reuse = self.binarize == "dynamic" and not self.dequantize and generator is not None
+        reuse = self.binarize == "dynamic" and not self.dequantize and self.sd is None and generator is not None
         view = self._draw_into_buffer(generator) if reuse else self.draw(generator)
         stop = n - n % batch_size if drop_last else n
         batches = _Batches(view, order, batch_size, stop)
@@ -410,6 +444,7 @@ class _Part:
     y: np.ndarray | None  # int64 [N]
     scale: float  # x / scale is in [0, 1] for grey levels; 1 for floats and bools
     levels: int | None
+    sd: np.ndarray | None = None  # posterior codes: standard deviations shaped like x (x the means)
 
 
 @dataclass(frozen=True)
@@ -434,6 +469,7 @@ def load_split(
     valid_fraction: float = 0.1,
     seed: int = 0,
     dequantize: bool = False,
+    codes: str = "draw",
     download: bool = True,
     progress: bool = False,
     classes: Sequence[int] | None = None,
@@ -458,6 +494,9 @@ def load_split(
             ``round(valid_fraction * n)`` examples chosen by a permutation seeded with ``seed``.
         seed: seed of the validation carve and of the fixed binarization draws.
         dequantize: serve grey levels with uniform noise (see ``Split``); needs binarize="none".
+        codes: for a ``.npz`` of posterior codes (``scale_train``/``scale_test`` beside
+            ``x_train``/``x_test``): "draw" serves x + scale * N(0, I), drawn afresh every pass
+            (the aggregate posterior), "mean" the means alone. Other data refuse "mean".
         download: fetch missing IDX files from the official mirrors into the user cache.
         progress: show a download progress bar on stderr.
         classes: keep only the examples with these labels (which keep their values), before the
@@ -476,6 +515,7 @@ def load_split(
     name = os.fspath(name)
     _check_choice(split, SPLITS, "split")
     _check_choice(binarize, BINARIZE_MODES, "binarize mode")
+    _check_choice(codes, CODE_MODES, "codes mode")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
     if not isinstance(valid_fraction, (int, float)) or not 0.0 <= valid_fraction < 1.0:
@@ -493,6 +533,8 @@ def load_split(
     check_data_dir(name, data_dir)
 
     if is_folder(name):
+        if codes != "draw":
+            raise DataError(f"codes={codes!r} (--codes) applies to a .npz of posterior codes; {name} is a folder of images: drop it")
         return _folder_split(name, split, file, binarize=binarize, limit=limit, valid_fraction=valid_fraction,
                              seed=seed, dequantize=dequantize, classes=classes, image_size=image_size,
                              channels=channels, memory_budget=memory_budget, workers=workers)  # fmt: skip
@@ -506,7 +548,7 @@ def load_split(
     part = source.test() if split == "test" else source.train()
     if classes is not None:
         keep = _class_rows(part.y, classes, name, file)
-        part = _Part(part.x[keep], part.y[keep], part.scale, part.levels)
+        part = _Part(part.x[keep], part.y[keep], part.scale, part.levels, None if part.sd is None else part.sd[keep])
 
     index: Any = slice(None)
     if split != "test":
@@ -525,7 +567,13 @@ def load_split(
     if part.scale != 1.0:
         x = x.div_(part.scale)
     y = None if part.y is None else torch.from_numpy(part.y[index].astype(np.int64))
-    return Split(x, y, name, split, binarize, seed, part.levels, dequantize)
+    if part.sd is None and codes != "draw":
+        raise DataError(
+            f"codes={codes!r} (--codes) applies to a .npz of posterior codes with scale_train and "
+            f"scale_test (vaelab encode writes them); {name} has none: drop it"
+        )
+    sd = None if part.sd is None or codes == "mean" else torch.from_numpy(np.ascontiguousarray(part.sd[index]))
+    return Split(x, y, name, split, binarize, seed, part.levels, dequantize, sd=sd)
 
 
 def _class_rows(y: np.ndarray | None, classes: tuple[int, ...], name: str, file: str) -> np.ndarray:
@@ -1304,6 +1352,8 @@ def _parts_from_npz(path: Path, npz: Any) -> tuple[_Part, _Part]:
                 )
             train = _part(path, train_key, npz[train_key], _labels(path, npz, "y_train"))
             test = _part(path, test_key, npz[test_key], _labels(path, npz, "y_test"))
+            if train_key == "x_train" and ("scale_train" in keys or "scale_test" in keys):
+                train, test = (_with_scales(path, part, key, npz) for part, key in ((train, "scale_train"), (test, "scale_test")))
             if train.x.shape[1:] != test.x.shape[1:] or train.x.dtype != test.x.dtype:
                 raise DataError(
                     f"{path}: {train_key} ({train.x.dtype} {list(train.x.shape[1:])} per example) "
@@ -1320,6 +1370,22 @@ def _parts_from_npz(path: Path, npz: Any) -> tuple[_Part, _Part]:
         "y_train/y_test optional), train/test, one array named x (labels y optional), or a "
         "single array"
     )
+
+
+def _with_scales(path: Path, part: _Part, key: str, npz: Any) -> _Part:
+    """Posterior codes: the part's x are means, ``npz[key]`` their standard deviations."""
+    if key not in npz.files:
+        other = "scale_test" if key == "scale_train" else "scale_train"
+        raise DataError(f"{path}: has {other} but not {key}; store the posterior scales of both splits, or neither")
+    sd = npz[key]
+    if sd.shape != part.x.shape or not np.issubdtype(sd.dtype, np.floating) or part.levels is not None:
+        raise DataError(
+            f"{path}: {key} ({sd.dtype} {list(sd.shape)}) must be floats shaped like the float codes it "
+            f"scales ({part.x.dtype} {list(part.x.shape)}); store one standard deviation per code value"
+        )
+    if not (np.isfinite(sd).all() and (sd >= 0).all()):
+        raise DataError(f"{path}: {key} holds negative or non-finite standard deviations; store sd >= 0")
+    return _Part(part.x, part.y, part.scale, part.levels, sd.astype(np.float32))
 
 
 def _labels(path: Path, npz: Any, key: str) -> np.ndarray | None:

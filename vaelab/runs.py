@@ -74,6 +74,7 @@ def load_data(
         valid_fraction=d.valid_fraction,
         seed=config.train.seed,
         dequantize=d.dequantize,
+        codes=d.codes,
         progress=progress,
         classes=d.classes,
         image_size=d.image_size if folder else None,
