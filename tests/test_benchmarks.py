@@ -44,6 +44,16 @@ def test_ood_benchmark_runs_and_its_table_matches_its_json(bench, tmp_path, caps
     assert f"| `is:4` | {result['scores']['is:4']['auroc']:.3f} |" in table
 
 
+def test_second_correctness_benchmark_runs(bench, tmp_path):
+    c2 = bench("bench_correctness2")
+    out = tmp_path / "c2.json"
+    assert c2.main(["--parts", "weights,upper,coverage", "--replicas", "200", "--upper-n", "10", "--redraws", "5",
+                    "--coverage-n", "50", "--json", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["weights"]) == {"10", "100"} and set(result["upper"]) == {"10", "100"}
+    assert result["coverage"]["5"]["expected"] > result["coverage"]["3"]["expected"]
+
+
 def test_two_stage_benchmark_runs_and_draws_its_figure(bench, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))  # the quality classifier of digits, never the user's
     two = bench("bench_two_stage")
@@ -56,6 +66,10 @@ def test_two_stage_benchmark_runs_and_draws_its_figure(bench, tmp_path, capsys, 
     assert [r["sampler"] for r in result["rows"]] == ["prior", "GMM(10)", "stage 2"]
     assert all(np.isfinite(r["fd"]) and 0 <= r["precision"] <= 1 for r in result["rows"])
     assert len(result["codes"]["std_of_means"]) == 3
+    codes = result["codes"]
+    assert len(codes["aggregate_variance"]) == 3 and all(0 < share <= 1 for share in codes["means_share_of_variance"])
+    stage2_config = json.loads((tmp_path / "two" / "stage2" / "config.json").read_text())
+    assert stage2_config["data"]["codes"] == "draw"  # stage 2 learns the aggregate posterior
     from PIL import Image
 
     with Image.open(figure) as image:

@@ -29,7 +29,7 @@ from .errors import NotFoundError, UntrustedCodeError, VaelabError
 from .diagnostics import gradient_snr, mutual_information, posterior_summary, snr_sweep
 from .estimators import GRAD_ESTIMATORS, effective_sample_size, log_weights
 from .evaluate import active_units, evaluate, log_likelihood
-from .ais import ais, bdmc
+from .ais import ais, bdmc, reverse_ais
 from .local import fit_local, gaps
 from .models import VAE, GaussianMixture, LinearGaussian, build_model
 from .posteriors import POSTERIORS, build_posterior
@@ -88,4 +88,5 @@ __all__ = [
     "log_likelihood",
     "log_weights",
     "resolve_device",
+    "reverse_ais",
 ]

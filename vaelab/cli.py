@@ -265,7 +265,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        "its own) into FILE.npz: mean_train, scale_train, mean_test, scale_test (posterior means "
                        "and standard deviations), y_train, y_test (labels, when known), samples_train, "
                        "samples_test (with --samples), and x_train, x_test (the means again), so that "
-                       "vaelab train --data FILE.npz trains a second VAE on the codes.")  # fmt: skip
+                       "vaelab train --data FILE.npz trains a second VAE on the codes: on fresh draws "
+                       "mean + scale * N(0, I) every epoch, the aggregate posterior (--codes draw, the default), "
+                       "or on the means alone (--codes mean).")  # fmt: skip
     p.add_argument("run", metavar="RUN")
     _add_trust_flag(p)
     _add_device_flag(p)
@@ -830,7 +832,7 @@ def _print_hmc(s: dict) -> None:
     if math.isnan(s["acceptance_rate"]):
         print("  HMC             no transitions (--steps 1 is importance sampling with --chains particles)")
     else:
-        print(f"  HMC             acceptance rate {s['acceptance_rate']:.3f} (adapted towards {target}), "
+        print(f"  HMC             acceptance rate {s['acceptance_rate']:.3f} (step sizes set by a pilot run adapted towards {target}), "
               f"final step size {s['step_size']:.4g} (mean over examples)")  # fmt: skip
 
 
@@ -842,7 +844,6 @@ def _evaluate_bdmc(args: argparse.Namespace, config: cfg.RunConfig, model, optio
     result = bdmc(model, n, **options, seed=args.seed, progress=not (args.quiet or args.json))
     summary = {**summarize_bdmc(result), "method": "bdmc", "steps": options["steps"], "chains": options["chains"],
                "leapfrog": options["leapfrog"], "ais_start": options["start"]}  # fmt: skip
-    summary["step_size"] = 0.5 * (result.lower.step_size + result.upper.step_size).mean().item()
     # simulated from the model: no split is read
     _store(args.run, "evaluate", {"method": "bdmc", "limit": n, "seed": args.seed, **_ais_keys(options)}, summary)
     if args.json:
@@ -853,9 +854,10 @@ def _evaluate_bdmc(args: argparse.Namespace, config: cfg.RunConfig, model, optio
           f"(Grosse et al. 2015), AIS ({_ais_header(options)})")  # fmt: skip
     print(f"  AIS lower bound {s['ais_lower']:.3f} +- {s['ais_lower_stderr']:.3f} nats (forward AIS from the start)")
     print(f"  AIS upper bound {s['ais_upper']:.3f} +- {s['ais_upper_stderr']:.3f} nats (reverse AIS from the exact "
-          f"posterior sample that generated each example)")  # fmt: skip
-    print(f"  BDMC gap        {s['bdmc_gap']:.3f} nats (upper - lower: bounds the error of AIS with these settings "
-          f"on data like the model's own; more --steps close it)")  # fmt: skip
+          f"posterior sample that generated each example; +- from the spread of upper - lower over the examples, "
+          f"which covers the draw of that sample)")  # fmt: skip
+    print(f"  BDMC gap        {s['bdmc_gap']:.3f} +- {s['bdmc_gap_stderr']:.3f} nats (upper - lower: bounds the error of "
+          f"AIS with these settings on data like the model's own; more --steps close it)")  # fmt: skip
     _print_hmc(s)
     return 0
 
