@@ -165,13 +165,13 @@ def main(argv=None) -> int:
 
 
 def _figure(figures: dict, path: Path) -> None:
-    from vaelab.report import _as_images, _grid_figure, save_figure, tile
+    from vaelab.report import _as_images, _pixel_figure, save_figure, tile
     import numpy as np
 
     strips = [tile(_as_images(x), 16) for x in figures.values()]
     gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
     canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
-    save_figure(_grid_figure(canvas, "rows: " + " | ".join(figures), scale=3.0), path)
+    save_figure(_pixel_figure(canvas, "rows: " + " | ".join(figures), zoom=3)[0], path)
 
 
 def table(result: dict) -> str:

@@ -63,13 +63,15 @@ def test_two_stage_benchmark_runs_and_draws_its_figure(bench, tmp_path, capsys, 
                      "--json", str(tmp_path / "two.json"), "--figure", str(figure), "--quiet"])  # fmt: skip
     assert code == 0
     result = json.loads((tmp_path / "two.json").read_text())
-    assert [r["sampler"] for r in result["rows"]] == ["prior", "GMM(10)", "stage 2"]
+    assert [r["sampler"] for r in result["rows"]] == ["prior", "GMM(10)", "stage 2", "stage 2, means only"]
     assert all(np.isfinite(r["fd"]) and 0 <= r["precision"] <= 1 for r in result["rows"])
     assert len(result["codes"]["std_of_means"]) == 3
     codes = result["codes"]
     assert len(codes["aggregate_variance"]) == 3 and all(0 < share <= 1 for share in codes["means_share_of_variance"])
     stage2_config = json.loads((tmp_path / "two" / "stage2" / "config.json").read_text())
     assert stage2_config["data"]["codes"] == "draw"  # stage 2 learns the aggregate posterior
+    ablation_config = json.loads((tmp_path / "two" / "stage2-means" / "config.json").read_text())
+    assert ablation_config["data"]["codes"] == "mean"  # the ablation, the means alone
     from PIL import Image
 
     with Image.open(figure) as image:
