@@ -11,9 +11,9 @@ aggregate posterior q(z) = E_x q(z|x) as Dai & Wipf's code does; the same latent
 (``--hidden2``), learned Gaussian variance. Beside it, the ablation: the same second VAE trained
 on the encoder means alone (``--codes mean``, which learns the distribution of the means, narrower
 than q(z) by E[scale^2] in every dimension), as vaelab did before the second review. Each stage
-trains until its time limit (the weights kept are the best by validation bound). Then 10000 samples of each sampler (decoder means)
-are scored by ``vaelab quality`` against the test images, beside the reference row (real training
-images).
+trains until its time limit (the weights kept are the best by validation bound). Then 10000
+samples of each sampler (decoder means) are scored by ``vaelab quality`` against the test images,
+beside the reference row (real training images).
 
     python benchmarks/bench_two_stage.py --time-limit 240 --time-limit2 120 --out benchmarks/runs/two_stage \\
         --json benchmarks/results/two_stage.json --figure benchmarks/results/two_stage_samples.png
