@@ -40,17 +40,18 @@ from pathlib import Path
 
 import torch
 
-from vaelab import config as cfg
-from vaelab.cli import main as cli
-from vaelab.codeprior import PRIOR_DIR, PriorConfig, fit_code_prior
-from vaelab.errors import RunError
-from vaelab.evaluate import reconstruction_error
-from vaelab.files import read_metrics
-from vaelab.runs import load, load_data
-from vaelab.train import complete_run
-
 # the script's folder is on sys.path when it runs: the helpers of the sample-quality benchmark
-from bench_quality import _budget_seconds as _seconds, _figure, _json_cli
+from bench_quality import _budget_seconds as _seconds
+from bench_quality import _figure, _json_cli
+
+from vaelab.core.errors import RunError
+from vaelab.core.files import read_metrics
+from vaelab.evaluation.evaluate import reconstruction_error
+from vaelab.runs import config as cfg
+from vaelab.runs.codeprior import PriorConfig, fit_code_prior
+from vaelab.runs.lifecycle import complete_run
+from vaelab.runs.prior_files import PRIOR_DIR
+from vaelab.runs.rundir import load, load_data
 
 MAX_EPOCHS = 100000  # the time limit stops every budgeted run first
 ADVERSARIAL = ("gan", "vaegan", "aae", "alphagan", "veegan")
@@ -153,7 +154,7 @@ def part_fashion(args) -> tuple[dict, dict]:
                      **{k: quality[k] for k in ("fd", "precision", "recall", "density", "coverage", "classifier_score", "pr_k", "dc_k")},
                      "reference": quality["reference"]})  # fmt: skip
         if args.figure:
-            from vaelab.sampling import sample_images
+            from vaelab.evaluation.sampling import sample_images
 
             figures[name] = sample_images(load(run), 16, seed=1)
         print(json.dumps(rows[-1]), file=sys.stderr)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from vaelab import config as cfg
-from vaelab.cli import main as cli
-from vaelab.files import read_metrics
-from vaelab.train import complete_run
+from vaelab.cli.main import main as cli
+from vaelab.core.files import read_metrics
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import complete_run
 
 MODELS = {
     "VAE, 1 layer": ({"layers": 1}, {}),

@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.diagnostics import snr_sweep
-from vaelab.evaluate import log_likelihood, summarize
-from vaelab.files import read_metrics
-from vaelab.report import snr_figure
-from vaelab.runs import load, load_data
-from vaelab.train import complete_run
+from vaelab.core.files import read_metrics
+from vaelab.evaluation.diagnostics import snr_sweep
+from vaelab.evaluation.evaluate import log_likelihood, summarize
+from vaelab.report.figures import snr_figure
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import complete_run
+from vaelab.runs.rundir import load, load_data
 
 MODELS = {  # label -> [train] options (Rainforth et al. 2018's settings)
     "VAE": {"objective": "elbo"},

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from vaelab import config as cfg
-from vaelab.diagnostics import parameter_groups
-from vaelab.estimators import sample_particles
-from vaelab.objectives import get_objective
-from vaelab.runs import model_from_config
+from vaelab.evaluation.diagnostics import parameter_groups
+from vaelab.inference.estimators import sample_particles
+from vaelab.inference.objectives import get_objective
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 
 def _model(likelihood, prior="standard", event=6, hidden=(8,), latent=2, **extra):

@@ -114,9 +114,9 @@ def upper_stderr(n: int = 200, redraws: int = 200) -> dict:
 
 
 def codebook_duplicates(seeds: int) -> dict:
-    from vaelab import config as cfg
-    from vaelab.data import load_split
-    from vaelab.runs import model_from_config
+    from vaelab.data.datasets import load_split
+    from vaelab.runs import config as cfg
+    from vaelab.runs.rundir import model_from_config
 
     x = load_split("fashion-mnist", "train", binarize="threshold", limit=100).fixed()
     config = cfg.build({"model": {"model": "vqvae", "net": "resnet", "codebook_size": 512, "code_dim": 64}})
@@ -133,7 +133,7 @@ def codebook_duplicates(seeds: int) -> dict:
 
 
 def coverage_of_a_perfect_model(n: int = 10_000, d: int = 64) -> dict:
-    from vaelab.quality import manifold_metrics
+    from vaelab.evaluation.quality import manifold_metrics
 
     g = torch.Generator().manual_seed(0)
     real, fake = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)

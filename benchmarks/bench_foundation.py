@@ -44,11 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.files import load_weights, save_model
+from vaelab.core.files import load_weights, save_model
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.train import Trainer
+from vaelab.runs import config as cfg
+from vaelab.runs.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def train_parts(train, n_data: int, gemm_rate: float, batch: int = 100) -> dict:
     steps = math.ceil(len(train) / batch)
     flops = training_flops(n_data, len(train)) - steps * 2 * batch * n_data * HIDDEN[0]  # no input gradient of the data
     products = flops / (gemm_rate * 1e9)
-    from vaelab.speed import adam_step
+    from vaelab.runs.speed import adam_step
 
     model = build_vae(train.event_shape)
     for p in model.parameters():
@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the subset's short epochs would keep compile="auto" eager; decide as for the whole data set
         iwae_speed = dict(speed)
         if speed.get("compile") == "auto":
-            from vaelab.speed import compile_refusal
+            from vaelab.runs.speed import compile_refusal
 
             full = compile_refusal(iwae_model, steps_per_epoch=math.ceil(len(train) / 100), scheduled=False, auto=True,
                                    particles=args.iwae_k)  # fmt: skip

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.evaluate import log_likelihood, summarize
-from vaelab.files import read_metrics
-from vaelab.local import gaps
-from vaelab.runs import load, load_data
-from vaelab.train import complete_run
+from vaelab.core.files import read_metrics
+from vaelab.evaluation.evaluate import log_likelihood, summarize
+from vaelab.evaluation.gaps import gaps
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import complete_run
+from vaelab.runs.rundir import load, load_data
 
 CREMER_FASHION_FFG = {"log_likelihood": -97.47, "local_elbo": -100.53, "amortized_elbo": -104.75}
 

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab import config as cfg
-from vaelab.cli import _build_parser, _config_from_args
-from vaelab.cli import main as cli
-from vaelab.data import load_split
-from vaelab.files import read_metrics
-from vaelab.scores import auroc
-from vaelab.train import complete_run
+from vaelab.cli.main import _build_parser, _config_from_args
+from vaelab.cli.main import main as cli
+from vaelab.core.files import read_metrics
+from vaelab.data.datasets import load_split
+from vaelab.evaluation.scores import auroc
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import complete_run
 
 IN_CLASSES = tuple(range(9))
 OOD_CLASS = 9

@@ -37,15 +37,16 @@ from pathlib import Path
 
 import torch
 
-from vaelab import config as cfg
-from vaelab.cli import main as cli
-from vaelab.codeprior import PRIOR_DIR, PriorConfig, fit_code_prior
-from vaelab.evaluate import mean_bound, vq_summary
-from vaelab.errors import RunError
-from vaelab.files import load_tensors, read_metrics
-from vaelab.objectives import get_objective
-from vaelab.runs import load, load_data
-from vaelab.train import complete_run
+from vaelab.cli.main import main as cli
+from vaelab.core.errors import RunError
+from vaelab.core.files import load_tensors, read_metrics
+from vaelab.evaluation.evaluate import mean_bound, vq_summary
+from vaelab.inference.objectives import get_objective
+from vaelab.runs import config as cfg
+from vaelab.runs.codeprior import PriorConfig, fit_code_prior
+from vaelab.runs.lifecycle import complete_run
+from vaelab.runs.prior_files import PRIOR_DIR
+from vaelab.runs.rundir import load, load_data
 
 MAX_EPOCHS = 10000  # the time limit stops every run first
 
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             "n_samples": quality["n_samples"],
         })  # fmt: skip
         if args.figure:
-            from vaelab.sampling import sample_images
+            from vaelab.evaluation.sampling import sample_images
 
             figures[label] = sample_images(model, 16, seed=1)
         print(json.dumps(rows[-1]), file=sys.stderr)
@@ -165,10 +166,12 @@ def main(argv=None) -> int:
 
 
 def _figure(figures: dict, path: Path) -> None:
-    from vaelab.report import _as_images, _pixel_figure, save_figure, tile
     import numpy as np
 
-    strips = [tile(_as_images(x), 16) for x in figures.values()]
+    from vaelab.core.images import as_images, tile
+    from vaelab.report.figures import _pixel_figure, save_figure
+
+    strips = [tile(as_images(x), 16) for x in figures.values()]
     gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
     canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
     save_figure(_pixel_figure(canvas, "rows: " + " | ".join(figures), zoom=3)[0], path)

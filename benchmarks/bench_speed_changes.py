@@ -29,10 +29,11 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent
 
 import vaelab
-from vaelab import distributions, fused, nets
-from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.speed import adam_step
+from vaelab.distributions import observation as distributions
+from vaelab.inference.objectives import get_objective
+from vaelab.models import build_model, fused
+from vaelab.nets import backbones as nets
+from vaelab.runs.speed import adam_step
 
 evaluate = importlib.import_module("vaelab.evaluate")  # the module (vaelab.evaluate is also a function)
 
@@ -107,6 +108,15 @@ def _previous_module(name: str, commit: str):
                                 text=True, check=True).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return None
+    # that commit's flat layout: its relative imports name the modules at their present homes
+    import re
+
+    import vaelab
+
+    homes = {old: found[0] for old, found in vaelab._MOVED.items()}
+    homes.update(data="data.datasets", nets="nets.backbones", distributions="distributions.observation",
+                 runs="runs.rundir", report="report.figures")
+    source = re.sub(r"from \.([a-z_]+)", lambda m: f"from vaelab.{homes.get(m.group(1), m.group(1))}", source)
     module = types.ModuleType(f"vaelab._{name}_{commit}")
     module.__package__ = "vaelab"
     exec(compile(source, f"{commit}:vaelab/{name}.py", "exec"), module.__dict__)

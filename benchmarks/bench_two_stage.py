@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.cli import _build_parser, _config_from_args
-from vaelab.cli import main as cli
-from vaelab.files import read_metrics
-from vaelab.runs import load, load_data, read_config
-from vaelab.sampling import sample_images
-from vaelab.train import complete_run
+from vaelab.cli.main import _build_parser, _config_from_args
+from vaelab.cli.main import main as cli
+from vaelab.core.files import read_metrics
+from vaelab.evaluation.sampling import sample_images
+from vaelab.runs.lifecycle import complete_run
+from vaelab.runs.rundir import load, load_data, read_config
 
 MAX_EPOCHS = 10000  # the time limits stop the runs first
 GMM_COMPONENTS = 10
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
 
 def _figure(stage1: Path, stage2: Path, means_only: Path, path: Path, limit: int | None) -> None:
     """One row of samples per sampler (decoder means, the same seed)."""
-    from vaelab.report import _as_images, _grid_figure, save_figure, tile
+    from vaelab.core.images import as_images, tile
+    from vaelab.report.figures import _grid_figure, save_figure
 
     model = load(stage1)
     config, _ = read_config(stage1)
@@ -145,7 +146,7 @@ def _figure(stage1: Path, stage2: Path, means_only: Path, path: Path, limit: int
         "stage 2": sample_images(model, FIGURE_SAMPLES, sampler="stage2", stage2=load(stage2), seed=1),
         "stage 2, means only": sample_images(model, FIGURE_SAMPLES, sampler="stage2", stage2=load(means_only), seed=1),
     }
-    strips = [tile(_as_images(x), FIGURE_SAMPLES // 2) for x in rows.values()]
+    strips = [tile(as_images(x), FIGURE_SAMPLES // 2) for x in rows.values()]
     gap = np.ones((4, strips[0].shape[1]), dtype=np.float32)
     canvas = np.concatenate([part for s in strips for part in (s, gap)][:-1])
     save_figure(_grid_figure(canvas, "two rows each: " + " | ".join(rows)), path)

@@ -17,8 +17,8 @@ import time
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily
 
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
-from vaelab.objectives import get_objective
 
 
 class TorchMixtureVamp(torch.nn.Module):

@@ -12,18 +12,18 @@ import sys
 
 import pytest
 import torch
+from test_train import kill_and_resume
 from torch.distributions import Independent, Normal
 
-from vaelab import config as cfg
-from vaelab.cli import main
-from vaelab.data import Split
-from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.files import load_tensors, read_metrics
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError, TrainingDiverged
+from vaelab.core.files import load_tensors, read_metrics
+from vaelab.data.datasets import Split
 from vaelab.models import ADVERSARIAL, build_model
 from vaelab.models.adversarial import feature_log_likelihood
-from vaelab.train import Trainer, _postfix, start_run
-
-from test_train import kill_and_resume
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import start_run
+from vaelab.runs.trainer import Trainer, _postfix
 
 LR = 1e-2
 EPS = 1e-8
@@ -312,7 +312,6 @@ def test_runs_log_every_player_and_resume_exactly(name, tmp_path, monkeypatch):
     """metrics.jsonl has train_<player>_loss for every player; a run interrupted mid-epoch and
     resumed ends with the same bytes as an uninterrupted one (every player's Adam state is in the
     checkpoint)."""
-    from vaelab.models import adversarial
 
     config = run_config(name)
     result = start_run(config, tmp_path / "full", progress=False)
@@ -340,7 +339,7 @@ def test_runs_log_every_player_and_resume_exactly(name, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         start_run(config, tmp_path / "crashed", progress=False)
     monkeypatch.setattr(cls, "losses", real)
-    from vaelab.train import resume_run
+    from vaelab.runs.lifecycle import resume_run
 
     resume_run(tmp_path / "crashed", progress=False)
     assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "crashed" / "model.safetensors").read_bytes()
@@ -397,7 +396,7 @@ def test_cli_trains_evaluates_samples_and_reconstructs_every_model(name, tmp_pat
 
 
 def test_reconstruction_error_is_the_squared_error_of_the_models_reconstruction():
-    from vaelab.evaluate import reconstruction_error
+    from vaelab.evaluation.evaluate import reconstruction_error
 
     model = tiny("aae").eval()
     x = data(9)
@@ -430,7 +429,7 @@ def test_reconstruction_error_is_the_squared_error_of_the_models_reconstruction(
 def test_bad_combinations_are_refused(values, message):
     """Checked as the command line shows it: the library names Python arguments (gamma=), which
     the CLI turns into flags (--gamma)."""
-    from vaelab.cli import _as_flags
+    from vaelab.cli.main import _as_flags
 
     with pytest.raises(ConfigError) as err:
         cfg.build(values)
@@ -470,10 +469,9 @@ def test_a_ring8_run_is_drawn_sampled_and_scored_by_its_modes(name, tmp_path, ca
     """The run's pictures and `vaelab quality` work for an adversarial model of points: samples.png
     is a scatter over the data, the quality is the mode metrics of the model's own unclamped
     samples, and reconstructions of points are refused in one line."""
-    from vaelab.quality import score_samples
-    from vaelab.sampling import sample_images
-
     import vaelab
+    from vaelab.evaluation.quality import score_samples
+    from vaelab.evaluation.sampling import sample_images
 
     run = tmp_path / name
     assert main(["train", "--data", "ring8", "--binarize", "none", "--likelihood", "gaussian", "--model", name,

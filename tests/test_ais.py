@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from vaelab import config as cfg
-from vaelab.ais import ANNEALING, ais, bdmc, reverse_ais, summarize_bdmc
-from vaelab.cli import main
-from vaelab.errors import ConfigError
-from vaelab.runs import model_from_config
-
 from conftest import make_linear
-from vaelab.models.linear import LinearGaussian
 from test_cli import SMALL, assert_one_line_error, run_cli
+
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError
+from vaelab.evaluation.ais import ANNEALING, ais, bdmc, reverse_ais, summarize_bdmc
+from vaelab.models.linear import LinearGaussian
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 
 def _mean_se(stderr: torch.Tensor) -> float:
@@ -314,7 +313,7 @@ FAMILIES = [(posterior, prior) for posterior in ("gaussian", "full", "iaf:2") fo
 def test_ais_agrees_with_importance_sampling_for_every_family(posterior, prior):
     """On a tiny float64 VAE of each posterior and prior family, AIS from either start agrees with
     importance sampling at K=2000 within 4 combined standard errors plus the bias allowance."""
-    from vaelab.evaluate import log_likelihood
+    from vaelab.evaluation.evaluate import log_likelihood
 
     config = cfg.build({"model": {"likelihood": "gaussian", "obs_precision": 4.0, "posterior": posterior, "prior": prior,
                                   "hidden": [8], "latent_dim": 2}})  # fmt: skip
@@ -330,7 +329,7 @@ def test_ais_agrees_with_importance_sampling_for_every_family(posterior, prior):
 
 
 def test_gaps_takes_log_p_from_ais(linear_model, linear_data):
-    from vaelab.local import gaps
+    from vaelab.evaluation.gaps import gaps
 
     x = linear_data[:10]
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ call in them (a renamed helper, a changed keyword) fails here, not an hour into 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

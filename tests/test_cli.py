@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.cli import main
-from vaelab.local import fit_local
+from vaelab.cli.main import main
+from vaelab.inference.local import fit_local
 
 SMALL = ["--hidden", "32", "--latent-dim", "2", "--epochs", "2", "--limit", "300", "--quiet"]
 
@@ -525,7 +525,7 @@ def test_classes_keep_the_listed_labels(tmp_path):
     assert run_cli("train", "--data", "digits", "--binarize", "threshold", "--classes", "3,8", "--out", str(out), *SMALL).returncode == 0
     assert json.loads((out / "config.json").read_text())["data"]["classes"] == [3, 8]
     config, _ = vaelab.config.load_json(out / "config.json")
-    from vaelab.runs import load_data
+    from vaelab.runs.rundir import load_data
 
     assert set(load_data(config, "test").y.tolist()) == {3, 8}
 
@@ -582,7 +582,7 @@ def test_flags_are_never_abbreviated_and_unknown_ones_get_a_suggestion(tmp_path,
     assert_one_line_error(run_cli("train", "--zzzzzz", "--out", str(out)), "unknown option --zzzzzz", "--help")
     assert_one_line_error(run_cli("report", str(run_dir), "extra"), "unexpected argument 'extra'")
     assert not out.exists()
-    from vaelab.cli import _build_parser
+    from vaelab.cli.main import _build_parser
 
     parser = _build_parser()
     commands = parser.get_default("_commands")
@@ -645,7 +645,7 @@ def _epoch_lines(stdout: str) -> list[str]:
     ("gan", TINY_GAN, ("train disc", "generator", "valid disc")),
 ])  # fmt: skip
 def test_training_prints_one_line_per_epoch_with_the_validation_figures(family, flags, words, tmp_path):
-    from vaelab.train import epoch_line
+    from vaelab.runs.lifecycle import epoch_line
 
     run = tmp_path / family
     proc = run_cli("train", *flags, "--epochs", "2", "--quiet", "--out", str(run))
@@ -719,11 +719,11 @@ def test_init_from_warm_starts_a_new_run_and_refuses_another_architecture(tmp_pa
 
 
 def test_diagnose_measures_the_runs_own_objective_and_estimator_by_default(iwae_run, tmp_path, capsys, monkeypatch):
-    import vaelab.report
+    import vaelab.report.figures
 
     titles = []
-    real = vaelab.report.snr_figure
-    monkeypatch.setattr(vaelab.report, "snr_figure", lambda result, path, title=None: titles.append(title) or real(result, path, title))
+    real = vaelab.report.figures.snr_figure
+    monkeypatch.setattr(vaelab.report.figures, "snr_figure", lambda result, path, title=None: titles.append(title) or real(result, path, title))
     capsys.readouterr()
     base = ["diagnose", str(iwae_run), "--k-list", "1,4", "--reps", "5", "--batch", "10", "--json", "-o", str(tmp_path / "s.png")]
     assert main(base) == 0
@@ -749,7 +749,7 @@ def test_a_shortened_make_demo_prints_no_collapse_warning(tmp_path):
     import re
     import shlex
 
-    from vaelab.diagnostics import collapsed
+    from vaelab.evaluation.diagnostics import collapsed
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     (line,) = [ln.strip() for ln in makefile.splitlines() if "vaelab train" in ln and "runs/demo" in ln]

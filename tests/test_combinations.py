@@ -22,19 +22,18 @@ import math
 
 import pytest
 import torch
+from test_custom_nets import small
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
-from vaelab import config as cfg
-from vaelab import sharding
-from vaelab.diagnostics import parameter_groups
-from vaelab.distributions import stop_gradient
-from vaelab.errors import ConfigError
-from vaelab.estimators import GRAD_ESTIMATORS, sample_particles
-from vaelab.objectives import KL_MODES, OBJECTIVES, get_objective
-from vaelab.runs import model_from_config
-
-from test_custom_nets import small
+from vaelab.core import sharding
+from vaelab.core.errors import ConfigError
+from vaelab.distributions.observation import stop_gradient
+from vaelab.evaluation.diagnostics import parameter_groups
+from vaelab.inference.estimators import GRAD_ESTIMATORS, sample_particles
+from vaelab.inference.objectives import KL_MODES, OBJECTIVES, get_objective
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 POSTERIORS = ("gaussian", "full", "planar:2", "iaf:2")
 PRIORS = ("standard", "mog:3", "vamp:3")
@@ -304,7 +303,7 @@ def test_every_combination_the_hand_derived_step_takes_trains_as_autograd_does(c
     single-particle form (the matrix's ELBO draws k=3, which it refuses), its values and
     gradients equal autograd's in float64 from the same draws (to 1e-10 relative: a few dozen
     roundings of numbers of order 1-100). Every other combination has a one-line reason."""
-    from vaelab import fused
+    from vaelab.models import fused
 
     likelihood, posterior, prior, objective_name, estimator, kl, free_bits, layers = combo
     if layers != 1 and net != "mlp":
@@ -435,7 +434,7 @@ def test_every_vqvae_combination_trains_and_reports_its_bound(combo):
     x = torch.rand(4, *IMAGE, dtype=torch.float64)
     if combo[0] == "bernoulli":
         x = x.round()
-    from vaelab.objectives import vq
+    from vaelab.inference.objectives import vq
 
     before = model.quantizer.codebook.detach().clone()
     vq(model, x).objective.mean().backward()

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_cli import assert_one_line_error, run_cli
-from vaelab.cli import main
-from vaelab.results import _finite, load_results
+
+from vaelab.cli.main import main
+from vaelab.runs.results import _finite, load_results
 
 TINY = ["--data", "digits", "--binarize", "threshold", "--hidden", "16", "--limit", "200", "--quiet"]
 

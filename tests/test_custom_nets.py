@@ -14,16 +14,16 @@ import torch
 from torch import nn
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.cli import main
-from vaelab.errors import ConfigError, RunError, UntrustedCodeError, VaelabError
-from vaelab.files import CONFIG_FILE
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError, RunError, UntrustedCodeError, VaelabError
+from vaelab.core.files import CONFIG_FILE
+from vaelab.distributions.posteriors import build_posterior
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
 from vaelab.models.vae import check_combination
-from vaelab.nets import NetSpec
-from vaelab.posteriors import build_posterior
-from vaelab.objectives import get_objective
-from vaelab.runs import load_data, model_from_config
+from vaelab.nets.backbones import NetSpec
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import load_data, model_from_config
 
 SHAPE = (1, 8, 8)
 
@@ -279,7 +279,7 @@ def test_every_command_refuses_a_run_naming_code_without_trust_code(command, tmp
 
 
 def test_every_command_that_opens_a_run_has_trust_code():
-    from vaelab.cli import _build_parser, _options_of
+    from vaelab.cli.main import _build_parser, _options_of
 
     parser = _build_parser()
     for argv in _commands("R", "O", Path("T")).values():

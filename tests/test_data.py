@@ -8,10 +8,10 @@ closed local port), and downloads are served by a local HTTP server.
 from __future__ import annotations
 
 import functools
-import math
 import gzip
 import hashlib
 import http.server
+import math
 import socket
 import threading
 from pathlib import Path
@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab import data
-from vaelab.data import (
+from vaelab.core.errors import ConfigError, DataError, DataNotFoundError
+from vaelab.data import datasets as data
+from vaelab.data.datasets import (
     BINARIZE_MODES,
     DATASETS,
     Split,
@@ -31,7 +32,6 @@ from vaelab.data import (
     read_idx,
     resolve_idx_files,
 )
-from vaelab.errors import ConfigError, DataError, DataNotFoundError
 
 FILES = {
     "train-images": "train-images-idx3-ubyte",
@@ -1316,10 +1316,10 @@ def test_streaming_through_worker_processes(tmp_path):
 
 
 def _stream_trainer(root: Path, run_dir: Path, crash_at: int | None = None):
-    from vaelab import config as cfg
+    from vaelab.inference.objectives import get_objective
     from vaelab.models import build_model
-    from vaelab.objectives import get_objective
-    from vaelab.train import Trainer
+    from vaelab.runs import config as cfg
+    from vaelab.runs.trainer import Trainer
 
     train = load_split(root, "train", binarize="dynamic", memory_budget=0)
     valid = load_split(root, "valid", binarize="dynamic", memory_budget=0)
@@ -1340,7 +1340,7 @@ def _stream_trainer(root: Path, run_dir: Path, crash_at: int | None = None):
 
 
 def test_training_from_a_stream_resumes_exactly(tmp_path):
-    from vaelab.files import load_tensors
+    from vaelab.core.files import load_tensors
 
     root = grey_folder(tmp_path / "g")  # 32 training examples: 4 steps per epoch
     full = _stream_trainer(root, tmp_path / "full")
@@ -1446,8 +1446,8 @@ def test_a_folder_runs_image_options_leave_other_data_alone(tmp_path):
     that is not a folder refuses them."""
     import dataclasses
 
-    from vaelab import config as cfg
-    from vaelab.runs import check_data_options, load_data
+    from vaelab.runs import config as cfg
+    from vaelab.runs.rundir import check_data_options, load_data
 
     root = grey_folder(tmp_path / "g")
     config = cfg.build({"data": {"data": str(root), "image_size": 4, "channels": 3}})

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cli import assert_one_line_error, run_cli
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.cli import DEVICE_COMMANDS, _build_parser
-from vaelab.devices import fork_rng, generator, module_device, resolve_device
-from vaelab.errors import ConfigError
-from vaelab.runs import model_from_config
-
-from test_cli import assert_one_line_error, run_cli
+from vaelab.cli.main import DEVICE_COMMANDS, _build_parser
+from vaelab.core.devices import fork_rng, generator, module_device, resolve_device
+from vaelab.core.errors import ConfigError
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 GPU = torch.cuda.is_available()
 MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -214,8 +213,8 @@ def test_a_code_prior_interrupted_on_one_device_continues_on_the_cpu(runs, tmp_p
     """The prior's checkpoint holds CPU tensors whatever device wrote it, so an interrupted prior
     continues elsewhere (here: started with device='auto', stopped after its first epoch, and
     continued with device='cpu'); the weights load on the CPU."""
-    from vaelab.codeprior import PriorConfig, fit_code_prior
-    from vaelab.files import CHECKPOINT_DIR, CHECKPOINT_FILE, load_tensors
+    from vaelab.core.files import CHECKPOINT_DIR, CHECKPOINT_FILE, load_tensors
+    from vaelab.runs.codeprior import PriorConfig, fit_code_prior
 
     run = tmp_path / "vq"
     shutil.copytree(runs["vq-bare"], run)
@@ -243,9 +242,9 @@ def _meta_models(runs):
 
 
 def test_estimators_scores_and_codes_run_on_the_meta_device(runs):
-    from vaelab.evaluate import log_likelihood
-    from vaelab.sampling import reconstruct, sample_images
-    from vaelab.scores import decode_means, encode_codes, score
+    from vaelab.evaluation.evaluate import log_likelihood
+    from vaelab.evaluation.sampling import reconstruct, sample_images
+    from vaelab.evaluation.scores import decode_means, encode_codes, score
 
     for name, model, event in _meta_models(runs):
         x = torch.empty(4, *event, device=META)
@@ -266,7 +265,7 @@ def test_estimators_scores_and_codes_run_on_the_meta_device(runs):
 
 @pytest.mark.parametrize("name", ["gan", "vaegan", "aae", "alphagan", "veegan"])
 def test_the_adversarial_models_sample_and_reconstruct_on_the_meta_device(name):
-    from vaelab.sampling import can_reconstruct, reconstruct, sample_images
+    from vaelab.evaluation.sampling import can_reconstruct, reconstruct, sample_images
 
     config = cfg.build({"model": {"model": name, "hidden": [8], "latent_dim": 2, "likelihood": "gaussian"},
                         "data": {"binarize": "none"}})  # fmt: skip
@@ -279,7 +278,7 @@ def test_the_adversarial_models_sample_and_reconstruct_on_the_meta_device(name):
 def test_the_per_example_fit_starts_and_scores_on_the_meta_device(runs):
     """fit_local's starting point and its final ELBO (its steps report a history of numbers,
     which meta tensors do not have)."""
-    from vaelab.local import fit_local
+    from vaelab.inference.local import fit_local
 
     for name, model, event in _meta_models(runs):
         if getattr(model, "layer_sizes", None) is not None:
@@ -289,8 +288,8 @@ def test_the_per_example_fit_starts_and_scores_on_the_meta_device(runs):
 
 
 def test_a_vqvae_and_its_code_prior_run_on_the_meta_device(runs):
-    from vaelab.codeprior import code_grids, code_log_likelihood
-    from vaelab.sampling import sample_images
+    from vaelab.evaluation.sampling import sample_images
+    from vaelab.runs.codeprior import code_grids, code_log_likelihood
 
     model = vaelab.load(runs["vq"], device=META)
     x = torch.empty(3, 1, 8, 8, device=META)
@@ -304,7 +303,7 @@ def test_data_on_the_cpu_and_a_model_elsewhere_gives_results_on_the_cpu(runs):
     """The commands keep data on the CPU and the model on --device: each batch moves to the model,
     and per-example results come back to the data's device. Here both are the CPU, through the
     same code path, and equal to the model's own numbers."""
-    from vaelab.scores import decode_means, encode_codes
+    from vaelab.evaluation.scores import decode_means, encode_codes
 
     model = vaelab.load(runs["vae"], device="cpu")
     x = vaelab.load_dataset("digits", split="test", binarize="threshold", limit=5)

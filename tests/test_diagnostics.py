@@ -9,8 +9,15 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from vaelab.diagnostics import CollapseMonitor, collapsed, kl_per_dim, mutual_information, pairwise_log_q, posterior_summary
-from vaelab.distributions import diagonal_gaussian
+from vaelab.distributions.observation import diagonal_gaussian
+from vaelab.evaluation.diagnostics import (
+    CollapseMonitor,
+    collapsed,
+    kl_per_dim,
+    mutual_information,
+    pairwise_log_q,
+    posterior_summary,
+)
 from vaelab.models import build_model
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from vaelab import config as cfg
-from vaelab import distributed
-from vaelab.errors import ConfigError
-from vaelab.files import read_metrics
-from vaelab.train import _setup
-
 from test_train import _checkpoint_epoch, family_config
+
+from vaelab.core.errors import ConfigError
+from vaelab.core.files import read_metrics
+from vaelab.runs import distributed
+from vaelab.runs.lifecycle import _setup
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}

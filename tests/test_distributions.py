@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from vaelab.distributions import diagonal_gaussian_log_prob_matrix
-from vaelab.priors import DiagonalGaussianMixture
+from vaelab.distributions.observation import diagonal_gaussian_log_prob_matrix
+from vaelab.distributions.priors import DiagonalGaussianMixture
 
 # (dimensions at the small scale, small scale): the remaining of the 50 dimensions keep scale 1,
 # as inactive latent dimensions do. The expansion of the square cancels more as scales shrink.
@@ -89,7 +89,7 @@ def test_gradcheck_float64(path):
 @pytest.mark.parametrize("path", PATHS, ids=list(PATHS))
 def test_differences_path_works_in_chunks(path, monkeypatch):
     """The no-float64 path bounds its (..., chunk, D) tensor; several chunks give the same matrix."""
-    import vaelab.distributions as module
+    import vaelab.distributions.observation as module
 
     z, loc, scale = sharp_mixture(50, 0.01, seed=5, n=32, k=70)
     whole = diagonal_gaussian_log_prob_matrix(z, loc, scale, float64=PATHS[path])
@@ -101,7 +101,7 @@ def test_differences_path_works_in_chunks(path, monkeypatch):
 
 def test_default_path_depends_on_the_device(monkeypatch):
     """Devices without float64 (Apple's MPS) take the differences; others the float64 product."""
-    import vaelab.distributions as module
+    import vaelab.distributions.observation as module
 
     calls = []
     original = module._log_prob_matrix_by_differences
@@ -153,7 +153,7 @@ def test_sharp_mixture_prior_log_prob_in_float32():
 def test_the_fused_bernoulli_log_prob_is_torchs_with_its_gradient(logits_shape, x_shape, event_ndim):
     from torch.distributions import Bernoulli, Independent
 
-    from vaelab.distributions import IndependentBernoulli
+    from vaelab.distributions.observation import IndependentBernoulli
 
     torch.manual_seed(0)
     logits = (torch.randn(logits_shape, dtype=torch.float64) * 5).requires_grad_()

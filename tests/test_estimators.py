@@ -8,14 +8,17 @@ import math
 
 import pytest
 import torch
-
-from vaelab.diagnostics import gradient_snr, parameter_groups
-from vaelab.errors import ConfigError
-from vaelab.estimators import GRAD_ESTIMATORS, effective_sample_size, sample_particles
-from vaelab.models import build_model
-from vaelab.objectives import OBJECTIVES, elbo, get_objective
-
 from conftest import closed_form_elbo, make_linear
+
+from vaelab.core.errors import ConfigError
+from vaelab.evaluation.diagnostics import gradient_snr, parameter_groups
+from vaelab.inference.estimators import (
+    GRAD_ESTIMATORS,
+    effective_sample_size,
+    sample_particles,
+)
+from vaelab.inference.objectives import OBJECTIVES, elbo, get_objective
+from vaelab.models import build_model
 
 Z_MAX = 4.5  # per-coordinate z-score bound: P(|Z| > 4.5) = 7e-6 per comparison
 

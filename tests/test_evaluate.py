@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import closed_form_elbo, make_linear
 
-from vaelab.evaluate import (
+from vaelab.core.errors import ConfigError
+from vaelab.evaluation.evaluate import (
     _chunking,
     active_units,
     evaluate,
@@ -18,10 +20,7 @@ from vaelab.evaluate import (
     pareto_tail_size,
     summarize,
 )
-from vaelab.errors import ConfigError
-from vaelab.estimators import sample_particles
-
-from conftest import closed_form_elbo, make_linear
+from vaelab.inference.estimators import sample_particles
 
 
 @pytest.mark.parametrize("rows", [7, 2000, 10**6])
@@ -271,9 +270,9 @@ def test_the_parts_of_torchruns_processes_are_one_processes_log_likelihood(poste
     """Each process's part (from the same generator state) is one process's result on its
     examples, the parts cover every example once in rank order, and every process ends in the
     random state one process ends in."""
-    from vaelab import config as cfg
-    from vaelab.evaluate import log_likelihood, log_likelihood_part
-    from vaelab.runs import model_from_config
+    from vaelab.evaluation.evaluate import log_likelihood, log_likelihood_part
+    from vaelab.runs import config as cfg
+    from vaelab.runs.rundir import model_from_config
 
     config = cfg.build({"model": {"hidden": [8], "latent_dim": 2, "posterior": posterior, "prior": prior,
                                   "layers": layers, "inference": inference, "local_steps": 3}})  # fmt: skip

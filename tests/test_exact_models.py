@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from vaelab.errors import ConfigError
+from vaelab.core.errors import ConfigError
 from vaelab.models import GaussianMixture, LinearGaussian
 
 REL = 1e-4  # the tolerance: relative agreement of log-likelihoods

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaelab.errors import RunError
-from vaelab.files import atomic_path, atomic_write_bytes, load_tensors, save_tensors
+from vaelab.core.errors import RunError
+from vaelab.core.files import (
+    atomic_path,
+    atomic_write_bytes,
+    load_tensors,
+    save_tensors,
+)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
@@ -62,8 +67,8 @@ import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from vaelab.errors import RunBusyError, VaelabError, WriteError  # noqa: E402
-from vaelab.files import append_line, read_metadata, run_lock  # noqa: E402
+from vaelab.core.errors import RunBusyError, VaelabError, WriteError  # noqa: E402
+from vaelab.core.files import append_line, read_metadata, run_lock  # noqa: E402
 
 
 def _refuse_writes(monkeypatch, code: int) -> None:

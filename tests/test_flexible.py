@@ -17,12 +17,8 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from vaelab.errors import ConfigError
-from vaelab.evaluate import log_likelihood
-from vaelab.local import fit_local
-from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.posteriors import (
+from vaelab.core.errors import ConfigError
+from vaelab.distributions.posteriors import (
     FlowDistribution,
     FullGaussianPosterior,
     IAFPosterior,
@@ -30,7 +26,15 @@ from vaelab.posteriors import (
     build_posterior,
     planar_step,
 )
-from vaelab.priors import DiagonalGaussianMixture, MixturePrior, build_prior
+from vaelab.distributions.priors import (
+    DiagonalGaussianMixture,
+    MixturePrior,
+    build_prior,
+)
+from vaelab.evaluation.evaluate import log_likelihood
+from vaelab.inference.local import fit_local
+from vaelab.inference.objectives import get_objective
+from vaelab.models import build_model
 
 torch.set_default_dtype(torch.float32)
 
@@ -336,7 +340,7 @@ def test_local_vi_improves_on_the_encoder_within_its_family(posterior):
 
 
 def test_collapse_diagnostics_on_other_families():
-    from vaelab.diagnostics import posterior_summary
+    from vaelab.evaluation.diagnostics import posterior_summary
 
     x = torch.randn(300, 6, dtype=torch.float64)
     full = posterior_summary(_small_vae(posterior="full"), x)

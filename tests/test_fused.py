@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab import config as cfg
-from vaelab import fused, speed
-from vaelab.cli import main
-from vaelab.data import load_split
-from vaelab.errors import ConfigError
-from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.schedules import kl_schedule
-from vaelab.train import Trainer
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError
+from vaelab.data.datasets import load_split
+from vaelab.inference.objectives import get_objective
+from vaelab.inference.schedules import kl_schedule
+from vaelab.models import build_model, fused
+from vaelab.runs import config as cfg
+from vaelab.runs import speed
+from vaelab.runs.trainer import Trainer
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATIONS = ("tanh", "relu")

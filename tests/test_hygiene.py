@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 import vaelab
-from vaelab.errors import ConfigError, NotFoundError, UnknownOptionError, VaelabError
+from vaelab.core.errors import (
+    ConfigError,
+    NotFoundError,
+    UnknownOptionError,
+    VaelabError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +85,8 @@ def test_every_family_refuses_unknown_keywords(name):
 
 
 def test_the_builders_take_only_their_own_options():
-    from vaelab.distributions import build_observation
-    from vaelab.objectives import get_objective
+    from vaelab.distributions.observation import build_observation
+    from vaelab.inference.objectives import get_objective
 
     with pytest.raises(UnknownOptionError, match="m="):
         get_objective("elbo", m=2)  # an option of miwae and piwae, not of the ELBO
@@ -94,8 +99,8 @@ def test_the_builders_take_only_their_own_options():
 
 
 def test_the_configuration_gives_each_objective_its_own_options():
-    from vaelab.config import TrainConfig
-    from vaelab.objectives import get_objective
+    from vaelab.inference.objectives import get_objective
+    from vaelab.runs.config import TrainConfig
 
     for objective in vaelab.OBJECTIVES:
         options = TrainConfig(objective=objective).objective_options()
@@ -114,13 +119,13 @@ def test_the_configuration_gives_each_objective_its_own_options():
     ("x.latent_dim=3 stays", "x.latent_dim=3 stays"),
 ])  # fmt: skip
 def test_python_arguments_become_the_commands_flags(message, expected):
-    from vaelab.cli import _as_flags
+    from vaelab.cli.main import _as_flags
 
     assert _as_flags(message, {"latent_dim", "net", "trust_code"}) == expected
 
 
 def test_the_cli_shows_a_library_message_in_flags(tmp_path, capsys):
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     assert main(["train", "--net", "mlp", "--net-args", '{"width": 3}', "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

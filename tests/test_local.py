@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from vaelab.errors import ConfigError
-from vaelab.estimators import sample_particles
-from vaelab.local import fit_local
-
 from conftest import closed_form_elbo, elbo_of_gaussian_q, make_linear
+
+from vaelab.core.errors import ConfigError
+from vaelab.inference.estimators import sample_particles
+from vaelab.inference.local import fit_local
 
 
 @pytest.mark.parametrize("init", ["encoder", "prior"])
@@ -58,7 +57,7 @@ def test_gaps_equal_the_exact_gaps_of_the_linear_model(linear_model, linear_data
     best diagonal Gaussian's ELBO (mean-field optimum) and the encoder's ELBO. ``gaps`` must
     recover both gaps; its errors are the IS and Monte-Carlo ELBO errors (a few hundredths of a
     nat here) plus local VI's distance to the optimum (below 0.02, see above)."""
-    from vaelab.local import gaps
+    from vaelab.evaluation.gaps import gaps
 
     exact_log_p = linear_model.log_prob(linear_data).mean().item()
     rec, kl = closed_form_elbo(make_linear(mean_field=True), linear_data)
@@ -79,7 +78,7 @@ def test_gaps_equal_the_exact_gaps_of_the_linear_model(linear_model, linear_data
 def test_the_prior_start_is_the_standard_normal(spec):
     """fit_local(init="prior") starts at N(0, I) for every family but IAF: same density as
     N(0, I) at the family's own samples."""
-    from vaelab.posteriors import build_posterior
+    from vaelab.distributions.posteriors import build_posterior
 
     family = build_posterior(spec, 3)
     torch.manual_seed(0)
@@ -93,7 +92,7 @@ def test_the_prior_start_is_the_standard_normal(spec):
 def test_the_iaf_prior_start_is_not_the_standard_normal_as_documented():
     """IAF's flow steps are shared networks: zero per-example parameters leave them on, so the
     start is N(0, I) pushed through the flow (the docstring says so; this keeps it true)."""
-    from vaelab.posteriors import build_posterior
+    from vaelab.distributions.posteriors import build_posterior
 
     family = build_posterior("iaf:2", 3).double()
     torch.manual_seed(0)
@@ -103,7 +102,7 @@ def test_the_iaf_prior_start_is_not_the_standard_normal_as_documented():
 
 @pytest.mark.parametrize("spec", ["gaussian", "full", "planar:2", "iaf:2"])
 def test_neutral_parameters_are_made_on_the_requested_device(spec):
-    from vaelab.posteriors import build_posterior
+    from vaelab.distributions.posteriors import build_posterior
 
     family = build_posterior(spec, 3)
     h = family.neutral(4, torch.float32, "meta")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from vaelab.distributions import OBSERVATIONS
-from vaelab.errors import ConfigError
+from vaelab.core.errors import ConfigError
+from vaelab.distributions.observation import OBSERVATIONS
 from vaelab.models import build_model
 
 
@@ -88,12 +88,10 @@ def test_build_model_defaults_are_the_configuration_defaults():
     import dataclasses
     import inspect
 
-    from vaelab.config import ModelConfig
-    from vaelab.models.vae import build_vae
-
-    from vaelab.config import MODEL_OPTIONS
     from vaelab.models.adversarial import build_adversarial
+    from vaelab.models.vae_builder import build_vae
     from vaelab.models.vqvae import build_vqvae
+    from vaelab.runs.config import MODEL_OPTIONS, ModelConfig
 
     builders = {"vae": build_vae, "vqvae": build_vqvae, **{m: build_adversarial for m in ("gan", "vaegan", "aae", "alphagan", "veegan")}}
     specific = {name for names in MODEL_OPTIONS.values() for name in names}

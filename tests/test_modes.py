@@ -9,12 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_cli import assert_one_line_error, run_cli
+from test_data import make_dataset, write_idx
 
 import vaelab
-from vaelab import data as vdata
-from vaelab.data import MIXTURES, load_split
-from vaelab.errors import DataError
-from vaelab.quality import (
+from vaelab.core.errors import DataError
+from vaelab.data import datasets as vdata
+from vaelab.data.datasets import MIXTURES, load_split
+from vaelab.evaluation.quality import (
     MixtureModeScorer,
     StackedModeScorer,
     channel_codes,
@@ -24,10 +26,7 @@ from vaelab.quality import (
     score_samples,
     stacked_mode_metrics,
 )
-from vaelab.sampling import sample_images
-
-from test_cli import assert_one_line_error, run_cli
-from test_data import make_dataset, write_idx
+from vaelab.evaluation.sampling import sample_images
 
 MIXTURE_NAMES = sorted(MIXTURES)
 SOURCE_FILES = {
@@ -338,7 +337,7 @@ def test_quality_cli_scores_points_against_grid25(tmp_path):
 def test_quality_cli_scores_stacked_images(stacked_dir, tmp_path, monkeypatch):
     import functools
 
-    import vaelab.quality as quality
+    import vaelab.evaluation.quality as quality
 
     # the Fashion-MNIST classifier replaced by one that reads the grey images back exactly
     monkeypatch.setitem(quality.MODE_SCORERS, "stacked-fashion-mnist",

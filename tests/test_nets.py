@@ -8,13 +8,19 @@ import itertools
 import pytest
 import torch
 
-from vaelab import config as cfg
-from vaelab.errors import ConfigError
+from vaelab.core.errors import ConfigError
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
 from vaelab.models.vae import check_combination
-from vaelab.nets import NETS, NetSpec, ResidualBlock, resnet_decoder_grid, resnet_encoder_grid
-from vaelab.objectives import get_objective
-from vaelab.runs import model_from_config
+from vaelab.nets.backbones import (
+    NETS,
+    NetSpec,
+    ResidualBlock,
+    resnet_decoder_grid,
+    resnet_encoder_grid,
+)
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 
 def spec(event_shape, channels=8, res_blocks=1, latent_dim=5, encoder_out=10, params_per_dim=2):
@@ -180,7 +186,7 @@ def test_old_config_files_name_the_resnet_width_channels(tmp_path):
 
 
 def test_tanh_is_torchs_within_float_rounding_with_tanhs_gradient():
-    from vaelab.nets import ACTIVATIONS
+    from vaelab.nets.backbones import ACTIVATIONS
 
     tanh = ACTIVATIONS["tanh"]()
     assert isinstance(tanh, torch.nn.Tanh)
@@ -188,7 +194,7 @@ def test_tanh_is_torchs_within_float_rounding_with_tanhs_gradient():
     assert (tanh(x) - torch.tanh(x)).abs().max() <= 3e-7
     x64 = (torch.randn(40, 7, dtype=torch.float64) * 3).requires_grad_()
     assert torch.autograd.gradcheck(tanh, (x64,))
-    from vaelab.nets import _SigmoidTanh
+    from vaelab.nets.backbones import _SigmoidTanh
 
     assert torch.autograd.gradcheck(_SigmoidTanh.apply, (x64,))  # the form large batches take
     big = torch.randn(300, 300, requires_grad=True)

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-
-from vaelab.errors import ConfigError
-from vaelab.estimators import log_weights, sample_particles
-from vaelab.models import build_model
-from vaelab.objectives import OBJECTIVES, elbo, get_objective, kl_to_prior
-
 from conftest import closed_form_elbo
+
+from vaelab.core.errors import ConfigError
+from vaelab.inference.estimators import log_weights, sample_particles
+from vaelab.inference.objectives import OBJECTIVES, elbo, get_objective, kl_to_prior
+from vaelab.models import build_model
 
 Z_MAX = 4.5  # per-example z-score bound: P(|Z| > 4.5) = 7e-6 per comparison
 

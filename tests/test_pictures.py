@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_cli import assert_one_line_error, run_cli
 
 import vaelab
-from vaelab.errors import VaelabError
+from vaelab.core.errors import VaelabError
 from vaelab.models import build_model
-from vaelab.report import (
+from vaelab.report.figures import (
     curve_panels,
     interpolate,
     latent_figure,
@@ -25,9 +26,7 @@ from vaelab.report import (
     traversal_figure,
     traverse,
 )
-from vaelab.runs import load_data, read_config
-
-from test_cli import assert_one_line_error, run_cli
+from vaelab.runs.rundir import load_data, read_config
 
 TINY = ["--data", "digits", "--binarize", "threshold", "--limit", "200", "--epochs", "2", "--hidden", "16", "--quiet"]
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vaelab.pixelcnn import GatedPixelCNN
+from vaelab.nets.pixelcnn import GatedPixelCNN
 
 
 def make_model(num_codes: int, layers: int, channels: int, seed: int = 0, jitter: float = 0.0) -> GatedPixelCNN:

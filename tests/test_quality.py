@@ -3,19 +3,20 @@ forms and hand-counted toy sets, the cached feature classifier, and the command 
 
 from __future__ import annotations
 
-import json
 import inspect
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from test_cli import assert_one_line_error, run_cli
 
-import vaelab.quality as quality
-from vaelab.cli import main
-from vaelab.data import load_split
-from vaelab.errors import ConfigError, DataError
-from vaelab.quality import (
+import vaelab.evaluation.quality as quality
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError, DataError
+from vaelab.data.datasets import load_split
+from vaelab.evaluation.quality import (
     QualityScorer,
     classifier_score,
     feature_statistics,
@@ -23,9 +24,7 @@ from vaelab.quality import (
     get_classifier,
     manifold_metrics,
 )
-from vaelab.sampling import sample_images
-
-from test_cli import assert_one_line_error, run_cli
+from vaelab.evaluation.sampling import sample_images
 
 KEYS = {"fd", "precision", "recall", "density", "coverage", "classifier_score"}
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from vaelab.report_html import CSP, write_report
-from vaelab.results import save_result
-
 from test_cli import assert_one_line_error, run_cli
+
+from vaelab.report.html import CSP, write_report
+from vaelab.runs.results import save_result
 
 TINY = ["--data", "digits", "--binarize", "threshold", "--limit", "200", "--epochs", "2", "--quiet"]
 IMG = re.compile(r"<img\b[^>]*>")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vaelab.errors import RunError
-from vaelab.results import RESULT_FILES, load_results, save_result
+from vaelab.core.errors import RunError
+from vaelab.runs.results import RESULT_FILES, load_results, save_result
 
 
 def test_records_are_appended_and_replaced_by_equal_options(tmp_path):

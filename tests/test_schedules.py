@@ -8,13 +8,14 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from vaelab import config as cfg
-from vaelab.data import load_split
-from vaelab.errors import ConfigError
-from vaelab.files import read_metrics
+from vaelab.core.errors import ConfigError
+from vaelab.core.files import read_metrics
+from vaelab.data.datasets import load_split
+from vaelab.inference.schedules import SCHEDULES, kl_schedule
 from vaelab.models import build_model
-from vaelab.schedules import SCHEDULES, kl_schedule
-from vaelab.train import Trainer, start_run
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import start_run
+from vaelab.runs.trainer import Trainer
 
 
 def test_warmup_is_linear_from_zero_to_one():

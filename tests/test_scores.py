@@ -11,15 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import vaelab
-from vaelab.cli import main
-from vaelab.errors import ConfigError
-from vaelab.sampling import Stage2Sampler, sample_images
-from vaelab.scores import auroc, decode_means, encode_codes, parse_bound, score
-
 from conftest import closed_form_elbo
 from test_cli import assert_one_line_error, run_cli
+
+import vaelab
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError
+from vaelab.evaluation.sampling import Stage2Sampler, sample_images
+from vaelab.evaluation.scores import (
+    auroc,
+    decode_means,
+    encode_codes,
+    parse_bound,
+    score,
+)
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--limit", "200", "--quiet"]
 
@@ -125,7 +130,7 @@ def test_encode_codes_are_the_posterior_means_scales_and_draws(linear_model, lin
 def test_encode_codes_of_a_flow_posterior_take_the_scale_from_draws():
     """A planar flow has no closed-form standard deviation: its scale is that of SCALE_DRAWS draws,
     which agrees with the spread of many more draws within the sampling error of a standard deviation."""
-    from vaelab.scores import SCALE_DRAWS
+    from vaelab.evaluation.scores import SCALE_DRAWS
 
     torch.manual_seed(0)
     model = vaelab.build_model("vae", (6,), likelihood="gaussian", posterior="planar:2", latent_dim=3, hidden=(8,))
@@ -327,7 +332,7 @@ def test_a_given_dataset_is_taken_whole_the_runs_own_data_as_the_run_used_it(tmp
     --data whole (so the unseen classes can be scored)."""
     import dataclasses
 
-    from vaelab import config as cfg
+    from vaelab.runs import config as cfg
 
     if "classes" not in {f.name for f in dataclasses.fields(cfg.DataConfig)}:
         pytest.skip("vaelab train has no --classes option in this tree")

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab import config as cfg
-from vaelab import speed
-from vaelab.cli import main
-from vaelab.data import load_split
-from vaelab.errors import ConfigError
+from vaelab.cli.main import main
+from vaelab.core.errors import ConfigError
+from vaelab.data.datasets import load_split
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.train import Trainer
+from vaelab.runs import config as cfg
+from vaelab.runs import speed
+from vaelab.runs.trainer import Trainer
 
 
 def small_vae(seed: int = 0) -> nn.Module:

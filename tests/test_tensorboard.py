@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_cli import assert_one_line_error, run_cli
-from vaelab.cli import main
+
+from vaelab.cli.main import main
 
 TINY = ["--data", "digits", "--binarize", "threshold", "--hidden", "16", "--limit", "200", "--quiet"]
 
@@ -70,8 +70,8 @@ def test_the_grids_show_the_same_draws_every_epoch(runs):
     8 columns of images with 1-pixel gaps, enlarged by whole pixels."""
     import numpy as np
 
-    from vaelab.runs import load, load_data, read_config
-    from vaelab.tensorboard import MIN_PIXELS, image_grids
+    from vaelab.runs.rundir import load, load_data, read_config
+    from vaelab.runs.tensorboard import MIN_PIXELS, image_grids
 
     model = load(runs / "a")
     x = load_data(read_config(runs / "a")[0], "valid").fixed()
@@ -110,7 +110,7 @@ def test_a_resumed_run_logs_no_step_twice(tmp_path, monkeypatch):
     """A run killed after logging epoch 2 but before its checkpoint counted it trains epoch 2
     again on resume: the reader shows each step once, with the values of metrics.jsonl."""
     pytest.importorskip("tensorboard")
-    from vaelab.train import Trainer
+    from vaelab.runs.trainer import Trainer
 
     run = tmp_path / "run"
     save = Trainer.save_checkpoint
@@ -164,7 +164,7 @@ def test_each_model_gets_the_grids_it_can_draw(name, options, tags):
     import torch
 
     from vaelab import build_model
-    from vaelab.tensorboard import image_grids
+    from vaelab.runs.tensorboard import image_grids
 
     model = build_model(name, (1, 8, 8), **options).eval()
     x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()

@@ -16,13 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab import config as cfg
-from vaelab.data import load_split
-from vaelab.errors import ConfigError, RunError, RunFinishedError, TrainingDiverged
-from vaelab.files import load_tensors, read_metrics
+from vaelab.core.errors import ConfigError, RunError, RunFinishedError, TrainingDiverged
+from vaelab.core.files import load_tensors, read_metrics
+from vaelab.data.datasets import load_split
+from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
-from vaelab.objectives import get_objective
-from vaelab.train import Trainer, resume_run, start_run
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import resume_run, start_run
+from vaelab.runs.trainer import Trainer
 
 
 def small_vae(seed: int = 0) -> nn.Module:
@@ -240,7 +241,7 @@ def test_denormals_are_flushed_while_training_only(digits):
 
 
 def test_complete_run_starts_resumes_and_reuses(tmp_path):
-    from vaelab.train import complete_run
+    from vaelab.runs.lifecycle import complete_run
 
     config = cfg.build({"data": {"data": "digits", "binarize": "threshold", "limit": 200},
                         "model": {"hidden": (16,), "latent_dim": 2},
@@ -268,7 +269,7 @@ def test_validation_uses_the_kl_scale_of_the_epochs_last_step(digits):
     """Under cyclical annealing an epoch can end exactly on a cycle boundary, where the schedule
     restarts at 0; validation must use the options of the epoch's last training step, which are
     the ones logged, so valid_loss = -(valid_reconstruction - kl_scale * valid_kl) (ELBO, beta 1)."""
-    from vaelab.schedules import kl_schedule
+    from vaelab.inference.schedules import kl_schedule
 
     train, valid = digits
     kl_scale = kl_schedule(cycles=2, epochs=4)  # cycles restart at t = 2 and 4: epoch ends
@@ -300,7 +301,7 @@ def test_a_run_whose_validation_is_always_nan_still_writes_its_weights(tmp_path,
     """No validation bound beats another when all are NaN, so no epoch is ever 'best'; the run must
     still end with model.safetensors (the last weights), loadable by vaelab.load, and say why."""
     import vaelab
-    import vaelab.train as train_module
+    import vaelab.runs.lifecycle as train_module
 
     real = train_module.get_objective
     monkeypatch.setattr(train_module, "get_objective", lambda *a, **kw: nan_when_validating(real(*a, **kw)))
@@ -532,7 +533,7 @@ def test_a_full_disk_stops_training_in_one_line_and_the_last_checkpoint_resumes_
     import errno
     import pathlib
 
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     assert main(["train", *_FAULT_RUN, "--out", str(tmp_path / "ref")]) == 0
     real = pathlib.Path.write_bytes
@@ -565,7 +566,7 @@ def test_a_read_only_output_directory_is_one_line_and_nothing_is_left(tmp_path, 
     import errno
     import tempfile
 
-    from vaelab.cli import main
+    from vaelab.cli.main import main
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
@@ -608,7 +609,7 @@ def test_a_second_process_cannot_train_into_a_run_that_is_training(tmp_path):
 def test_nothing_to_do_is_found_without_loading_the_data(tmp_path):
     import numpy as np
 
-    from vaelab.train import nothing_to_do
+    from vaelab.runs.lifecycle import nothing_to_do
 
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).random((60, 4)).astype(np.float32))

@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-
-from vaelab import config as cfg
-from vaelab.devices import fused_adam_supported
-from vaelab.errors import ConfigError
-from vaelab.files import load_tensors, read_metrics
-from vaelab.train import Trainer, _setup, resume_run, start_run
-
 from test_train import FAMILIES, family_config
+
+from vaelab.core.devices import fused_adam_supported
+from vaelab.core.errors import ConfigError
+from vaelab.core.files import load_tensors, read_metrics
+from vaelab.runs import config as cfg
+from vaelab.runs.lifecycle import _setup, resume_run, start_run
+from vaelab.runs.trainer import Trainer
 
 PRECISIONS = cfg.PRECISIONS
 

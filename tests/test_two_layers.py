@@ -8,19 +8,17 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal
+from test_cli import assert_one_line_error, run_cli
 
 import vaelab
-from vaelab import config as cfg
-from vaelab.ais import ais
-from vaelab.cli import main
-from vaelab.distributions import stop_gradient
-from vaelab.evaluate import evaluate
+from vaelab.cli.main import main
+from vaelab.distributions.observation import stop_gradient
+from vaelab.evaluation.ais import ais
+from vaelab.evaluation.evaluate import evaluate
+from vaelab.inference.objectives import get_objective
 from vaelab.models.two_layer import TwoLayerPosterior, TwoLayerPrior, TwoLayerVAE
-from vaelab.objectives import get_objective
-from vaelab.runs import model_from_config
-
-from test_cli import assert_one_line_error, run_cli
+from vaelab.runs import config as cfg
+from vaelab.runs.rundir import model_from_config
 
 EVENT = (1, 8, 8)  # digits
 

@@ -13,19 +13,18 @@ import time
 
 import pytest
 import torch
-
-from vaelab import config as cfg
-from vaelab.codeprior import PriorConfig, code_grids, fit_code_prior, load_code_prior
-from vaelab.errors import ConfigError, RunError
-from vaelab.files import load_tensors
-from vaelab.models.vqvae import VQVAE, VectorQuantizer, build_vqvae, codebook_usage
-from vaelab.objectives import vq
-from vaelab.runs import load
-from vaelab.train import start_run
-
 from test_cli import run_cli
 from test_files import HOLD_LOCK
 from test_train import _checkpoint_epoch
+
+from vaelab.core.errors import ConfigError, RunError
+from vaelab.inference.objectives import vq
+from vaelab.models.vqvae import VQVAE, VectorQuantizer, build_vqvae, codebook_usage
+from vaelab.runs import config as cfg
+from vaelab.runs.codeprior import PriorConfig, code_grids, fit_code_prior
+from vaelab.runs.lifecycle import start_run
+from vaelab.runs.prior_files import load_code_prior
+from vaelab.runs.rundir import load
 
 TINY = ["--model", "vqvae", "--data", "digits", "--binarize", "threshold", "--codebook-size", "8", "--code-dim", "4",
         "--resnet-channels", "8", "--res-blocks", "1", "--limit", "200"]  # fmt: skip
@@ -191,7 +190,7 @@ def test_vq_bound_is_its_definition(likelihood, update):
 def test_vq_bound_uses_the_learned_prior_when_attached():
     torch.manual_seed(0)
     model = build_vqvae((1, 8, 8), resnet_channels=8, res_blocks=1, codebook_size=5, code_dim=3).eval()
-    from vaelab.pixelcnn import GatedPixelCNN
+    from vaelab.nets.pixelcnn import GatedPixelCNN
 
     prior = GatedPixelCNN(5, layers=2, channels=8).eval()
     model.set_code_prior(prior)
@@ -276,7 +275,7 @@ def test_vqvae_trains_evaluates_and_samples_through_its_prior(tmp_path):
         assert key in records[-1], key
     # the monitor's figures are those of the validation codes under the last epoch's weights
     assert records[-1]["best_epoch"] == records[-1]["epoch"], "the check below needs the last weights kept"
-    from vaelab.runs import load_data, read_config
+    from vaelab.runs.rundir import load_data, read_config
 
     with torch.no_grad():
         codes = load(run, code_prior=False).codes(load_data(read_config(run)[0], "valid").fixed())
@@ -305,7 +304,7 @@ def test_vqvae_trains_evaluates_and_samples_through_its_prior(tmp_path):
     assert learned["reconstruction"] == uniform["reconstruction"]
     # the exact log p(z_q) of the PixelCNN, not the uniform rate
     model = load(run)
-    from vaelab.runs import load_data, read_config
+    from vaelab.runs.rundir import load_data, read_config
 
     x = load_data(read_config(run)[0], "test").fixed()
     with torch.no_grad():

@@ -32,20 +32,26 @@ of "real". Losses are written with softplus: -log sigmoid(a) = softplus(-a) and
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
-from .. import sharding
-from ..distributions import Observation, build_observation, full_precision
-from ..errors import ConfigError
-from ..nets import DISCRIMINATORS, NETS, NetSpec, is_import_path
-from ..posteriors import DiagonalGaussianPosterior
-from ..priors import DiagonalGaussianMixture, Prior, StandardNormalPrior, build_prior, check_prior
-from .vae import MODELS
+from ..core import sharding
+from ..core.errors import ConfigError
+from ..distributions.observation import Observation, build_observation, full_precision
+from ..distributions.posteriors import DiagonalGaussianPosterior
+from ..distributions.priors import (
+    DiagonalGaussianMixture,
+    Prior,
+    StandardNormalPrior,
+    build_prior,
+    check_prior,
+)
+from ..nets.backbones import DISCRIMINATORS, NETS, NetSpec, is_import_path
+from .registry import MODELS
 
 UPDATES = ("simultaneous", "alternating")
 ROLES = ("generator", "discriminator")

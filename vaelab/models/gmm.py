@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 COVARIANCE_TYPES = ("full", "diag")
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal
 
-from ..distributions import diagonal_gaussian, standard_normal
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..distributions.observation import diagonal_gaussian, standard_normal
 
 
 class LinearGaussian(nn.Module):

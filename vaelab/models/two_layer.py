@@ -19,11 +19,16 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 from torch.func import functional_call
 
-from .. import sharding
-from ..distributions import Observation, PosteriorNormal, full_precision, stop_gradient
-from ..errors import ConfigError
-from ..nets import NETS, NetSpec, mlp
-from ..priors import StandardNormalPrior, _Expanded
+from ..core import sharding
+from ..core.errors import ConfigError
+from ..distributions.observation import (
+    Observation,
+    PosteriorNormal,
+    full_precision,
+    stop_gradient,
+)
+from ..distributions.priors import StandardNormalPrior, _Expanded
+from ..nets.backbones import NETS, NetSpec, mlp
 from .vae import VAE
 
 LAYERS = (1, 2)

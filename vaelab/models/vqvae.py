@@ -22,16 +22,16 @@ batch.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..distributions import Observation, build_observation, full_precision
-from ..errors import ConfigError, RunError
-from ..nets import NetSpec, resnet_decoder_grid, resnet_encoder_grid
-from .vae import MODELS
+from ..core.errors import ConfigError, RunError
+from ..distributions.observation import Observation, build_observation, full_precision
+from ..nets.backbones import resnet_decoder_grid, resnet_encoder_grid
+from .registry import MODELS
 
 CODEBOOK_UPDATES = ("loss", "ema")
 

@@ -1,0 +1,27 @@
+"""The ``vaelab`` command line."""
+
+from .main import (  # noqa: F401
+    AIS_DEFAULTS,
+    COMMANDS,
+    DEVICE_COMMANDS,
+    EXIT_BROKEN_PIPE,
+    EXIT_USAGE,
+    GMM_EXAMPLES,
+    METHODS,
+    cmd_compare,
+    cmd_decode,
+    cmd_diagnose,
+    cmd_encode,
+    cmd_evaluate,
+    cmd_gaps,
+    cmd_interpolate,
+    cmd_prior,
+    cmd_quality,
+    cmd_reconstruct,
+    cmd_report,
+    cmd_sample,
+    cmd_score,
+    cmd_train,
+    cmd_traverse,
+    main,
+)

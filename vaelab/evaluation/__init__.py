@@ -1,0 +1,3 @@
+"""Evaluation of trained models: importance-sampled log-likelihood, AIS and BDMC, inference gaps,
+diagnostics, per-example scores, samples, and sample quality."""
+

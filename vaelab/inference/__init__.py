@@ -1,0 +1,3 @@
+"""Inference: importance weights and gradient estimators, the objectives (bounds and losses),
+KL schedules, and the per-example variational fit."""
+
