@@ -26,9 +26,11 @@ demo: $(STAMP)
 	$(BIN)/vaelab train --data digits --binarize threshold --epochs 300 --out runs/demo --quiet
 	$(BIN)/vaelab evaluate runs/demo --k 5000 --quiet
 
-# one worker per core, one thread each: the tests are small models, which a second thread barely
-# helps while a second worker doubles throughput (2985 tests: 512 s in one process, 350 s in two)
+# the layers contract (pyproject.toml, [tool.importlinter]) first, then the suite: one worker per
+# core, one thread each (the tests are small models, which a second thread barely helps while a
+# second worker doubles throughput)
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)

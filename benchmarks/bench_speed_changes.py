@@ -117,6 +117,7 @@ def _previous_module(name: str, commit: str):
     homes.update(data="data.datasets", nets="nets.backbones", distributions="distributions.observation",
                  runs="runs.rundir", report="report.figures")
     source = re.sub(r"from \.([a-z_]+)", lambda m: f"from vaelab.{homes.get(m.group(1), m.group(1))}", source)
+    source = re.sub(r"\b_(Unflatten|Expanded|eval_mode)\b", r"\1", source)  # made public since
     module = types.ModuleType(f"vaelab._{name}_{commit}")
     module.__package__ = "vaelab"
     exec(compile(source, f"{commit}:vaelab/{name}.py", "exec"), module.__dict__)

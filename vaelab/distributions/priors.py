@@ -67,10 +67,10 @@ class DiagonalGaussianMixture(Distribution):
             return self.loc[index] + self.scale[index] * torch.randn(*shape, self.loc.shape[-1], dtype=self.loc.dtype, device=self.loc.device)
 
     def expand(self, batch_shape, _instance=None):  # for the prior proposal of the evaluator
-        return _Expanded(self, torch.Size(batch_shape))
+        return Expanded(self, torch.Size(batch_shape))
 
 
-class _Expanded(Distribution):
+class Expanded(Distribution):
     """A batch of copies of a batch-less distribution (``Distribution.expand`` for our mixture)."""
 
     arg_constraints: dict = {}

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from ..core.devices import fork_rng, module_device
 from ..core.errors import ConfigError
 from ..core.registry import Registry
-from .evaluate import _eval_mode, log_mean_exp
+from .evaluate import eval_mode, log_mean_exp
 
 STARTS = ("prior", "posterior")
 ANNEALING: Registry[Callable[[int], list[float]]] = Registry("annealing schedule")
@@ -345,7 +345,7 @@ def ais(
     options = dict(steps=steps, chains=chains, leapfrog=leapfrog, start=start, schedule=schedule,
                    target_accept=target_accept, step_size=step_size, pilot_chains=pilot_chains, rows=rows)  # fmt: skip
     _check(**{k: v for k, v in options.items() if k != "rows"})
-    with _eval_mode(model), _seeded(seed, module_device(model)), _bar(x.shape[0], options, 1, "AIS", progress) as bar:
+    with eval_mode(model), _seeded(seed, module_device(model)), _bar(x.shape[0], options, 1, "AIS", progress) as bar:
         return _run(model, x, None, forward=True, **options, bar=bar)[0]
 
 
@@ -386,7 +386,7 @@ def reverse_ais(
     _check(**{k: v for k, v in options.items() if k != "rows"})
     if z.shape[0] != x.shape[0]:
         raise ConfigError(f"z has {z.shape[0]} rows but x has {x.shape[0]} examples; pass one posterior sample per example")
-    with _eval_mode(model), _seeded(seed, module_device(model)), _bar(x.shape[0], options, 1, "reverse AIS", progress) as bar:
+    with eval_mode(model), _seeded(seed, module_device(model)), _bar(x.shape[0], options, 1, "reverse AIS", progress) as bar:
         return _run(model, x, z, forward=False, **options, bar=bar)[1]
 
 
@@ -427,7 +427,7 @@ def bdmc(
     options = dict(steps=steps, chains=chains, leapfrog=leapfrog, start=start, schedule=schedule,
                    target_accept=target_accept, step_size=step_size, pilot_chains=pilot_chains, rows=rows)  # fmt: skip
     _check(**{k: v for k, v in options.items() if k != "rows"})
-    with _eval_mode(model), _bar(n, options, 2, "BDMC", progress) as bar:
+    with eval_mode(model), _bar(n, options, 2, "BDMC", progress) as bar:
         prior = model.prior()
         with _seeded(seed, module_device(model)):
             z = prior.sample((n,))  # (N, D)

@@ -118,7 +118,7 @@ def log_likelihood(
     bar = tqdm(total=n, disable=not progress, desc=f"log p(x), K={k}", unit="ex")
     # the MLP VAEs' particles go through a path without distribution objects (the same draws and values)
     fast = FusedLogWeights.build(model) if proposal == "posterior" else None
-    with _eval_mode(model), torch.inference_mode(), bar:
+    with eval_mode(model), torch.inference_mode(), bar:
         lw = torch.empty(k, per_pass, dtype=dtype, device=device)  # (K, b), reused by every pass
         lpx = torch.empty(k, per_pass, dtype=dtype, device=device)
         for i in range(0, n, per_pass):
@@ -193,7 +193,7 @@ def _draw_particles(model: nn.Module, x: Tensor, k: int, per_pass: int, chunk: i
     """The random draws ``log_likelihood`` makes for x, pass by pass and chunk by chunk, without
     the decoder: advances the random stream past examples another process scores."""
     device = module_device(model)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for i in range(0, x.shape[0], per_pass):
             xb = x[i : i + per_pass].to(device)
             q = model.encode(xb) if proposal == "posterior" else model.prior().expand((xb.shape[0],))
@@ -215,7 +215,7 @@ def log_mean_exp(log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """The model in eval mode for the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
@@ -436,7 +436,7 @@ def mean_bound(objective: Callable[..., NamedTuple], model: nn.Module, x: Tensor
     """Mean over x of an objective's ``bound`` (one draw per example), and its standard error
     across examples (which includes the spread of the data, not only Monte-Carlo noise)."""
     device = module_device(model)
-    with _eval_mode(model):
+    with eval_mode(model):
         values = torch.cat([objective(model, x[i : i + batch].to(device)).bound for i in range(0, x.shape[0], batch)])
     n = values.shape[0]
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
@@ -453,7 +453,7 @@ def vq_summary(model: nn.Module, x: Tensor, *, batch: int = 500) -> dict:
     from ..models.vqvae import codebook_usage
 
     device = module_device(model)
-    with _eval_mode(model):
+    with eval_mode(model):
         parts = [vq(model, x[i : i + batch].to(device)) for i in range(0, x.shape[0], batch)]
         codes = torch.cat([model.codes(x[i : i + batch].to(device)) for i in range(0, x.shape[0], batch)])
     bound = torch.cat([p.bound for p in parts])
@@ -477,7 +477,7 @@ def reconstruction_error(model: nn.Module, x: Tensor, *, batch: int = 500) -> tu
     standard error over examples, x^ from ``sampling.reconstruct``: one number that every model
     with an encoder shares, likelihood or not."""
     device = module_device(model)
-    with _eval_mode(model):
+    with eval_mode(model):
         chunks = [x[i : i + batch].to(device) for i in range(0, x.shape[0], batch)]
         values = torch.cat([(chunk - reconstruct(model, chunk)).square().flatten(1).sum(-1) for chunk in chunks])
     n = values.shape[0]

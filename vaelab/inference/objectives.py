@@ -44,7 +44,24 @@ from .estimators import (
 )
 
 OBJECTIVES: Registry[Callable[..., "Bound"]] = Registry("objective")
+
+
+def declare(*, grad_estimators: tuple[str, ...]) -> Callable:
+    """Marks an objective with what it supports, for the configuration and the objective itself
+    to check against: ``grad_estimators``, the gradient estimators it implements."""
+
+    def mark(objective: Callable) -> Callable:
+        objective.grad_estimators = tuple(grad_estimators)
+        return objective
+
+    return mark
+
+
+def supported_estimators(name: str) -> tuple[str, ...]:
+    """The gradient estimators the objective registered as ``name`` declares."""
+    return OBJECTIVES[name].grad_estimators
 KL_MODES = ("analytic", "mc")
+WEIGHTED_ESTIMATORS = ("reparam", "stl", "dreg")  # what the importance-weighted family implements
 
 
 class Bound(NamedTuple):
@@ -108,6 +125,7 @@ def _check_remedies(kl_scale: float, free_bits: float) -> None:
 
 
 @OBJECTIVES.register("elbo")
+@declare(grad_estimators=("reparam", "stl", "dreg", "score"))
 def elbo(
     model: nn.Module,
     x: Tensor,
@@ -141,7 +159,7 @@ def elbo(
     """
     if kl not in KL_MODES:
         raise ConfigError(f"unknown kl mode {kl!r}; choose one of: {', '.join(KL_MODES)}")
-    check_estimator(grad_estimator, "elbo", GRAD_ESTIMATORS)
+    check_estimator(grad_estimator, "elbo", elbo.grad_estimators)
     _check_remedies(kl_scale, free_bits)
     weight = beta * kl_scale
     prior = model.prior()
@@ -191,7 +209,7 @@ def _weighted(
     prior (with K = 1 this is the free-bits ELBO with a Monte-Carlo KL). ``bound`` is always the
     true bound, from the unmodified log-weights.
     """
-    check_estimator(grad_estimator, name, ("reparam", "stl", "dreg"))
+    check_estimator(grad_estimator, name, WEIGHTED_ESTIMATORS)
     _check_remedies(kl_scale, free_bits)
     if k < 1 or m < 1:
         raise ConfigError(f"k= and m= must be at least 1, got k={k}, m={m}")
@@ -317,6 +335,7 @@ def _pooled_bound(lw: Tensor) -> Tensor:
 
 
 @OBJECTIVES.register("iwae")
+@declare(grad_estimators=WEIGHTED_ESTIMATORS)
 def iwae(
     model: nn.Module, x: Tensor, *, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0, free_bits: float = 0.0
 ) -> Bound:
@@ -332,6 +351,7 @@ def iwae(
 
 
 @OBJECTIVES.register("miwae")
+@declare(grad_estimators=WEIGHTED_ESTIMATORS)
 def miwae(
     model: nn.Module, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,
@@ -342,6 +362,7 @@ def miwae(
 
 
 @OBJECTIVES.register("ciwae")
+@declare(grad_estimators=WEIGHTED_ESTIMATORS)
 def ciwae(
     model: nn.Module, x: Tensor, *, beta: float = 0.5, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,
@@ -353,6 +374,7 @@ def ciwae(
 
 
 @OBJECTIVES.register("piwae")
+@declare(grad_estimators=WEIGHTED_ESTIMATORS)
 def piwae(
     model: nn.Module, x: Tensor, *, m: int = 1, k: int = 1, grad_estimator: str = "reparam", kl_scale: float = 1.0,
     free_bits: float = 0.0,

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..distributions.observation import BernoulliObservation, GaussianObservation
 from ..distributions.posteriors import DiagonalGaussianPosterior
 from ..distributions.priors import StandardNormalPrior
-from ..nets.backbones import Tanh, _Unflatten
+from ..nets.backbones import Tanh, Unflatten
 from .vae import VAE
 
 _TANH = (Tanh, nn.Tanh)
@@ -132,7 +132,7 @@ def refusal(model: nn.Module, objective: Callable[..., Any] | None) -> str | Non
 def _reshape(module: nn.Module) -> tuple[int, ...] | None:
     """The shape a decoder's last module gives each row, (params per dimension, *event shape), when
     it is a reshape of the rows (vaelab's own, or ``nn.Unflatten`` of dimension 1); else None."""
-    if type(module) is _Unflatten:
+    if type(module) is Unflatten:
         return tuple(module.shape)
     if type(module) is nn.Unflatten and module.dim == 1:
         return tuple(module.unflattened_size)

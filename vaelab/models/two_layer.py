@@ -27,7 +27,7 @@ from ..distributions.observation import (
     full_precision,
     stop_gradient,
 )
-from ..distributions.priors import StandardNormalPrior, _Expanded
+from ..distributions.priors import StandardNormalPrior, Expanded
 from ..nets.backbones import NETS, NetSpec, mlp
 from .vae import VAE
 
@@ -157,7 +157,7 @@ class TwoLayerPrior(Distribution):
         return torch.cat([mean1, self.loc2], dim=-1)
 
     def expand(self, batch_shape, _instance=None):  # the evaluator's prior proposal
-        return _Expanded(self, torch.Size(batch_shape))
+        return Expanded(self, torch.Size(batch_shape))
 
 
 class TwoLayerVAE(VAE):

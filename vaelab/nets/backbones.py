@@ -239,7 +239,7 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _Unflatten(nn.Module):
+class Unflatten(nn.Module):
     """Reshapes ``(N, prod(shape))`` to ``(N, *shape)`` (a view, no copy)."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -259,7 +259,7 @@ def mlp_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     )
     decoder = nn.Sequential(
         mlp([spec.latent_dim, *reversed(spec.hidden), spec.params_per_dim * n_data], spec.activation),
-        _Unflatten((spec.params_per_dim, *spec.event_shape)),
+        Unflatten((spec.params_per_dim, *spec.event_shape)),
     )
     return encoder, decoder
 
@@ -289,10 +289,10 @@ def conv_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     decoder = nn.Sequential(
         nn.Linear(spec.latent_dim, width), act(),
         nn.Linear(width, n_feat), act(),
-        _Unflatten(feat),
+        Unflatten(feat),
         nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
         nn.ConvTranspose2d(32, spec.params_per_dim * c, 4, stride=2, padding=1),
-        _Unflatten((spec.params_per_dim, c, h, w)),
+        Unflatten((spec.params_per_dim, c, h, w)),
     )  # fmt: skip
     return encoder, decoder
 
@@ -385,9 +385,9 @@ def resnet_nets(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     )
     decoder = nn.Sequential(
         nn.Linear(spec.latent_dim, n_feat),
-        _Unflatten(feat),
+        Unflatten(feat),
         resnet_decoder_grid(ch, ch, spec.res_blocks, spec.params_per_dim * c),
-        _Unflatten((spec.params_per_dim, c, h, w)),
+        Unflatten((spec.params_per_dim, c, h, w)),
     )
     return encoder, decoder
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..core.errors import ConfigError, VaelabError
 from ..core.files import read_metrics
-from ..runs.results import _finite, load_results
+from ..runs.results import json_finite, load_results
 from ..runs.rundir import read_config
 
 # The numbers of a stored result shown in the comparison, in this order, where the result has
@@ -103,7 +103,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                     row = rows.setdefault(key, {"command": command, "options": options, "metric": metric,
                                                 "values": [None] * len(run_dirs), "stderr": [None] * len(run_dirs)})  # fmt: skip
                     row["values"][i], row["stderr"][i] = value, stderr
-    return _finite({
+    return json_finite({
         "runs": [str(r) for r in run_dirs],
         "config": differing,
         "epochs": [t["epochs"] for t in training],

@@ -23,7 +23,8 @@ from ..distributions.observation import OBSERVATIONS
 from ..distributions.posteriors import FLOWS, check_posterior
 from ..distributions.priors import check_prior
 from ..inference.estimators import GRAD_ESTIMATORS
-from ..inference.objectives import KL_MODES, OBJECTIVES, objective_options
+from ..inference.estimators import check_estimator
+from ..inference.objectives import KL_MODES, OBJECTIVES, objective_options, supported_estimators
 from ..models import MODELS
 from ..models.adversarial import ADVERSARIAL, ENCODERS, check_adversarial
 from ..models.two_layer import check_layers
@@ -128,7 +129,7 @@ COMMON_MODEL_OPTIONS = ("likelihood", "obs_precision", "net", "resnet_channels",
 _WHY = {"vqvae": " (its latent is a grid of --codebook-size codes of --code-dim numbers)"}
 # training options of the VAE's objectives; the VQ-VAE and the adversarial models train on their
 # own losses and refuse them
-VAE_TRAIN_ONLY = ("objective", "beta", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits")
+VAE_TRAIN_ONLY = ("objective", "beta", "alpha", "k", "m", "kl", "grad_estimator", "kl_warmup", "kl_cycles", "free_bits")
 # the discriminators' optimizer settings, for the adversarial models only
 DISC_TRAIN_ONLY = ("lr_disc", "adam_betas_disc")
 
@@ -222,8 +223,9 @@ class ModelConfig:
 class TrainConfig:
     """The objective and the optimization."""
 
-    objective: str = field(default="elbo", metadata=_help("training objective: elbo | iwae | miwae | ciwae | piwae"))
+    objective: str = field(default="elbo", metadata=_help("training objective: elbo | iwae | miwae | ciwae | piwae | renyi"))
     beta: float | None = field(default=None, metadata=_help("elbo: weight of the KL term (beta-VAE), default 1; ciwae: beta ELBO + (1 - beta) IWAE, default 0.5"))
+    alpha: float = field(default=0.5, metadata=_help("renyi: alpha of the Rényi bound, in [0, 1] (0: IWAE's L_K, 1: the ELBO)"))
     k: int = field(default=1, metadata=_help("samples per example (per group for miwae and piwae)"))
     m: int = field(default=1, metadata=_help("miwae, piwae: number of groups of k samples"))
     kl: str = field(default="analytic", metadata=_help("elbo: analytic | mc, how the KL term is computed", choices=KL_MODES))
@@ -255,6 +257,7 @@ class TrainConfig:
             "kl": self.kl,
             "grad_estimator": self.grad_estimator,
             "free_bits": self.free_bits,
+            "alpha": self.alpha,
         }
         if self.beta is not None:
             options["beta"] = self.beta
@@ -274,16 +277,13 @@ class TrainConfig:
                 f"unknown grad estimator {self.grad_estimator!r}; choose one of: {', '.join(GRAD_ESTIMATORS)}"
             )
         # an option the objective would silently ignore is a mistake worth reporting
-        for name in _changed(self, ("beta", "m", "kl")):
+        for name in _changed(self, ("beta", "m", "kl", "alpha", "free_bits")):
             if name not in accepted:
                 users = [o for o in OBJECTIVES if name in objective_options(o)]
                 raise ConfigError(
                     f"{name}= is not used by objective= {self.objective}; it applies to: {', '.join(users)}"
                 )
-        if self.grad_estimator == "score" and self.objective != "elbo":
-            raise ConfigError(
-                f"grad_estimator= score is implemented for objective= elbo only; use reparam, stl or dreg with {self.objective}"
-            )
+        check_estimator(self.grad_estimator, self.objective, supported_estimators(self.objective))
         if self.objective == "ciwae" and self.beta is not None and not 0 <= self.beta <= 1:
             raise ConfigError(f"beta= for ciwae mixes ELBO and IWAE and must be in [0, 1], got {self.beta}")
         if self.kl_warmup < 0 or self.kl_cycles < 0:

@@ -26,14 +26,14 @@ from ..core.files import atomic_write_bytes
 RESULT_FILES = {"evaluate": "evaluation.json", "gaps": "gaps.json", "diagnose": "diagnose.json"}
 
 
-def _finite(value: Any) -> Any:
+def json_finite(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None, recursively."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): json_finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 
@@ -64,10 +64,10 @@ def save_result(run_dir: str | Path, command: str, options: dict[str, Any], resu
     if command not in RESULT_FILES:
         raise ValueError(f"command must be one of {', '.join(RESULT_FILES)}, got {command!r}")
     path = Path(run_dir) / RESULT_FILES[command]
-    options = _finite(dict(options))
+    options = json_finite(dict(options))
     records = [r for r in _read(path) if r.get("options") != options]
     records.append({"command": command, "options": options,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": _finite(result)})  # fmt: skip
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": json_finite(result)})  # fmt: skip
     atomic_write_bytes(path, (json.dumps(records, indent=1, allow_nan=False) + "\n").encode())
     return path
 
