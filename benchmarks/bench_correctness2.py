@@ -114,7 +114,7 @@ def upper_stderr(n: int = 200, redraws: int = 200) -> dict:
 
 
 def codebook_duplicates(seeds: int) -> dict:
-    from vaelab.data.datasets import load_split
+    from vaelab.data.load import load_split
     from vaelab.runs import config as cfg
     from vaelab.runs.rundir import model_from_config
 

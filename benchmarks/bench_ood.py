@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.cli.main import _build_parser, _config_from_args
+from vaelab.cli.main import build_parser as _build_parser
+from vaelab.cli.common import config_from_args as _config_from_args
 from vaelab.cli.main import main as cli
 from vaelab.core.files import read_metrics
-from vaelab.data.datasets import load_split
+from vaelab.data.load import load_split
 from vaelab.evaluation.scores import auroc
 from vaelab.runs import config as cfg
 from vaelab.runs.lifecycle import complete_run

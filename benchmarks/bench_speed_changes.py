@@ -114,7 +114,7 @@ def _previous_module(name: str, commit: str):
     import vaelab
 
     homes = {old: found[0] for old, found in vaelab._MOVED.items()}
-    homes.update(data="data.datasets", nets="nets.backbones", distributions="distributions.observation",
+    homes.update(data="data", nets="nets.backbones", distributions="distributions.observation",
                  runs="runs.rundir", report="report.figures")
     source = re.sub(r"from \.([a-z_]+)", lambda m: f"from vaelab.{homes.get(m.group(1), m.group(1))}", source)
     source = re.sub(r"\b_(Unflatten|Expanded|eval_mode)\b", r"\1", source)  # made public since

@@ -18,7 +18,7 @@ from torch.distributions import Independent, Normal
 from vaelab.cli.main import main
 from vaelab.core.errors import ConfigError, TrainingDiverged
 from vaelab.core.files import load_tensors, read_metrics
-from vaelab.data.datasets import Split
+from vaelab.data.splits import Split
 from vaelab.models import ADVERSARIAL, build_model
 from vaelab.models.adversarial import feature_log_likelihood
 from vaelab.runs import config as cfg
@@ -429,7 +429,7 @@ def test_reconstruction_error_is_the_squared_error_of_the_models_reconstruction(
 def test_bad_combinations_are_refused(values, message):
     """Checked as the command line shows it: the library names Python arguments (gamma=), which
     the CLI turns into flags (--gamma)."""
-    from vaelab.cli.main import _as_flags
+    from vaelab.cli.common import as_flags as _as_flags
 
     with pytest.raises(ConfigError) as err:
         cfg.build(values)

@@ -582,7 +582,7 @@ def test_flags_are_never_abbreviated_and_unknown_ones_get_a_suggestion(tmp_path,
     assert_one_line_error(run_cli("train", "--zzzzzz", "--out", str(out)), "unknown option --zzzzzz", "--help")
     assert_one_line_error(run_cli("report", str(run_dir), "extra"), "unexpected argument 'extra'")
     assert not out.exists()
-    from vaelab.cli.main import _build_parser
+    from vaelab.cli.main import build_parser as _build_parser
 
     parser = _build_parser()
     commands = parser.get_default("_commands")

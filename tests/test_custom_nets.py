@@ -279,7 +279,7 @@ def test_every_command_refuses_a_run_naming_code_without_trust_code(command, tmp
 
 
 def test_every_command_that_opens_a_run_has_trust_code():
-    from vaelab.cli.main import _build_parser, _options_of
+    from vaelab.cli.main import build_parser as _build_parser, options_of as _options_of
 
     parser = _build_parser()
     for argv in _commands("R", "O", Path("T")).values():

@@ -21,17 +21,14 @@ import pytest
 import torch
 
 from vaelab.core.errors import ConfigError, DataError, DataNotFoundError
-from vaelab.data import datasets as data
-from vaelab.data.datasets import (
-    BINARIZE_MODES,
-    DATASETS,
-    Split,
-    describe_source,
-    load_dataset,
-    load_split,
-    read_idx,
-    resolve_idx_files,
-)
+from vaelab.data import download as downloads
+from vaelab.data import sources
+from vaelab.data.common import BINARIZE_MODES, DATASETS
+from vaelab.data.download import resolve_idx_files
+from vaelab.data.idx import read_idx
+from vaelab.data.load import load_dataset, load_split
+from vaelab.data.sources import describe_source
+from vaelab.data.splits import Split
 
 FILES = {
     "train-images": "train-images-idx3-ubyte",
@@ -100,9 +97,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Keep every test off the network, the real cache and /usr/share/datasets."""
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": []})
-    monkeypatch.setattr(data, "MIRRORS", {"fashion-mnist": [dead_url()], "mnist": [dead_url()]})
-    monkeypatch.setattr(data, "MD5", {name: dict(table) for name, table in data.MD5.items()})
+    monkeypatch.setattr(downloads, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": []})
+    monkeypatch.setattr(downloads, "MIRRORS", {"fashion-mnist": [dead_url()], "mnist": [dead_url()]})
+    monkeypatch.setattr(downloads, "MD5", {name: dict(table) for name, table in downloads.MD5.items()})
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -255,7 +252,7 @@ def test_load_from_user_cache(tmp_path):
 
 def test_load_from_system_dir(tmp_path, monkeypatch):
     arrays = make_dataset(tmp_path / "usr-share")
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "usr-share")])
+    monkeypatch.setitem(downloads.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "usr-share")])
     test = load_split("fashion-mnist", "test", download=False)
     assert torch.equal(test.x, as_float(arrays["t10k-images"]))
 
@@ -269,7 +266,7 @@ def test_search_order(tmp_path, monkeypatch):
     for seed, folder in enumerate(places.values()):
         make_dataset(folder, seed=seed)
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
-    monkeypatch.setitem(data.SYSTEM_DIRS, "mnist", [str(places["system"])])
+    monkeypatch.setitem(downloads.SYSTEM_DIRS, "mnist", [str(places["system"])])
     for key, folder in places.items():
         found = resolve_idx_files("mnist", download=False)
         assert found["t10k-images"].parent == folder, key
@@ -288,7 +285,7 @@ def test_data_dir_wins_over_every_other_place(tmp_path, monkeypatch, subfolder):
     make_dataset(cache_dir(tmp_path, "mnist"), seed=3)
     make_dataset(tmp_path / "system", seed=4)
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
-    monkeypatch.setitem(data.SYSTEM_DIRS, "mnist", [str(tmp_path / "system")])
+    monkeypatch.setitem(downloads.SYSTEM_DIRS, "mnist", [str(tmp_path / "system")])
     test = load_split("mnist", "test", data_dir=tmp_path / "given", download=False)
     assert torch.equal(test.x, as_float(given["t10k-images"]))
     folder = tmp_path / "given" / ("mnist" if subfolder else "")
@@ -327,9 +324,9 @@ def copies_elsewhere(tmp_path, monkeypatch, serve):
         make_dataset(tmp_path / "env" / name, seed=2)
         make_dataset(tmp_path / "system" / name, seed=3)
         make_dataset(tmp_path / "mirror" / name, seed=4)
-        monkeypatch.setitem(data.SYSTEM_DIRS, name, [str(tmp_path / "system" / name)])
-        monkeypatch.setitem(data.MIRRORS, name, [serve(tmp_path / "mirror" / name)])
-        monkeypatch.setitem(data.MD5, name, md5_table(tmp_path / "mirror" / name))
+        monkeypatch.setitem(downloads.SYSTEM_DIRS, name, [str(tmp_path / "system" / name)])
+        monkeypatch.setitem(downloads.MIRRORS, name, [serve(tmp_path / "mirror" / name)])
+        monkeypatch.setitem(downloads.MD5, name, md5_table(tmp_path / "mirror" / name))
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env"))
 
 
@@ -337,7 +334,7 @@ def data_dir_error(name: str, data_dir: Path, **kwargs) -> str:
     """The one-line message of every way to use data_dir: loading, searching, describing."""
     messages = set()
     for call in (lambda: load_split(name, "test", data_dir=data_dir, **kwargs),
-                 lambda: resolve_idx_files(data.IDX_SOURCES[name], data_dir, **kwargs),
+                 lambda: resolve_idx_files(sources.IDX_SOURCES[name], data_dir, **kwargs),
                  lambda: describe_source(name, data_dir)):  # fmt: skip
         with pytest.raises(DataNotFoundError) as info:
             call()
@@ -356,8 +353,8 @@ IDX_NAMES = ["fashion-mnist", "mnist", "stacked-fashion-mnist"]
 def test_a_data_dir_that_does_not_exist_is_an_error(tmp_path, copies_elsewhere, name, download):
     message = data_dir_error(name, tmp_path / "nowhere", download=download)
     assert message.startswith(f"data_dir={tmp_path / 'nowhere'} does not exist;")
-    assert "drop data_dir=" in message and str(cache_dir(tmp_path, data.IDX_SOURCES[name])) in message
-    assert not cache_dir(tmp_path, data.IDX_SOURCES[name]).exists()  # nothing downloaded
+    assert "drop data_dir=" in message and str(cache_dir(tmp_path, sources.IDX_SOURCES[name])) in message
+    assert not cache_dir(tmp_path, sources.IDX_SOURCES[name]).exists()  # nothing downloaded
     (tmp_path / "a-file").write_text("not a folder")
     message = data_dir_error(name, tmp_path / "a-file", download=download)
     assert message.startswith(f"data_dir={tmp_path / 'a-file'} is a file, not a folder;")
@@ -366,7 +363,7 @@ def test_a_data_dir_that_does_not_exist_is_an_error(tmp_path, copies_elsewhere, 
 @pytest.mark.parametrize("download", [True, False])
 @pytest.mark.parametrize("name", IDX_NAMES)
 def test_a_data_dir_without_the_files_is_an_error(tmp_path, copies_elsewhere, name, download):
-    source = data.IDX_SOURCES[name]
+    source = sources.IDX_SOURCES[name]
     given = tmp_path / "given"
     (given / "unrelated").mkdir(parents=True)
     message = data_dir_error(name, given, download=download)
@@ -388,10 +385,10 @@ def test_a_data_dir_without_the_files_is_an_error(tmp_path, copies_elsewhere, na
 
 def test_the_idx_datasets_are_those_that_read_data_dir():
     # every registered dataset either reads IDX files (and data_dir) or says where its data comes from
-    assert set(data.IDX_SOURCES) | set(data.BUILT_IN) == set(DATASETS.names())
-    assert not set(data.IDX_SOURCES) & set(data.BUILT_IN)
-    assert set(data.IDX_SOURCES.values()) <= set(data.MIRRORS)
-    assert [n for n in DATASETS.names() if data.uses_data_dir(n)] == sorted(IDX_NAMES)
+    assert set(sources.IDX_SOURCES) | set(sources.BUILT_IN) == set(DATASETS.names())
+    assert not set(sources.IDX_SOURCES) & set(sources.BUILT_IN)
+    assert set(sources.IDX_SOURCES.values()) <= set(downloads.MIRRORS)
+    assert [n for n in DATASETS.names() if sources.uses_data_dir(n)] == sorted(IDX_NAMES)
 
 
 def data_without_files(tmp_path: Path) -> dict[str, Path | str]:
@@ -410,7 +407,7 @@ def test_data_dir_is_refused_for_data_without_files(tmp_path, exists):
         make_dataset(given)
     for kind, name in data_without_files(tmp_path).items():
         for call in (lambda: load_split(name, "test", data_dir=given), lambda: describe_source(name, given),
-                     lambda: data.check_data_dir(name, given)):  # fmt: skip
+                     lambda: sources.check_data_dir(name, given)):  # fmt: skip
             with pytest.raises(DataError) as info:
                 call()
             message = str(info.value)
@@ -418,15 +415,15 @@ def test_data_dir_is_refused_for_data_without_files(tmp_path, exists):
                                       "stacked-fashion-mnist are looked for, and "), kind  # fmt: skip
             assert message.endswith("so it would be ignored; drop data_dir=") and "\n" not in message, kind
         if kind in ("digits", "ring8", "grid25"):
-            assert f"{name} is {data.BUILT_IN[name]}" in message
+            assert f"{name} is {sources.BUILT_IN[name]}" in message
         else:
             assert f"{name} is read from its own path" in message
         assert len(load_split(name, "test")) > 0  # without data_dir, the same data loads
 
 
 def test_data_dir_none_and_unknown_names_are_left_to_the_loader(tmp_path):
-    data.check_data_dir("digits", None)
-    data.check_data_dir("no-such-set", tmp_path)  # the loader's error lists the names
+    sources.check_data_dir("digits", None)
+    sources.check_data_dir("no-such-set", tmp_path)  # the loader's error lists the names
     with pytest.raises(ConfigError, match="unknown dataset 'no-such-set'"):
         load_split("no-such-set", data_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown dataset 'no-such-set'"):
@@ -461,8 +458,8 @@ def test_describe_every_kind_of_source(tmp_path, monkeypatch, serve):
         f"stacked-fashion-mnist, stacked from fashion-mnist, to be downloaded into {cache}")
     assert not cache.exists()  # describing downloads nothing
     make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
     load_split("fashion-mnist", "test")
     assert describe_source("fashion-mnist") == f"fashion-mnist from {cache}"
     assert describe_source("stacked-fashion-mnist") == f"stacked-fashion-mnist, stacked from fashion-mnist in {cache}"
@@ -494,7 +491,7 @@ def test_train_and_resume_print_where_the_data_comes_from(tmp_path, monkeypatch,
 
     make_dataset(tmp_path / "given" / "fashion-mnist", seed=1)
     make_dataset(tmp_path / "system", seed=2)
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "system")])
+    monkeypatch.setitem(downloads.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "system")])
     idx = ["--data", "fashion-mnist", "--binarize", "threshold", *TINY_RUN]
     run = tmp_path / "runs" / "given"
     line = cli_data_line(*idx, "--data-dir", str(tmp_path / "given"), "--out", str(run))
@@ -509,10 +506,10 @@ def test_train_and_resume_print_where_the_data_comes_from(tmp_path, monkeypatch,
     no_quiet = [a for a in idx if a != "--quiet"]
     assert cli_data_line(*no_quiet, "--out", str(tmp_path / "runs" / "system")) == f"data: fashion-mnist from {tmp_path / 'system'}"
     # nowhere yet: downloaded (from a local mirror) after the line says where to
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [])
+    monkeypatch.setitem(downloads.SYSTEM_DIRS, "fashion-mnist", [])
     make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "fashion-mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
     cache = cache_dir(tmp_path, "fashion-mnist")
     line = cli_data_line(*idx, "--out", str(tmp_path / "runs" / "download"))
     assert line == f"data: fashion-mnist, to be downloaded into {cache}" and (cache / "t10k-labels-idx1-ubyte.gz").is_file()
@@ -579,8 +576,8 @@ def test_other_commands_take_data_dir_as_train_does(tmp_path, copies_elsewhere):
 
 def test_download_into_cache(tmp_path, monkeypatch, serve):
     arrays = make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "mnist", md5_table(tmp_path / "mirror"))
     test = load_split("mnist", "test")
     assert torch.equal(test.x, as_float(arrays["t10k-images"]))
     cache = cache_dir(tmp_path, "mnist")
@@ -591,8 +588,8 @@ def test_download_into_cache(tmp_path, monkeypatch, serve):
 
 def test_download_progress_goes_to_stderr(tmp_path, monkeypatch, serve, capsys):
     make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "mnist", md5_table(tmp_path / "mirror"))
     resolve_idx_files("mnist", progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "t10k-images-idx3-ubyte.gz" in err
@@ -600,8 +597,8 @@ def test_download_progress_goes_to_stderr(tmp_path, monkeypatch, serve, capsys):
 
 def test_download_is_quiet_by_default(tmp_path, monkeypatch, serve, capsys):
     make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "mnist", [serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "mnist", md5_table(tmp_path / "mirror"))
     resolve_idx_files("mnist")
     assert capsys.readouterr() == ("", "")
 
@@ -611,8 +608,8 @@ def test_checksum_mismatch_is_rejected(tmp_path, monkeypatch, serve):
     table = md5_table(tmp_path / "mirror")
     got = table["train-images-idx3-ubyte.gz"]
     table["train-images-idx3-ubyte.gz"] = "0" * 32
-    monkeypatch.setitem(data.MIRRORS, "mnist", [serve(tmp_path / "mirror")] * 2)
-    monkeypatch.setitem(data.MD5, "mnist", table)
+    monkeypatch.setitem(downloads.MIRRORS, "mnist", [serve(tmp_path / "mirror")] * 2)
+    monkeypatch.setitem(downloads.MD5, "mnist", table)
     with pytest.raises(DataError) as info:
         load_split("mnist")
     message = str(info.value)
@@ -624,14 +621,14 @@ def test_checksum_mismatch_is_rejected(tmp_path, monkeypatch, serve):
 
 def test_dead_first_mirror_falls_back_to_second(tmp_path, monkeypatch, serve):
     arrays = make_dataset(tmp_path / "mirror")
-    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [dead_url(), serve(tmp_path / "mirror")])
-    monkeypatch.setitem(data.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
+    monkeypatch.setitem(downloads.MIRRORS, "fashion-mnist", [dead_url(), serve(tmp_path / "mirror")])
+    monkeypatch.setitem(downloads.MD5, "fashion-mnist", md5_table(tmp_path / "mirror"))
     train = load_split("fashion-mnist", valid_fraction=0)
     assert torch.equal(train.x, as_float(arrays["train-images"]))
 
 
 def test_all_mirrors_dead(tmp_path, monkeypatch):
-    monkeypatch.setitem(data.MIRRORS, "fashion-mnist", [dead_url(), dead_url()])
+    monkeypatch.setitem(downloads.MIRRORS, "fashion-mnist", [dead_url(), dead_url()])
     with pytest.raises(DataError) as info:
         load_split("fashion-mnist")
     message = str(info.value)
@@ -656,7 +653,7 @@ class TruncatingHandler(QuietHandler):
 
 def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, serve):
     (tmp_path / "mirror").mkdir()
-    monkeypatch.setitem(data.MIRRORS, "mnist", [serve(tmp_path / "mirror", TruncatingHandler)])
+    monkeypatch.setitem(downloads.MIRRORS, "mnist", [serve(tmp_path / "mirror", TruncatingHandler)])
     with pytest.raises(DataError):
         resolve_idx_files("mnist")
     assert not list(cache_dir(tmp_path, "mnist").iterdir())

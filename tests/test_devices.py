@@ -15,7 +15,7 @@ import torch
 from test_cli import assert_one_line_error, run_cli
 
 import vaelab
-from vaelab.cli.main import DEVICE_COMMANDS, _build_parser
+from vaelab.cli.main import DEVICE_COMMANDS, build_parser as _build_parser
 from vaelab.core.devices import fork_rng, generator, module_device, resolve_device
 from vaelab.core.errors import ConfigError
 from vaelab.runs import config as cfg

@@ -119,7 +119,7 @@ def test_the_configuration_gives_each_objective_its_own_options():
     ("x.latent_dim=3 stays", "x.latent_dim=3 stays"),
 ])  # fmt: skip
 def test_python_arguments_become_the_commands_flags(message, expected):
-    from vaelab.cli.main import _as_flags
+    from vaelab.cli.common import as_flags as _as_flags
 
     assert _as_flags(message, {"latent_dim", "net", "trust_code"}) == expected
 

@@ -14,8 +14,10 @@ from test_data import make_dataset, write_idx
 
 import vaelab
 from vaelab.core.errors import DataError
-from vaelab.data import datasets as vdata
-from vaelab.data.datasets import MIXTURES, load_split
+from vaelab.data import download as vdownload
+from vaelab.data import mixtures as vmixtures
+from vaelab.data.load import load_split
+from vaelab.data.mixtures import MIXTURES
 from vaelab.evaluation.quality import (
     MixtureModeScorer,
     StackedModeScorer,
@@ -43,8 +45,8 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("VAELAB_DATA", raising=False)
-    monkeypatch.setitem(vdata.SYSTEM_DIRS, "fashion-mnist", [])
-    monkeypatch.setitem(vdata.MIRRORS, "fashion-mnist", [])
+    monkeypatch.setitem(vdownload.SYSTEM_DIRS, "fashion-mnist", [])
+    monkeypatch.setitem(vdownload.MIRRORS, "fashion-mnist", [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def test_channel_codes_combine_the_channel_classes():
 
 @pytest.mark.parametrize("subfolder", [False, True])
 def test_stacked_dataset_stacks_source_images_with_combined_labels(tmp_path, monkeypatch, subfolder):
-    monkeypatch.setitem(vdata.STACKED_SIZES, "train", 300)  # the 60000 of the real file, scaled down
+    monkeypatch.setitem(vmixtures.STACKED_SIZES, "train", 300)  # the 60000 of the real file, scaled down
     arrays = make_dataset(tmp_path / ("d/fashion-mnist" if subfolder else "d"), n_train=20, n_test=7)
     data_dir = tmp_path / "d"  # found like fashion-mnist's files: in data_dir or data_dir/fashion-mnist
     test = load_split("stacked-fashion-mnist", "test", data_dir=data_dir)
@@ -273,7 +275,7 @@ def test_stacked_dataset_refuses_labels_beyond_ten_classes(tmp_path):
 
 @pytest.fixture
 def stacked_dir(tmp_path, monkeypatch):
-    monkeypatch.setitem(vdata.STACKED_SIZES, "train", 2000)
+    monkeypatch.setitem(vmixtures.STACKED_SIZES, "train", 2000)
     write_source(tmp_path / "fmnist")
     return tmp_path / "fmnist"
 

@@ -15,7 +15,7 @@ from test_cli import assert_one_line_error, run_cli
 import vaelab.evaluation.quality as quality
 from vaelab.cli.main import main
 from vaelab.core.errors import ConfigError, DataError
-from vaelab.data.datasets import load_split
+from vaelab.data.load import load_split
 from vaelab.evaluation.quality import (
     QualityScorer,
     classifier_score,

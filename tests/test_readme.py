@@ -7,7 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from vaelab.cli.main import _build_parser, main
+from vaelab.cli.main import build_parser as _build_parser, main
 from vaelab.runs import config as cfg
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -93,7 +93,8 @@ def test_every_readme_train_command_is_a_valid_configuration():
     run itself is not started)."""
     import shlex
 
-    from vaelab.cli.main import _build_parser, _config_from_args
+    from vaelab.cli.main import build_parser as _build_parser
+    from vaelab.cli.common import config_from_args as _config_from_args
 
     parser = _build_parser()
     lines = [line.split("#")[0].strip() for code in blocks("bash") for line in code.splitlines()]

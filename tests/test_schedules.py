@@ -10,7 +10,7 @@ import torch
 
 from vaelab.core.errors import ConfigError
 from vaelab.core.files import read_metrics
-from vaelab.data.datasets import load_split
+from vaelab.data.load import load_split
 from vaelab.inference.schedules import SCHEDULES, kl_schedule
 from vaelab.models import build_model
 from vaelab.runs import config as cfg

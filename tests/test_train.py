@@ -18,7 +18,7 @@ from torch import nn
 
 from vaelab.core.errors import ConfigError, RunError, RunFinishedError, TrainingDiverged
 from vaelab.core.files import load_tensors, read_metrics
-from vaelab.data.datasets import load_split
+from vaelab.data.load import load_split
 from vaelab.inference.objectives import get_objective
 from vaelab.models import build_model
 from vaelab.runs import config as cfg

@@ -25,7 +25,7 @@ _logging.getLogger("vaelab").addHandler(_logging.NullHandler())
 
 from .core.devices import resolve_device
 from .core.errors import NotFoundError, UntrustedCodeError, VaelabError
-from .data.datasets import load_dataset, load_split
+from .data.load import load_dataset, load_split
 from .distributions.posteriors import POSTERIORS, build_posterior
 from .distributions.priors import PRIORS, build_prior
 from .evaluation.ais import ais, bdmc, reverse_ais

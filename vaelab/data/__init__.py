@@ -1,32 +1,27 @@
 """Data: named datasets and their splits, the IDX reader and downloads, arrays, image folders,
 generated 2-D mixtures; in-memory and streamed batching."""
 
-from .datasets import (  # noqa: F401
+from .common import BINARIZE_MODES, CODE_MODES, DATASETS, SPLITS  # noqa: F401
+from .download import (  # noqa: F401
     APT_PACKAGES,
-    BINARIZE_MODES,
-    BUILT_IN,
-    CODE_MODES,
-    DATASETS,
-    DIGITS_TRAIN_SIZE,
     DOWNLOAD_TIMEOUT,
     IDX_FILES,
-    IDX_SOURCES,
     MD5,
     MIRRORS,
-    MIXTURE_SIZES,
-    MIXTURES,
-    SPLITS,
-    STACKED_SIZES,
-    STACKED_SOURCE,
     SYSTEM_DIRS,
-    Split,
+    resolve_idx_files,
+)
+from .idx import read_idx  # noqa: F401
+from .load import load_dataset, load_split  # noqa: F401
+from .mixtures import MIXTURE_SIZES, MIXTURES, STACKED_SIZES, STACKED_SOURCE  # noqa: F401
+from .sources import (  # noqa: F401
+    BUILT_IN,
+    DIGITS_TRAIN_SIZE,
+    IDX_SOURCES,
     check_data_dir,
     describe_source,
     is_folder,
     is_path,
-    load_dataset,
-    load_split,
-    read_idx,
-    resolve_idx_files,
     uses_data_dir,
 )
+from .splits import Split  # noqa: F401

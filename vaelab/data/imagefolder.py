@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DataError
-from .datasets import BINARIZE_MODES, SPLITS, _check_choice, _derived_seed
+from .common import BINARIZE_MODES, SPLITS, check_choice, derived_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEST_FRACTION = 0.1  # of a folder without train/ and test/ subfolders
@@ -339,8 +339,8 @@ class StreamSplit:
     def __init__(self, files: Sequence[Path], y: torch.Tensor | None, event_shape: tuple[int, int, int], name: str,
                  split: str, binarize: str = "none", seed: int = 0, dequantize: bool = False,
                  workers: int = 0) -> None:  # fmt: skip
-        _check_choice(split, SPLITS, "split")
-        _check_choice(binarize, BINARIZE_MODES, "binarize mode")
+        check_choice(split, SPLITS, "split")
+        check_choice(binarize, BINARIZE_MODES, "binarize mode")
         if dequantize and binarize != "none":
             raise DataError(
                 f"dequantization adds noise to grey levels, but binarize={binarize!r} makes the data "
@@ -405,7 +405,7 @@ class StreamSplit:
         return (u < x).to(torch.float32)
 
     def _fixed_uniform(self, like: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        base = _derived_seed(self.seed, self.split)
+        base = derived_seed(self.seed, self.split)
         out = torch.empty(like.shape)
         for row, i in enumerate(indices.tolist()):
             out[row] = torch.rand(like.shape[1:], generator=torch.Generator().manual_seed((base + i) % 2**63))

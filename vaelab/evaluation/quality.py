@@ -62,17 +62,12 @@ from torch import Tensor, nn
 from ..core.devices import resolve_device
 from ..core.errors import DataError, RunError
 from ..core.files import atomic_write_bytes, load_tensors, save_tensors
-from ..data.datasets import (
-    MIXTURE_SIZES,
-    MIXTURES,
-    STACKED_SIZES,
-    STACKED_SOURCE,
-    Split,
-    _cache_dir,
-    check_data_dir,
-    load_split,
-    resolve_idx_files,
-)
+from ..data.download import cache_dir as _cache_dir
+from ..data.download import resolve_idx_files
+from ..data.load import load_split
+from ..data.mixtures import MIXTURE_SIZES, MIXTURES, STACKED_SIZES, STACKED_SOURCE
+from ..data.sources import check_data_dir
+from ..data.splits import Split
 
 __all__ = [
     "DC_NEIGHBOURS",

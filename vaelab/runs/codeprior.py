@@ -36,7 +36,7 @@ from ..core.files import (
     read_metadata,
     run_lock,
 )
-from ..data.datasets import Split
+from ..data.splits import Split
 from ..models.vqvae import VQVAE
 from ..nets.pixelcnn import GatedPixelCNN
 from . import config as cfg

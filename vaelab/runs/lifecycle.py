@@ -57,6 +57,8 @@ def _setup(
     trust_code: bool = True,
     nets: Mapping[str, NetFactory] | None = None,
     device: str | torch.device | None = "auto",
+    compile: str = "auto",
+    fused: str = "auto",
 ) -> Trainer:
     """The Trainer of a run; ``init``: copy the weights of ``config.train.init_from`` (when set)
     into the new model (a resumed run's checkpoint replaces them anyway). ``trust_code`` and
@@ -91,7 +93,8 @@ def _setup(
     else:
         monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
     return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
-                   schedule=schedule, monitors=monitors, callbacks=callbacks, device=device)  # fmt: skip
+                   schedule=schedule, monitors=monitors, callbacks=callbacks, device=device, compile=compile,
+                   fused=fused)  # fmt: skip
 
 
 def _init_weights(model: nn.Module, config: cfg.RunConfig, event_shape: tuple[int, ...]) -> None:
@@ -162,12 +165,15 @@ def start_run(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     device: str | torch.device | None = "auto",
+    compile: str = "auto",
+    fused: str = "auto",
 ) -> TrainResult:
     """Starts a new run in ``run_dir`` (which must not exist, or be empty).
 
     Data and model are built before anything is written, so a bad configuration leaves no trace.
     ``callbacks`` are the Trainer's (called with each epoch's record); ``device``: where to
-    train (``auto``: CUDA, then MPS, then the CPU; see ``devices.resolve_device``).
+    train (``auto``: CUDA, then MPS, then the CPU; see ``devices.resolve_device``); ``compile``
+    and ``fused``: the Trainer's fast paths (``Trainer``), not part of the run's configuration.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -175,7 +181,7 @@ def start_run(
             f"{run_dir} already exists and is not empty; pick another --out, or continue it "
             f"with: vaelab train --resume {run_dir}"
         )
-    trainer = _setup(config, run_dir, progress, callbacks, device=device)
+    trainer = _setup(config, run_dir, progress, callbacks, device=device, compile=compile, fused=fused)
     distributed.barrier()  # every process has checked the directory before rank 0 writes into it
     if not trainer.writes:
         return trainer.fit()
@@ -196,6 +202,8 @@ def resume_run(
     trust_code: bool = False,
     nets: Mapping[str, NetFactory] | None = None,
     device: str | torch.device | None = "auto",
+    compile: str = "auto",
+    fused: str = "auto",
 ) -> TrainResult:
     """Continues a run from its checkpoint, with its own saved configuration.
 
@@ -214,6 +222,7 @@ def resume_run(
             resumed on the CPU, say), which logs a one-line note on the "vaelab" logger: the
             weights, optimizer state and data order continue exactly, the model's noise is
             drawn by the new device's generator.
+        compile, fused: the Trainer's fast paths (``Trainer``); a resumed run may choose others.
     """
     run_dir = Path(run_dir)
     config, event_shape = read_config(run_dir)
@@ -222,12 +231,13 @@ def resume_run(
         device = distributed.init(device)[1]
     # a second process is refused before it reads the checkpoint; under torchrun rank 0 holds the lock
     with run_lock(run_dir) if distributed.world().is_main else contextlib.nullcontext():
-        return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets, device)
+        return _resume(run_dir, config, event_shape, epochs, progress, callbacks, trust_code, nets, device,
+                       {"compile": compile, "fused": fused})  # fmt: skip
 
 
 def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], epochs: int | None, progress: bool,
             callbacks: Sequence[Callback], trust_code: bool, nets: Mapping[str, NetFactory] | None,
-            device: str | torch.device | None) -> TrainResult:  # fmt: skip
+            device: str | torch.device | None, speed: Mapping[str, str]) -> TrainResult:  # fmt: skip
     reason = nothing_to_do(run_dir, epochs)
     if reason is not None:  # found before the data is loaded: a requeue loop's call costs nothing
         raise RunFinishedError(reason)
@@ -241,7 +251,7 @@ def _resume(run_dir: Path, config: cfg.RunConfig, event_shape: tuple[int, ...], 
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     has_checkpoint = run_dir.joinpath(CHECKPOINT_DIR, CHECKPOINT_FILE).exists()
     trainer = _setup(config, run_dir, progress, callbacks, init=not has_checkpoint, trust_code=trust_code, nets=nets,
-                     device=device)  # fmt: skip
+                     device=device, **speed)  # fmt: skip
     if has_checkpoint:
         trainer.load_checkpoint()
     state = trainer.state

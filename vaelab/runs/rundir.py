@@ -21,8 +21,10 @@ from torch import nn
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError, RunError, RunNotFoundError
 from ..core.files import CONFIG_FILE, MODEL_FILE, load_weights
-from ..data.datasets import Split, describe_source, is_folder, load_split
 from ..data.imagefolder import StreamSplit
+from ..data.load import load_split
+from ..data.sources import describe_source, is_folder
+from ..data.splits import Split
 from ..models import ADVERSARIAL, build_model
 from ..nets.backbones import NetFactory, check_trusted
 from . import config as cfg

@@ -18,13 +18,11 @@ differ from eager ones only by the rounding of fused arithmetic.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
 import os
 import shutil
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +41,6 @@ AUTO_MIN_STEPS = 500
 AUTO_MIN_PARTICLES = 8
 _DEVICES = ("cpu", "cuda")
 _log = logging.getLogger("vaelab")  # the CLI shows its warnings as one line on stderr
-_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("vaelab_compile", default="auto")
-_FUSED: contextvars.ContextVar[str] = contextvars.ContextVar("vaelab_fused", default="auto")
 
 
 def check_compile(compile: str) -> str:
@@ -54,44 +50,11 @@ def check_compile(compile: str) -> str:
     return compile
 
 
-@contextlib.contextmanager
-def _setting(var: contextvars.ContextVar[str], value: str) -> Iterator[None]:
-    token = var.set(value)
-    try:
-        yield
-    finally:
-        var.reset(token)
-
-
-def compiling(compile: str) -> contextlib.AbstractContextManager[None]:
-    """Trainers created in the block without their own ``compile=`` use this mode (the CLI's
-    ``vaelab train --compile``, which trains through ``start_run`` and ``resume_run``)."""
-    return _setting(_MODE, check_compile(compile))
-
-
-def compile_mode(compile: str | None = None) -> str:
-    """``compile`` when given (checked), else the mode of the enclosing ``compiling`` block ("auto"
-    outside any)."""
-    return _MODE.get() if compile is None else check_compile(compile)
-
-
 def check_fused(fused: str) -> str:
     """``fused`` if it is one of ``FUSED_MODES``, else a one-line ConfigError."""
     if fused not in FUSED_MODES:
         raise ConfigError(f"fused={fused!r} is not a fused-step mode; choose one of: {', '.join(FUSED_MODES)}")
     return fused
-
-
-def fusing(fused: str) -> contextlib.AbstractContextManager[None]:
-    """Trainers created in the block without their own ``fused=`` use this mode (the CLI's
-    ``vaelab train --fused``)."""
-    return _setting(_FUSED, check_fused(fused))
-
-
-def fused_mode(fused: str | None = None) -> str:
-    """``fused`` when given (checked), else the mode of the enclosing ``fusing`` block ("auto"
-    outside any)."""
-    return _FUSED.get() if fused is None else check_fused(fused)
 
 
 def cpp_compiler() -> str | None:
@@ -152,18 +115,18 @@ class StepObjective:
 
     Args:
         objective: ``f(model, x, **options)`` returning per-example tensors.
-        compile: one of ``COMPILE_MODES`` (None: ``compile_mode()``).
+        compile: one of ``COMPILE_MODES``.
         model: the model to be trained (its device decides whether compiling can work).
         steps_per_epoch: training steps per epoch.
         scheduled: whether a schedule passes options to the objective.
     """
 
     def __init__(
-        self, objective: Callable[..., NamedTuple], compile: str | None, model: nn.Module, *, steps_per_epoch: int,
+        self, objective: Callable[..., NamedTuple], compile: str, model: nn.Module, *, steps_per_epoch: int,
         scheduled: bool,
     ) -> None:  # fmt: skip
         self.objective = objective
-        self.mode = compile_mode(compile)
+        self.mode = check_compile(compile)
         self.reason: str | None = "compile='off'"  # why the step runs eagerly (None: it is compiled)
         self._compiled: Callable[..., NamedTuple] | None = None
         self._shape: torch.Size | None = None

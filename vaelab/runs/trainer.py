@@ -46,8 +46,8 @@ from ..core.files import (
     save_model,
     save_tensors,
 )
-from ..data.datasets import Split
 from ..data.imagefolder import StreamSplit
+from ..data.splits import Split
 from ..models.vqvae import VQVAE
 from ..nets.backbones import is_import_path
 from . import config as cfg
@@ -55,7 +55,7 @@ from . import distributed
 from .rundir import (
     model_from_config,
 )
-from .speed import StepObjective, adam_step, compile_mode, fused_mode
+from .speed import StepObjective, adam_step, check_compile, check_fused
 
 Objective = Callable[..., NamedTuple]
 # training time in epochs (fractional) -> keyword options for the objective, e.g. {"kl_scale": 0.5}
@@ -143,8 +143,7 @@ class Trainer:
         compile: "auto", "on" or "off": run the training step's objective through
             ``torch.compile`` (``speed.StepObjective``; "auto" where it works and pays: epochs of
             at least 500 steps of at least 8 particles per example; "on" with a warning when it
-            falls back to eager); None: the mode
-            of an enclosing ``speed.compiling(...)`` block, else "auto". It changes how fast, not
+            falls back to eager). It changes how fast, not
             what, is trained, so it is not part of the run's configuration.
         fused: "auto" or "off": train the VAE family's commonest case (an MLP VAE with the
             diagonal Gaussian posterior, the N(0, I) prior and a Bernoulli or fixed-precision
@@ -152,8 +151,7 @@ class Trainer:
             with a hand-derived forward and backward pass (``fused.FusedELBO``: the same values
             and gradients from the same random draws, up to float rounding, a third or so faster
             than the step through autograd on a 2-core CPU); "auto" uses it wherever it applies, unless
-            ``compile="on"`` asks for torch.compile. None: the mode of an enclosing
-            ``speed.fusing(...)`` block, else "auto". Like ``compile``, not part of the run's
+            ``compile="on"`` asks for torch.compile. Like ``compile``, not part of the run's
             configuration.
     """
 
@@ -170,8 +168,8 @@ class Trainer:
         monitors: Sequence[Monitor] = (),
         callbacks: Sequence[Callback] = (),
         device: str | torch.device | None = None,
-        compile: str | None = None,
-        fused: str | None = None,
+        compile: str = "auto",
+        fused: str = "auto",
     ) -> None:
         self.device = resolve_device(device) if device is not None else module_device(model)
         self.model = model.to(self.device)
@@ -207,12 +205,12 @@ class Trainer:
             }
         self.optimizer = self.optimizers.get("optim")
         self.ddp = self._wrap_ddp() if self.world.size > 1 else None  # None for players: see _step_players
-        compile = compile_mode(compile)
+        compile = check_compile(compile)
         self.step_objective = None if objective is None or self.players is not None else StepObjective(
             objective, compile, model, steps_per_epoch=self._steps_per_epoch(), scheduled=schedule is not None)  # fmt: skip
         # the hand-derived step: in one process, in fp32, where compile="on" does not ask for the compiler
         self.fused_step = None
-        if fused_mode(fused) == "auto" and self.players is None and self.world.size == 1 and self.autocast_dtype is None \
+        if check_fused(fused) == "auto" and self.players is None and self.world.size == 1 and self.autocast_dtype is None \
                 and compile != "on":  # fmt: skip
             from ..models.fused import FusedELBO
 
