@@ -10,7 +10,7 @@ import pytest
 from test_cli import assert_one_line_error, run_cli
 
 from vaelab.cli.main import main
-from vaelab.runs.results import _finite, load_results
+from vaelab.runs.results import json_finite, load_results
 
 TINY = ["--data", "digits", "--binarize", "threshold", "--hidden", "16", "--limit", "200", "--quiet"]
 
@@ -51,13 +51,13 @@ def test_evaluate_stores_what_it_prints_for_every_method(runs):
     a, _ = runs
     printed = _json(run_cli("evaluate", str(a), *EVALUATE, "--json"))
     options = {"method": "is", "split": "test", "limit": 10, "seed": 0, "k": 20, "bounds": [1, 5], "proposal": "posterior"}
-    assert _stored(a, "evaluate", options) == _finite(printed)
+    assert _stored(a, "evaluate", options) == json_finite(printed)
     printed = _json(run_cli("evaluate", str(a), "--method", "ais", "--steps", "3", "--chains", "2", "--limit", "4", "--json", "--quiet"))
     options = {"method": "ais", "split": "test", "limit": 4, "seed": 0, "steps": 3, "chains": 2, "leapfrog": 10, "ais_start": "prior"}
-    assert _stored(a, "evaluate", options) == _finite(printed)
+    assert _stored(a, "evaluate", options) == json_finite(printed)
     printed = _json(run_cli("evaluate", str(a), "--method", "bdmc", "--steps", "3", "--chains", "2", "--limit", "3", "--json", "--quiet"))
     options = {"method": "bdmc", "limit": 3, "seed": 0, "steps": 3, "chains": 2, "leapfrog": 10, "ais_start": "prior"}
-    assert _stored(a, "evaluate", options) == _finite(printed)
+    assert _stored(a, "evaluate", options) == json_finite(printed)
     # the table is stored too: the same options replace the earlier record instead of adding one
     assert run_cli("evaluate", str(a), *EVALUATE).returncode == 0
     assert len(load_results(a)["evaluate"]) == 3
@@ -67,11 +67,11 @@ def test_gaps_and_diagnose_store_what_they_print(runs, tmp_path):
     _, b = runs
     printed = _json(run_cli("gaps", str(b), "--limit", "4", "--k", "20", "--steps", "5", "--json", "--quiet"))
     options = {"method": "is", "split": "test", "limit": 4, "seed": 0, "k": 20, "steps": 5, "lr": 0.01, "samples": 10}
-    assert _stored(b, "gaps", options) == _finite(printed)
+    assert _stored(b, "gaps", options) == json_finite(printed)
     printed = _json(run_cli("diagnose", str(b), "--k-list", "1,4", "--reps", "3", "--batch", "5", "--json",
                             "-o", str(tmp_path / "snr.png")))  # fmt: skip
     (record,) = load_results(b)["diagnose"]
-    assert record["result"] == _finite(printed)
+    assert record["result"] == json_finite(printed)
     assert record["options"]["k_list"] == [1, 4] and record["options"]["reps"] == 3 and record["options"]["batch"] == 5
     assert record["options"]["objective"] == printed["objective"]
 

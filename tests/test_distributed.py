@@ -18,7 +18,7 @@ from test_train import _checkpoint_epoch, family_config
 
 from vaelab.core.errors import ConfigError
 from vaelab.core.files import read_metrics
-from vaelab.runs import distributed
+from vaelab.core import distributed
 from vaelab.runs.lifecycle import _setup
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -301,7 +301,7 @@ def test_a_run_whose_validation_is_always_nan_still_writes_its_weights(tmp_path,
     """No validation bound beats another when all are NaN, so no epoch is ever 'best'; the run must
     still end with model.safetensors (the last weights), loadable by vaelab.load, and say why."""
     import vaelab
-    import vaelab.runs.lifecycle as train_module
+    import vaelab.runs.families as train_module
 
     real = train_module.get_objective
     monkeypatch.setattr(train_module, "get_objective", lambda *a, **kw: nan_when_validating(real(*a, **kw)))

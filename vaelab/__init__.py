@@ -17,7 +17,7 @@ The public API:
 
 import logging as _logging
 
-from .core.version import __version__
+from .core.version import __version__  # noqa: F401
 
 # Library warnings (e.g. posterior collapse) go to the "vaelab" logger; the CLI shows them, and a
 # Python caller sees them once it configures logging (the standard NullHandler convention).
@@ -69,7 +69,7 @@ _MOVED = {
     "evaluate": ("evaluation.evaluate",), "ais": ("evaluation.ais",), "diagnostics": ("evaluation.diagnostics",),
     "scores": ("evaluation.scores",), "quality": ("evaluation.quality",), "sampling": ("evaluation.sampling",),
     "config": ("runs.config",), "train": ("runs.trainer", "runs.lifecycle"),
-    "codeprior": ("runs.codeprior", "runs.prior_files"), "distributed": ("runs.distributed",),
+    "codeprior": ("runs.codeprior", "runs.prior_files"), "distributed": ("core.distributed",),
     "speed": ("runs.speed",), "tensorboard": ("runs.tensorboard",), "results": ("runs.results",),
     "report_html": ("report.html",), "compare": ("report.compare",),
 }

@@ -245,14 +245,15 @@ def as_flags(message: str, options: set[str]) -> str:
 
 def needs_continuous_latent(config: cfg.RunConfig, run: str, what: str) -> None:
     """Refuses, in one line, a VAE-only analysis of a VQ-VAE or adversarial run."""
-    from ..models import ADVERSARIAL
+    from ..runs.families import family
 
-    if config.model.model in ADVERSARIAL:
+    kind = family(config.model.model)
+    if kind.likelihood == "none":
         raise VaelabError(
             f"{what} needs a VAE's q(z|x) and likelihood; {run} is a --model {config.model.model} run, which has "
             f"neither (use vaelab evaluate, sample, reconstruct or quality)"
         )
-    if config.model.model == "vqvae":
+    if not kind.continuous_latent:
         raise VaelabError(
             f"{what} needs a VAE's continuous latent and its q(z|x); {run} is a --model vqvae run, whose "
             f"posterior is one-hot on the nearest codes (use vaelab evaluate, sample, reconstruct or quality)"

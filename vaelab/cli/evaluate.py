@@ -65,7 +65,7 @@ def _evaluate_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..runs import distributed
+    from ..core import distributed
 
     if not distributed.launched():
         return _evaluate(args, main=True)
@@ -73,11 +73,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.method != "is":
         raise VaelabError(f"under torchrun, vaelab evaluate splits --method is over the processes; run --method "
                           f"{args.method} in one process")  # fmt: skip
-    from ..models import ADVERSARIAL
+    from ..runs.families import family
     from ..runs.rundir import read_config
 
     model = read_config(args.run)[0].model.model
-    if model in ADVERSARIAL or model == "vqvae":
+    if family(model).likelihood != "bound":
         raise VaelabError(f"under torchrun, vaelab evaluate splits the importance-sampling estimate of a VAE; "
                           f"evaluate this --model {model} run in one process")  # fmt: skip
     args.device = distributed.init(args.device)[1]
@@ -112,9 +112,10 @@ def _evaluate(args: argparse.Namespace, main: bool) -> int:
     args.k = 5000 if args.k is None else args.k
     args.proposal = args.proposal or "posterior"
     config, _ = read_config(args.run)
-    from ..models import ADVERSARIAL
+    from ..runs.families import family
 
-    if config.model.model in ADVERSARIAL:
+    likelihood = family(config.model.model).likelihood
+    if likelihood == "none":
         given = [flag for flag, on in (("--method", args.method != "is"), ("--k", args.k != 5000), ("--bounds", bool(args.bounds)),
                                        ("--proposal", args.proposal != "posterior")) if on]  # fmt: skip
         if given:
@@ -124,7 +125,7 @@ def _evaluate(args: argparse.Namespace, main: bool) -> int:
         if len(split) == 0:
             raise VaelabError(f"the {args.split} split of {args.run} is empty (the run has --valid-fraction 0?)")
         return _evaluate_adversarial(args, config, load(args.run, trust_code=args.trust_code, device=args.device), split)
-    if args.method != "is" and config.model.model == "vqvae":
+    if args.method != "is" and likelihood == "codes":
         raise VaelabError(
             f"--method {args.method} anneals a continuous latent; {args.run} is a --model vqvae run, whose "
             f"bound log p(x|z_q) + log p(z_q) is exact given x: use --method is"
@@ -138,7 +139,7 @@ def _evaluate(args: argparse.Namespace, main: bool) -> int:
     x = split.fixed()
     if args.method == "ais":
         return _evaluate_ais(args, config, model, split, ais_options)
-    if config.model.model == "vqvae":
+    if likelihood == "codes":
         if args.bounds or args.proposal != "posterior":
             raise VaelabError(
                 "--bounds and --proposal are importance-sampling options; a --model vqvae run's bound "

@@ -49,7 +49,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..runs import distributed
+    from ..core import distributed
 
     # under torchrun every process runs this command; rank 0 alone speaks and writes
     launched = distributed.launched()
@@ -138,7 +138,7 @@ def _train_existing(args: argparse.Namespace, config: cfg.RunConfig, run_dir: Pa
     """--resume-if-exists of a run directory that exists: the same configuration goes on (or has
     nothing to do), another one is refused."""
     from ..core.errors import RunFinishedError
-    from ..runs import distributed
+    from ..core import distributed
     from ..runs.lifecycle import nothing_to_do, resume_run
     from ..runs.rundir import read_config
 

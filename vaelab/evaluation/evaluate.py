@@ -30,7 +30,7 @@ from ..core.errors import ConfigError
 from ..inference.estimators import sample_particles
 from ..inference.objectives import kl_to_prior
 from ..models.fused import FusedLogWeights
-from ..runs import distributed
+from ..core import distributed
 from .sampling import reconstruct
 
 PROPOSALS = ("posterior", "prior")

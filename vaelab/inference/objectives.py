@@ -35,7 +35,6 @@ from ..core.errors import ConfigError
 from ..core.registry import Registry, check_keywords
 from ..distributions.observation import kl_per_dimension, stop_gradient
 from .estimators import (
-    GRAD_ESTIMATORS,
     Particles,
     check_estimator,
     route_path_gradient,

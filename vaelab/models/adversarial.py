@@ -148,6 +148,8 @@ class AdversarialModel(nn.Module):
     """What the five models share: a prior p(z), a generator (decoder network and observation
     model) and the sampling methods the figures and ``vaelab quality`` use."""
 
+    samples_description = "G(z), z ~ p(z)"  # what the sample figure shows
+
     update = "simultaneous"
 
     def __init__(self, decoder: nn.Module, observation: Observation, latent_dim: int,

@@ -161,6 +161,10 @@ class VQVAE(nn.Module):
         commitment: beta, the commitment loss's weight.
     """
 
+    # what it declares to the Trainer and the figures
+    trains_across_processes = False  # the codebook is initialised and updated from each batch
+    samples_description = "mean of p(x|z), code grids z from the learned prior"
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer,
                  observation: Observation, event_shape: tuple[int, int, int], commitment: float = 0.25) -> None:  # fmt: skip
         super().__init__()

@@ -88,7 +88,7 @@ def samples_figure(
         if hasattr(model, "sample_images") and latent_sampler is None:  # a VQ-VAE, or an adversarial model
             images = as_images(model.sample_images(n, generator=generator(device, seed)))
             ncols = min(n, max(1, math.ceil(math.sqrt(n))))
-            what = "G(z), z ~ p(z)" if hasattr(model, "players") else "mean of p(x|z), code grids z from the learned prior"
+            what = model.samples_description
             return save_figure(_grid_figure(tile(images, ncols), f"{n} samples: {what}"), path)
         if latent_sampler is None:
             z = model.prior().sample((n,))

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..core import distributed
 from ..core.devices import resolve_device
 from ..core.errors import (
     RunError,
@@ -28,13 +29,10 @@ from ..core.files import (
     read_metadata,
     run_lock,
 )
-from ..evaluation.diagnostics import CodebookMonitor, CollapseMonitor
-from ..inference.objectives import get_objective, vq
 from ..inference.schedules import kl_schedule
-from ..models.vqvae import VQVAE
 from ..nets.backbones import NetFactory, check_trusted
 from . import config as cfg
-from . import distributed
+from .families import family
 from .rundir import (
     check_compatible,
     check_data_options,
@@ -78,20 +76,13 @@ def _setup(
     t = config.train
     if t.init_from is not None and init:
         _init_weights(model, config, train.event_shape)
-    # a model with its own training loss (the VQ-VAE) names it; config refuses other objectives for it
-    objective = vq if isinstance(model, VQVAE) else get_objective(t.objective, **t.objective_options())
-    if hasattr(model, "players"):
-        objective = None  # each player trains on its own loss (model.losses)
+    kind = family(config.model.model)  # its objective (None: each player its own loss) and monitors
+    objective = kind.objective(t)
     schedule = None
     if t.kl_warmup or t.kl_cycles:
         kl_scale = kl_schedule(warmup=t.kl_warmup, cycles=t.kl_cycles, epochs=t.epochs)
         schedule = lambda time: {"kl_scale": kl_scale(time)}
-    if hasattr(model, "players"):
-        monitors = []  # the collapse monitor reads a VAE's q(z|x) against its KL term, which these models lack
-    elif isinstance(model, VQVAE):
-        monitors = [CodebookMonitor()]
-    else:
-        monitors = [CollapseMonitor()] if _has_latent_diagnostics(model) else []
+    monitors = kind.monitors(model)
     return Trainer(model, objective, train, valid, t, run_dir=run_dir, progress=progress,
                    schedule=schedule, monitors=monitors, callbacks=callbacks, device=device, compile=compile,
                    fused=fused)  # fmt: skip
@@ -152,10 +143,6 @@ def epoch_line(record: dict, epochs: int | None = None) -> str:
     if "codebook_perplexity" in record:
         parts.append(f"codebook perplexity {record['codebook_perplexity']:.1f}")
     return "  ".join(parts)
-
-
-def _has_latent_diagnostics(model: nn.Module) -> bool:
-    return all(hasattr(model, name) for name in ("encode", "prior"))
 
 
 def start_run(

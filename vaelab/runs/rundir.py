@@ -25,9 +25,10 @@ from ..data.imagefolder import StreamSplit
 from ..data.load import load_split
 from ..data.sources import describe_source, is_folder
 from ..data.splits import Split
-from ..models import ADVERSARIAL, build_model
+from ..models import build_model
 from ..nets.backbones import NetFactory, check_trusted
 from . import config as cfg
+from .families import family
 from .prior_files import attach_code_prior
 
 
@@ -117,7 +118,7 @@ def check_compatible(config: cfg.RunConfig, split: Split | StreamSplit) -> None:
     adversarial models have no likelihood: for them ``bernoulli`` is the sigmoid output layer
     (and cross-entropy reconstruction), which suits grey levels in [0, 1] too. Of a streamed
     split, the first ``CHECK_EXAMPLES`` examples are checked."""
-    if config.model.model in ADVERSARIAL:
+    if family(config.model.model).likelihood == "none":
         return
     if config.model.likelihood != "bernoulli" or config.data.binarize != "none" or len(split) == 0:
         return  # binarized data is binary by construction

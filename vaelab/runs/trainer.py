@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..core import sharding
+from ..core import distributed, sharding
 from ..core.devices import fused_adam_supported, module_device, resolve_device
 from ..core.errors import (
     ConfigError,
@@ -48,10 +48,8 @@ from ..core.files import (
 )
 from ..data.imagefolder import StreamSplit
 from ..data.splits import Split
-from ..models.vqvae import VQVAE
 from ..nets.backbones import is_import_path
 from . import config as cfg
-from . import distributed
 from .rundir import (
     model_from_config,
 )
@@ -232,7 +230,7 @@ class Trainer:
         (the VQ-VAE's codebook) or step several players are refused for now."""
         from torch.nn.parallel import DistributedDataParallel
 
-        if isinstance(self.model, VQVAE):
+        if not getattr(self.model, "trains_across_processes", True):  # declared by the model (the VQ-VAE)
             raise ConfigError(
                 "training under torchrun supports the VAE family and the adversarial models; the VQ-VAE, whose "
                 "codebook is initialised and updated from each batch, trains in one process: start it without torchrun"

@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from ..core.devices import resolve_device
-from ..core.errors import ConfigError
+from .devices import resolve_device
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
