@@ -11,7 +11,9 @@ so that the noise of every example is the one a single process would draw.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -72,6 +74,7 @@ def init(device: str | torch.device | None = "auto") -> tuple[World, torch.devic
         named = torch.device("cuda", local_rank)
         torch.cuda.set_device(named)
     if not dist.is_initialized():
+        _import_dynamo()
         backend = "nccl" if named.type == "cuda" else "gloo"
         dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
                                 world_size=int(os.environ["WORLD_SIZE"]), timeout=TIMEOUT)  # fmt: skip
@@ -137,7 +140,36 @@ def barrier() -> None:
         dist.barrier()
 
 
+FINISH_TIMEOUT = datetime.timedelta(minutes=5)  # how long a finished process waits for the others at the end
+
+
 def finish() -> None:
-    """Leaves the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leaves the process group, if this process joined one: at the end of a command that
+    succeeded, once every process has reached this point (a barrier, for at most FINISH_TIMEOUT),
+    so that none tears its connections down while another is still in a collective; on the way
+    out of an error (an exception propagating through the caller's ``finally``, e.g. a peer that
+    was killed), at once. The group is then destroyed and its worker threads joined here, while
+    the interpreter is whole: gloo's threads that outlive it (still releasing a collective's
+    tensors when Python finalizes) abort the process with "terminate called without an active
+    exception"."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if sys.exc_info()[0] is None and dist.get_world_size() > 1:
+        try:
+            dist.barrier(async_op=True).wait(FINISH_TIMEOUT)
+        except Exception:  # a peer is gone or late: its own error ends the job; leave the group anyway
+            pass
+    gc.collect()  # what still refers to the group (a DistributedDataParallel module in a reference cycle)
+    dist.destroy_process_group()
+
+
+def _import_dynamo() -> None:
+    """Imports torch._dynamo before the process group exists. DistributedDataParallel imports it
+    in its constructor, and an import of torch._dynamo made while a group exists keeps references
+    to that group (torch 2.13: 10 of them, in no container the garbage collector sees), so that
+    destroy_process_group() no longer frees it: gloo's worker threads then live on into the
+    interpreter's finalization (see finish)."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # a build without it: DistributedDataParallel does not import it either
+        pass
