@@ -373,9 +373,9 @@ def _paired_difference(draw_a, draw_b, groups: int, replicas: int, seed: int) ->
     return out
 
 
-GROUPS = 8  # a pass's cost is mostly per operation, not per draw: few groups of many draws
-REPLICAS = {"score": 8000}  # draws per group; the score function's variance is far larger
-REPLICAS_DEFAULT = 1000
+GROUPS = 8  # a pass costs mostly per operation (tiny nets): few groups; the paired difference keeps the power
+REPLICAS = {"score": 2000}  # draws per group; the score function's variance is far larger
+REPLICAS_DEFAULT = 250
 
 
 @pytest.mark.parametrize("combo", ACCEPTED, ids=[_name(c) for c in ACCEPTED])
