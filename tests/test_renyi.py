@@ -12,8 +12,10 @@ from test_objectives import gap_and_se
 
 from vaelab.cli import main
 from vaelab.core.errors import ConfigError
+from vaelab.inference.estimators import sample_particles
 from vaelab.inference.objectives import OBJECTIVES, elbo, iwae
 from vaelab.inference.renyi import renyi, renyi_bound
+from vaelab.runs import config as cfg
 
 
 def _value_and_grads(objective, model, x, seed, **options):
@@ -48,8 +50,6 @@ def test_alpha_one_is_the_monte_carlo_elbo_and_the_limit_is_continuous(linear_mo
     for a, b in zip(one_grads, mc_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.manual_seed(5)
-    from vaelab.inference.estimators import sample_particles
-
     lw = sample_particles(model, x, 6).log_weights.detach()
     half_var = lw.var(0, unbiased=False) / 2
     for eps in (1e-2, 1e-3, 1e-4):
@@ -65,8 +65,6 @@ def test_the_bound_is_below_the_exact_log_likelihood_and_decreases_in_alpha(line
         gaps[alpha] = gap
     # on the same particles the estimate is non-increasing in alpha (power mean inequality)
     torch.manual_seed(0)
-    from vaelab.inference.estimators import sample_particles
-
     lw = sample_particles(linear_model, linear_data, 5).log_weights.detach()
     values = [renyi_bound(lw, a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert all((a >= b - 1e-6).all() for a, b in zip(values, values[1:]))
@@ -79,6 +77,13 @@ def test_the_objective_declares_and_checks_what_it_supports(linear_model, linear
         renyi(linear_model, linear_data, grad_estimator="dreg")
     with pytest.raises(ConfigError, match=r"alpha= for renyi must be in \[0, 1\]"):
         renyi(linear_model, linear_data, alpha=1.5)
+    # the configuration refuses, in one line, what the objective does not take (README: "reparam only, no free bits")
+    for train, message in (({"grad_estimator": "stl"}, "stl is not available for objective= renyi"),
+                           ({"free_bits": 1.0}, "free_bits= is not used by objective= renyi"),
+                           ({"kl": "mc"}, "kl= is not used by objective= renyi")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message) as refused:
+            cfg.build({"data": {"data": "digits"}, "train": {"objective": "renyi", **train}})
+        assert "\n" not in str(refused.value)
 
 
 def test_renyi_trains_from_the_command_line(tmp_path, capsys):
